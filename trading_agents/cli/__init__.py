@@ -1,0 +1,1 @@
+"""The ``trading-agents`` command line (typer): nouns with verbs."""

@@ -1,0 +1,61 @@
+"""Entry point of ``trading-agents``. Each noun lives in its own module under this package.
+
+Exit codes: 0 ok, 1 internal error, 2 bad input (flag, config, data or model file),
+3 model failure, 4 market data unavailable, 5 risk halt, 6 lock busy, 7 resource
+(memory, disk, permissions), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from trading_agents.cli import backtest_cmd, bench_cmd, ledger_cmd, models_cmd, run_cmd, schedule_cmd
+from trading_agents.cli.common import err_console
+from trading_agents.errors import TradingAgentsError
+
+EPILOG = (
+    "Exit codes: 0 ok, 1 internal error, 2 bad input, 3 model failure, 4 data unavailable, "
+    "5 risk halt, 6 lock busy, 7 resource (memory, disk, permissions), 130 interrupted."
+)
+
+app = typer.Typer(
+    name="trading-agents",
+    help="CPU-first multi-agent LLM trading: local GGUF models, AutoGen agents, paper broker, backtests.",
+    epilog=EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models_cmd.app, name="models")
+app.command("run", epilog=EPILOG)(run_cmd.run)
+app.command("ledger", epilog=EPILOG)(ledger_cmd.ledger)
+app.command("halt", epilog=EPILOG)(ledger_cmd.halt)
+app.command("resume", epilog=EPILOG)(ledger_cmd.resume)
+app.command("backtest", epilog=EPILOG)(backtest_cmd.backtest)
+app.add_typer(bench_cmd.app, name="bench")
+app.add_typer(schedule_cmd.app, name="schedule")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; user mistakes end as one ``error:`` line and a documented exit code."""
+    try:
+        app(args=argv, standalone_mode=False, prog_name="trading-agents")
+    except TradingAgentsError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err_console.print("interrupted")
+        sys.exit(130)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Pieces every command shares: consoles, JSON output, settings loading, shared options."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from trading_agents.config.settings import Settings, load_settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="YAML config file (default: $TRADING_AGENTS_CONFIG or configs/default.yaml)."
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one machine-readable JSON document on stdout.")
+]
+
+
+def settings_from(config: Path | None, **flags: Any) -> Settings:
+    """Load settings with CLI flags on top (keys like ``"llm.seed"``; ``None`` means not given)."""
+    return load_settings(config, {k: v for k, v in flags.items() if v is not None})
+
+
+def emit_json(obj: Any) -> None:
+    """Write ``obj`` as JSON to stdout (only JSON goes to stdout in ``--json`` mode)."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def interactive() -> bool:
+    """True when a person is watching (progress bars and live views only then)."""
+    return sys.stderr.isatty() and sys.stdout.isatty()

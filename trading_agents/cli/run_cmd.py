@@ -1,0 +1,5 @@
+"""Placeholder until the run command lands."""
+
+
+def run() -> None:
+    """Run a paper trading session."""

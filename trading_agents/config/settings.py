@@ -1,0 +1,265 @@
+"""Settings for every subsystem, validated by pydantic, layered like freqtrade's.
+
+Precedence, lowest first:
+
+1. defaults in this file;
+2. a YAML file: ``--config FILE``, else ``$TRADING_AGENTS_CONFIG``, else ``configs/default.yaml``
+   in the project checkout when it exists;
+3. environment variables ``TRADING_AGENTS_<SECTION>__<KEY>`` (for example
+   ``TRADING_AGENTS_LLM__N_CTX=4096``);
+4. CLI flags, passed to :func:`load_settings` as ``overrides``.
+
+Unknown keys and wrong types are errors that name the key and where it came from.
+Secrets (the Hugging Face token) are ``SecretStr``: printed as ``**********``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from trading_agents.errors import ConfigError
+
+ENV_PREFIX = "TRADING_AGENTS_"
+CONFIG_ENV = "TRADING_AGENTS_CONFIG"
+HOME_ENV = "TRADING_AGENTS_HOME"
+
+
+@cache
+def project_root() -> Path:
+    """The checkout that holds ``configs/`` and ``models/`` (the package is installed editable)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def default_home() -> Path:
+    """State directory (ledger, caches, logs, locks): ``$TRADING_AGENTS_HOME`` or ``~/.trading-agents``."""
+    env = os.environ.get(HOME_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".trading-agents"
+
+
+class Section(BaseModel):
+    """A settings section: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsSettings(Section):
+    home: Path = Field(default_factory=default_home, description="State: ledger, caches, logs, locks.")
+    models_dir: Path = Field(
+        default_factory=lambda: project_root() / "models" / "llm_models",
+        description="Where downloaded GGUF files live; model paths may not escape it.",
+    )
+    registry: Path = Field(
+        default_factory=lambda: project_root() / "configs" / "models.yaml",
+        description="The model registry (aliases, repos, files, context, chat format).",
+    )
+
+
+class LLMSettings(Section):
+    primary: str = Field("mixtral-8x7b-instruct", description="Registry alias or GGUF path.")
+    fallback: str | None = Field("tinyllama-1.1b-chat", description="Alias or path; null for none.")
+    n_ctx: int | None = Field(None, ge=256, le=131072, description="Context; null: the registry's.")
+    n_threads: int | None = Field(None, ge=1, le=512, description="null: physical cores.")
+    n_batch: int = Field(512, ge=8, le=8192)
+    use_mmap: bool = True
+    use_mlock: bool = False
+    seed: int = Field(42, ge=0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(512, ge=16, le=8192, description="Cap for one agent reply.")
+    ram_cache_mb: int = Field(512, ge=0, le=65536, description="KV state cache shared by agents; 0: off.")
+
+
+class HuggingFaceSettings(Section):
+    token: SecretStr | None = Field(None, description="Only for gated or private repos.")
+    endpoint: str | None = Field(None, description="Hub mirror URL; HF_ENDPOINT also works.")
+
+
+class RiskSettings(Section):
+    max_position_pct: float = Field(0.20, gt=0.0, le=1.0, description="Per symbol, of equity.")
+    max_order_notional: float = Field(25_000.0, gt=0.0)
+    max_gross_exposure_pct: float = Field(1.0, gt=0.0, le=4.0)
+    max_daily_loss_pct: float = Field(0.05, gt=0.0, le=1.0, description="Kill switch: HALTED.")
+    max_drawdown_pct: float = Field(0.20, gt=0.0, le=1.0, description="Kill switch: HALTED.")
+    max_data_age_days: int = Field(5, ge=0, description="Refuse to trade on older bars.")
+    allow_short: bool = False
+
+
+class BrokerSettings(Section):
+    cash: float = Field(100_000.0, gt=0.0)
+    commission: float = Field(0.001, ge=0.0, lt=0.1, description="Fraction of traded value.")
+    slippage_bps: float = Field(5.0, ge=0.0, le=1000.0)
+
+
+class SelectorSettings(Section):
+    enabled: bool = True
+    max_in_flight: int = Field(1, ge=1, description="Primary requests in flight before queueing counts.")
+    max_queue: int = Field(1, ge=0, description="Queued primary requests tolerated before falling back.")
+    deadline_s: float | None = Field(None, gt=0.0, description="Per agent step; null: none.")
+    max_load_per_core: float = Field(1.5, gt=0.0)
+    min_available_mb: int = Field(512, ge=0)
+    failure_threshold: int = Field(3, ge=1, description="Failures before the primary is benched.")
+    cooldown_s: float = Field(30.0, ge=0.0)
+    hysteresis: float = Field(0.2, ge=0.0, lt=1.0, description="Return only below (1-h) x threshold.")
+    fallback_roles: list[Literal["analyst", "risk", "executor"]] = Field(
+        default_factory=lambda: ["analyst", "risk", "executor"]
+    )
+
+
+class SessionSettings(Section):
+    tickers: list[str] = Field(default_factory=lambda: ["GOOG"])
+    days: int = Field(5, ge=1, le=5000, description="Bars to trade when no dates are given.")
+    mode: Literal["paper"] = "paper"
+
+
+class Settings(BaseSettings):
+    """All settings. Build with :func:`load_settings`, not directly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    paths: PathsSettings = Field(default_factory=PathsSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    huggingface: HuggingFaceSettings = Field(default_factory=HuggingFaceSettings)
+    risk: RiskSettings = Field(default_factory=RiskSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    selector: SelectorSettings = Field(default_factory=SelectorSettings)
+    session: SessionSettings = Field(default_factory=SessionSettings)
+
+    # Set by load_settings: the file the YAML layer came from (None when there was none).
+    _source_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_layer = _YamlLayer(settings_cls, _PENDING_YAML.get("data", {}))
+        return (init_settings, env_settings, yaml_layer)
+
+    @property
+    def source_file(self) -> Path | None:
+        return self._source_file
+
+    def public_dict(self) -> dict[str, Any]:
+        """JSON-safe dump with secrets masked (for summaries, ledgers and reports)."""
+        return self.model_dump(mode="json")
+
+
+class _YamlLayer(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+# pydantic-settings builds sources inside __init__; this hands the parsed YAML over.
+_PENDING_YAML: dict[str, dict[str, Any]] = {}
+
+
+def resolve_config_path(config: Path | str | None) -> Path | None:
+    """``--config``, else ``$TRADING_AGENTS_CONFIG``, else ``configs/default.yaml`` if present."""
+    if config:
+        return Path(config).expanduser()
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env).expanduser()
+    default = project_root() / "configs" / "default.yaml"
+    return default if default.is_file() else None
+
+
+def read_yaml_config(path: Path) -> dict[str, Any]:
+    """Parse a YAML config file into a mapping, with one-line errors naming the file."""
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist; pass an existing file with --config")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; pass a YAML file with --config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{where}: {problem}; fix the YAML syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections (llm:, risk:, ...)")
+    return data
+
+
+def load_settings(config: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build validated settings from all layers. Raises :class:`ConfigError` naming key and source."""
+    path = resolve_config_path(config)
+    data = read_yaml_config(path) if path else {}
+    overrides = _nest({k: v for k, v in (overrides or {}).items() if v is not None})
+    _PENDING_YAML["data"] = data
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path, data, overrides)) from None
+    finally:
+        _PENDING_YAML.pop("data", None)
+    settings._source_file = path
+    return settings
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"llm.n_ctx": 1}`` -> ``{"llm": {"n_ctx": 1}}``."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def _describe(exc: ValidationError, path: Path | None, data: dict[str, Any], flags: dict[str, Any]) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc)
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    if _has(flags, loc):
+        source = "command-line flag"
+    elif _has(data, loc):
+        source = str(path)
+    elif any(k.upper().startswith(ENV_PREFIX + loc[0].upper()) for k in os.environ):
+        source = "environment variable " + ENV_PREFIX + "__".join(p.upper() for p in loc)
+    else:
+        source = str(path) if path else "settings"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{source}: {key}: {msg}{more}; see configs/default.yaml for valid keys"
+
+
+def _has(tree: Any, loc: list[str]) -> bool:
+    node = tree
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
