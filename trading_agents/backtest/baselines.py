@@ -1,0 +1,288 @@
+"""Deterministic baseline strategies, the yardsticks every LLM strategy is compared with.
+
+All are long-only and trade each ticker in ``ctx.bars`` on its own: enter with
+``quantity=None`` (as many shares as cash and the risk limits allow), exit the whole
+position. Signals use only the bars the engine passes (dated ``<= as_of``).
+
+=============  ===========================================================================
+buy-hold       buy when flat (in practice: on the first decision), never sell
+sma-cross      fast SMA of closes crosses above the slow one: enter; below: exit
+macd           MACD line crosses above its signal line: enter; below: exit
+rsi            Wilder RSI below ``low``: enter; above ``high``: exit
+random         seeded coin flips: same seed, same trades (also after a resume)
+=============  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import inspect
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trading_agents.backtest.strategy import DecisionContext, OrderIntent, Strategy, StrategyDecision
+from trading_agents.errors import UserInputError
+
+State = tuple[float, ...]
+
+
+class _Fold:
+    """A running state over one ticker's closes, advanced one bar at a time and cached.
+
+    Recomputing an EMA over the whole slice at every bar is quadratic. The engine passes
+    the previous slice plus one row at each bar, so the cached state is advanced by the new
+    rows only; anything else (a fresh or resumed run, other data) refolds from the first
+    row. Both paths do the same arithmetic in the same order: results are bit-identical.
+    """
+
+    def __init__(self, step: Callable[[State | None, float], State]) -> None:
+        self._step = step
+        self._cache: dict[str, tuple[int, pd.Timestamp, float, State | None, State | None]] = {}
+
+    def __call__(self, ticker: str, frame: pd.DataFrame) -> tuple[State | None, State | None]:
+        """States after the second-to-last and after the last row of ``frame``."""
+        n = len(frame)
+        closes = frame["Close"]
+        seen = self._cache.get(ticker)
+        if (
+            seen is not None
+            and 0 < seen[0] <= n
+            and frame.index[seen[0] - 1] == seen[1]
+            and closes.iat[seen[0] - 1] == seen[2]
+        ):
+            done, prev, state = seen[0], seen[3], seen[4]
+            if done == n:
+                return prev, state
+        else:
+            done, prev, state = 0, None, None
+        for x in closes.to_numpy(dtype=float)[done:].tolist():
+            prev, state = state, self._step(state, x)
+        if n:
+            self._cache[ticker] = (n, frame.index[-1], float(closes.iat[-1]), prev, state)
+        return prev, state
+
+
+def _signal_decision(signals: list[dict[str, Any]], intents: list[OrderIntent]) -> StrategyDecision:
+    if not signals:
+        return StrategyDecision(intents)
+    record: dict[str, Any] = {"signals": signals}
+    if len(signals) == 1:
+        record["ticker"] = signals[0]["ticker"]
+    return StrategyDecision(intents, record)
+
+
+class BuyAndHold:
+    """Buy as much as allowed when flat, never sell."""
+
+    name = "buy-hold"
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+
+    def decide(self, ctx: DecisionContext) -> StrategyDecision:
+        intents = [
+            OrderIntent(t, "buy", reason="buy and hold")
+            for t in ctx.bars
+            if ctx.portfolio.positions.get(t, 0) == 0
+        ]
+        return _signal_decision([{"ticker": i.ticker, "signal": "enter"} for i in intents], intents)
+
+
+class SmaCross:
+    """Long while the ``fast`` SMA of closes is above the ``slow`` one (crossings from t-1 to t)."""
+
+    name = "sma-cross"
+
+    def __init__(self, fast: int = 10, slow: int = 20) -> None:
+        if not (isinstance(fast, int) and isinstance(slow, int) and 1 <= fast < slow):
+            raise UserInputError(
+                f"sma-cross needs whole numbers 1 <= fast < slow, not fast={fast}, slow={slow}"
+            )
+        self.fast, self.slow = fast, slow
+        self.params = {"fast": fast, "slow": slow}
+
+    def decide(self, ctx: DecisionContext) -> StrategyDecision:
+        intents: list[OrderIntent] = []
+        signals: list[dict[str, Any]] = []
+        for ticker, frame in ctx.bars.items():
+            if len(frame) < self.slow + 1:
+                continue
+            c = frame["Close"].to_numpy(dtype=float)[-(self.slow + 1) :]
+            fast_now, slow_now = c[-self.fast :].mean(), c[-self.slow :].mean()
+            fast_prev, slow_prev = c[-self.fast - 1 : -1].mean(), c[:-1].mean()
+            held = ctx.portfolio.positions.get(ticker, 0)
+            values = {"ticker": ticker, "fast": float(fast_now), "slow": float(slow_now)}
+            if fast_prev <= slow_prev and fast_now > slow_now and held == 0:
+                intents.append(
+                    OrderIntent(ticker, "buy", reason=f"SMA{self.fast} crossed above SMA{self.slow}")
+                )
+                signals.append({**values, "signal": "enter"})
+            elif fast_prev >= slow_prev and fast_now < slow_now and held > 0:
+                intents.append(
+                    OrderIntent(ticker, "sell", reason=f"SMA{self.fast} crossed below SMA{self.slow}")
+                )
+                signals.append({**values, "signal": "exit"})
+        return _signal_decision(signals, intents)
+
+
+class MacdStrategy:
+    """Long while the MACD line (EMA fast - EMA slow) is above its signal EMA."""
+
+    name = "macd"
+
+    def __init__(self, fast: int = 12, slow: int = 26, signal: int = 9) -> None:
+        if not (all(isinstance(v, int) for v in (fast, slow, signal)) and 1 <= fast < slow and signal >= 1):
+            raise UserInputError(
+                f"macd needs whole numbers 1 <= fast < slow and signal >= 1, not {fast}, {slow}, {signal}"
+            )
+        self.fast, self.slow, self.signal = fast, slow, signal
+        self.params = {"fast": fast, "slow": slow, "signal": signal}
+        af, aslow, asig = 2.0 / (fast + 1), 2.0 / (slow + 1), 2.0 / (signal + 1)
+
+        def step(s: State | None, x: float) -> State:
+            if s is None:
+                return (1.0, x, x, 0.0)
+            n, ef, es, sig = s
+            ef = ef + af * (x - ef)
+            es = es + aslow * (x - es)
+            sig = sig + asig * ((ef - es) - sig)
+            return (n + 1.0, ef, es, sig)
+
+        self._fold = _Fold(step)
+
+    def decide(self, ctx: DecisionContext) -> StrategyDecision:
+        intents: list[OrderIntent] = []
+        signals: list[dict[str, Any]] = []
+        for ticker, frame in ctx.bars.items():
+            prev, cur = self._fold(ticker, frame)
+            if prev is None or cur is None or cur[0] < self.slow + self.signal:
+                continue
+            hist_prev = (prev[1] - prev[2]) - prev[3]
+            macd = cur[1] - cur[2]
+            hist = macd - cur[3]
+            held = ctx.portfolio.positions.get(ticker, 0)
+            values = {"ticker": ticker, "macd": macd, "signal_line": cur[3]}
+            if hist_prev <= 0 < hist and held == 0:
+                intents.append(OrderIntent(ticker, "buy", reason="MACD crossed above signal"))
+                signals.append({**values, "signal": "enter"})
+            elif hist_prev >= 0 > hist and held > 0:
+                intents.append(OrderIntent(ticker, "sell", reason="MACD crossed below signal"))
+                signals.append({**values, "signal": "exit"})
+        return _signal_decision(signals, intents)
+
+
+class RsiReversion:
+    """Mean reversion on Wilder's RSI: buy below ``low``, sell above ``high``."""
+
+    name = "rsi"
+
+    def __init__(self, period: int = 14, low: float = 30.0, high: float = 70.0) -> None:
+        if not (isinstance(period, int) and period >= 2 and 0 <= low < high <= 100):
+            raise UserInputError(
+                f"rsi needs period >= 2 and 0 <= low < high <= 100, not {period}, {low}, {high}"
+            )
+        self.period, self.low, self.high = period, float(low), float(high)
+        self.params = {"period": period, "low": low, "high": high}
+
+        def step(s: State | None, x: float) -> State:
+            if s is None:
+                return (1.0, x, 0.0, 0.0)
+            n, last, gain, loss = s
+            change = x - last
+            up, down = max(change, 0.0), max(-change, 0.0)
+            k = n  # changes seen including this one
+            if k < period:
+                gain, loss = gain + up, loss + down
+            elif k == period:
+                gain, loss = (gain + up) / period, (loss + down) / period
+            else:
+                gain = (gain * (period - 1) + up) / period
+                loss = (loss * (period - 1) + down) / period
+            return (n + 1.0, x, gain, loss)
+
+        self._fold = _Fold(step)
+
+    @staticmethod
+    def rsi(state: State) -> float:
+        _, _, gain, loss = state
+        if loss == 0.0:
+            return 50.0 if gain == 0.0 else 100.0
+        return 100.0 - 100.0 / (1.0 + gain / loss)
+
+    def decide(self, ctx: DecisionContext) -> StrategyDecision:
+        intents: list[OrderIntent] = []
+        signals: list[dict[str, Any]] = []
+        for ticker, frame in ctx.bars.items():
+            _, cur = self._fold(ticker, frame)
+            if cur is None or cur[0] <= self.period:
+                continue
+            value = self.rsi(cur)
+            held = ctx.portfolio.positions.get(ticker, 0)
+            if value < self.low and held == 0:
+                intents.append(OrderIntent(ticker, "buy", reason=f"RSI {value:.1f} < {self.low:g}"))
+                signals.append({"ticker": ticker, "rsi": value, "signal": "enter"})
+            elif value > self.high and held > 0:
+                intents.append(OrderIntent(ticker, "sell", reason=f"RSI {value:.1f} > {self.high:g}"))
+                signals.append({"ticker": ticker, "rsi": value, "signal": "exit"})
+        return _signal_decision(signals, intents)
+
+
+class RandomStrategy:
+    """With probability ``p_trade`` per ticker and bar: enter when flat, exit when long.
+
+    Each draw comes from ``numpy.random.default_rng([seed, bar time, crc32(ticker)])``, so a
+    decision depends only on the seed, the bar and the ticker: same seed, same trades, even
+    when a run is resumed half-way.
+    """
+
+    name = "random"
+
+    def __init__(self, seed: int = 0, p_trade: float = 0.1) -> None:
+        if not (isinstance(seed, int) and seed >= 0 and 0.0 <= p_trade <= 1.0):
+            raise UserInputError(f"random needs seed >= 0 and 0 <= p_trade <= 1, not {seed}, {p_trade}")
+        self.seed, self.p_trade = seed, float(p_trade)
+        self.params = {"seed": seed, "p_trade": p_trade}
+
+    def decide(self, ctx: DecisionContext) -> StrategyDecision:
+        intents: list[OrderIntent] = []
+        signals: list[dict[str, Any]] = []
+        moment = int(pd.Timestamp(ctx.as_of).value) % (2**63)
+        for ticker in ctx.bars:
+            draw = float(np.random.default_rng([self.seed, moment, zlib.crc32(ticker.encode())]).random())
+            if draw >= self.p_trade:
+                continue
+            held = ctx.portfolio.positions.get(ticker, 0)
+            side = "buy" if held == 0 else "sell"
+            if held < 0:
+                continue
+            intents.append(OrderIntent(ticker, side, reason=f"random draw {draw:.3f} < {self.p_trade:g}"))
+            signals.append({"ticker": ticker, "draw": draw, "signal": "enter" if side == "buy" else "exit"})
+        return _signal_decision(signals, intents)
+
+
+BASELINES: dict[str, type] = {
+    "buy-hold": BuyAndHold,
+    "sma-cross": SmaCross,
+    "macd": MacdStrategy,
+    "rsi": RsiReversion,
+    "random": RandomStrategy,
+}
+
+
+def make_baseline(name: str, **params: Any) -> Strategy:
+    """Build a baseline by name (``buy-hold``, ``sma-cross``, ``macd``, ``rsi``, ``random``).
+
+    Example: ``make_baseline("sma-cross", fast=5, slow=30)``.
+    """
+    cls = BASELINES.get(name)
+    if cls is None:
+        raise UserInputError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
+    accepted = [p for p in inspect.signature(cls).parameters]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        takes = ", ".join(accepted) or "no parameters"
+        raise UserInputError(f"baseline {name} takes {takes}; got {', '.join(unknown)}")
+    return cls(**params)

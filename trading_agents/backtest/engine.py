@@ -1,0 +1,676 @@
+"""The step engine: one loop for backtests and paper sessions, backed by the ledger.
+
+For every bar date in ``[start, end]`` (the union of all tickers' dates; a ticker without a
+bar that day keeps its last close and its staleness is seen by the risk engine):
+
+1. fill pending orders at this bar's prices, then apply protective stops;
+2. mark positions to market at the Close;
+3. feed the equity to the kill switch (HALTED cancels pending orders that grow positions);
+4. unless this is the last bar and ``decide_on_last_bar`` is off: call the strategy with
+   bars sliced to ``<= this date`` (no look-ahead by construction), risk-check each intent
+   (clip or veto, recorded), queue the accepted ones for the next bar;
+5. on the last bar with ``close_at_end``: cancel what is pending and close every position at
+   the Close (fills with reason "end of run", commission charged);
+6. commit the step (fills, orders, positions, cash, step row, decision record, risk events)
+   in ONE ledger transaction.
+
+Resume: running again with a ``run_id`` whose steps exist continues after the last committed
+step. Committed bars are not replayed: the strategy is not called for them and ``on_step``
+gets no event for them; ``EngineResult.resumed_steps`` counts them and the events of a
+continued run carry ``resumed=True``. The result is always built from the ledger, so a
+crashed-then-resumed run reports exactly what an uninterrupted run reports.
+
+A file-backed ledger is guarded by ``exclusive_lock(<ledger>.lock)``: a second engine on the
+same ledger gets :class:`~trading_agents.errors.LockBusyError`. ``trading-agents halt`` does
+not need the lock; the engine adopts a halt or resume at its next bar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import nullcontext, suppress
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from trading_agents.backtest.strategy import (
+    DecisionContext,
+    OrderIntent,
+    PortfolioView,
+    Strategy,
+    StrategyDecision,
+)
+from trading_agents.broker.ledger import Ledger, StepRecord
+from trading_agents.broker.orders import Fill, Order, client_order_id, iso_date
+from trading_agents.broker.paper import BarPrices, PaperBroker
+from trading_agents.config.settings import RiskSettings
+from trading_agents.errors import DataValidationError, UserInputError
+from trading_agents.fsutil import atomic_write_text, exclusive_lock
+from trading_agents.risk.limits import RiskCheck, RiskEngine, RiskEvent
+
+if TYPE_CHECKING:
+    from trading_agents.config.settings import Settings
+
+PRICE_COLUMNS = ("Open", "High", "Low", "Close")
+BAR_COLUMNS = (*PRICE_COLUMNS, "Volume")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Money, costs and limits of a run. ``EngineConfig.from_settings`` maps the config file."""
+
+    cash: float = 100_000.0
+    commission: float = 0.001
+    slippage_bps: float = 5.0
+    risk: RiskSettings = field(default_factory=RiskSettings)
+    decide_on_last_bar: bool = False  # paper session: True (the order waits for the next bar)
+    close_at_end: bool = True  # backtest: flatten at the last close
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> EngineConfig:
+        """Cash, commission, slippage from ``broker:`` and limits from ``risk:``."""
+        base = cls(
+            cash=settings.broker.cash,
+            commission=settings.broker.commission,
+            slippage_bps=settings.broker.slippage_bps,
+            risk=settings.risk,
+        )
+        return replace(base, **overrides)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cash": self.cash,
+            "commission": self.commission,
+            "slippage_bps": self.slippage_bps,
+            "risk": self.risk.model_dump(mode="json"),
+            "decide_on_last_bar": self.decide_on_last_bar,
+            "close_at_end": self.close_at_end,
+        }
+
+
+@dataclass
+class StepEvent:
+    """Passed to ``on_step`` after each committed bar."""
+
+    bar_date: pd.Timestamp
+    index: int  # 0-based position of the bar in the run
+    total: int  # bars in the run
+    decision: StrategyDecision | None
+    orders: list[Order]
+    fills: list[Fill]
+    risk_events: list[RiskEvent]
+    equity: float
+    cash: float
+    resumed: bool
+
+
+@dataclass
+class EngineResult:
+    """Everything a report needs; built from the ledger (the single source of truth).
+
+    ``equity``: index Date; columns equity, cash, exposure (gross position value / equity),
+    drawdown (<= 0 fraction) and ``pos_<TICKER>`` share counts. ``trades``: FIFO round trips
+    (see :func:`round_trips`); positions still open at the end are not trades. ``decisions``:
+    ``{bar_date (ISO string), strategy, ticker, record}`` for every decision with a record.
+    ``risk_events``: ``{bar_date, ticker, kind, rule, detail, created_at}``.
+    """
+
+    run_id: str
+    strategy: str
+    start: pd.Timestamp
+    end: pd.Timestamp
+    starting_cash: float
+    equity: pd.DataFrame
+    trades: pd.DataFrame
+    fills: pd.DataFrame
+    orders: pd.DataFrame
+    decisions: list[dict[str, Any]]
+    risk_events: list[dict[str, Any]]
+    commissions: float
+    resumed_steps: int
+    ledger_path: Path | None = None
+
+    @property
+    def final_equity(self) -> float:
+        return float(self.equity["equity"].iloc[-1]) if len(self.equity) else self.starting_cash
+
+
+# -- market data, aligned once -------------------------------------------------------------------
+
+
+def _check_bars(bars: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    if not bars:
+        raise UserInputError("no market data given; pass at least one ticker's bars")
+    out: dict[str, pd.DataFrame] = {}
+    for ticker, df in bars.items():
+        if not isinstance(df, pd.DataFrame) or not isinstance(df.index, pd.DatetimeIndex):
+            raise DataValidationError(f"{ticker}: bars must be a DataFrame with a DatetimeIndex")
+        if df.index.tz is not None:
+            raise DataValidationError(f"{ticker}: bar dates must be tz-naive (got {df.index.tz})")
+        missing = [c for c in PRICE_COLUMNS if c not in df.columns]
+        if missing:
+            raise DataValidationError(f"{ticker}: bars lack columns {', '.join(missing)}")
+        if df.empty:
+            raise DataValidationError(f"{ticker}: no bars")
+        if not df.index.is_monotonic_increasing or df.index.has_duplicates:
+            raise DataValidationError(f"{ticker}: bar dates must be sorted and unique")
+        bad = df[list(PRICE_COLUMNS)].isna().any(axis=1) | (df[list(PRICE_COLUMNS)] <= 0).any(axis=1)
+        if bad.any():
+            raise DataValidationError(
+                f"{ticker}: missing or non-positive prices on {iso_date(df.index[bad.to_numpy()][0])}"
+            )
+        out[str(ticker)] = df
+    return out
+
+
+class _Market:
+    """All tickers aligned on the union of their dates, as plain lists for fast scalar access."""
+
+    def __init__(self, frames: dict[str, pd.DataFrame]) -> None:
+        self.frames = frames
+        self.tickers = sorted(frames)
+        self.dates = pd.DatetimeIndex(
+            sorted(set().union(*(set(df.index) for df in frames.values()))), name="Date"
+        )
+        n = len(self.dates)
+        self.open: dict[str, list[float]] = {}
+        self.high: dict[str, list[float]] = {}
+        self.low: dict[str, list[float]] = {}
+        self.close: dict[str, list[float]] = {}
+        self.has_bar: dict[str, list[bool]] = {}
+        self.rows_upto: dict[str, list[int]] = {}  # rows dated <= dates[i]
+        self.last_close: dict[str, list[float]] = {}
+        self.last_idx: dict[str, list[int]] = {}  # index into dates of the last bar <= dates[i]; -1 none
+        for t, df in frames.items():
+            pos = self.dates.get_indexer(df.index)
+            has = np.zeros(n, dtype=bool)
+            has[pos] = True
+            cols = {}
+            for name in PRICE_COLUMNS:
+                arr = np.full(n, np.nan)
+                arr[pos] = df[name].to_numpy(dtype=float)
+                cols[name] = arr
+            last = np.where(has, np.arange(n), -1)
+            last = np.maximum.accumulate(last)
+            self.open[t], self.high[t], self.low[t] = (cols[c].tolist() for c in ("Open", "High", "Low"))
+            self.close[t] = cols["Close"].tolist()
+            self.has_bar[t] = has.tolist()
+            self.rows_upto[t] = np.cumsum(has).tolist()
+            self.last_idx[t] = last.tolist()
+            self.last_close[t] = [cols["Close"][j] if j >= 0 else math.nan for j in last.tolist()]
+
+    def bar_prices(self, i: int) -> dict[str, BarPrices]:
+        return {
+            t: BarPrices(self.open[t][i], self.high[t][i], self.low[t][i], self.close[t][i])
+            for t in self.tickers
+            if self.has_bar[t][i]
+        }
+
+    def prices(self, i: int) -> dict[str, float]:
+        return {t: self.last_close[t][i] for t in self.tickers if self.last_idx[t][i] >= 0}
+
+
+class _SlicedBars(Mapping[str, pd.DataFrame]):
+    """``ticker -> frame[: rows dated <= as_of]``, sliced lazily on first access."""
+
+    def __init__(self, market: _Market, i: int) -> None:
+        self._market = market
+        self._i = i
+        self._keys = [t for t in market.tickers if market.rows_upto[t][i] > 0]
+        self._cache: dict[str, pd.DataFrame] = {}
+
+    def __getitem__(self, ticker: str) -> pd.DataFrame:
+        if ticker not in self._cache:
+            if ticker not in self._keys:
+                raise KeyError(ticker)
+            self._cache[ticker] = self._market.frames[ticker].iloc[: self._market.rows_upto[ticker][self._i]]
+        return self._cache[ticker]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, ticker: object) -> bool:
+        return ticker in self._keys
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def run_engine(
+    bars: Mapping[str, pd.DataFrame],
+    strategy: Strategy,
+    config: EngineConfig,
+    ledger: Ledger,
+    run_id: str,
+    *,
+    kind: Literal["session", "backtest"] = "backtest",
+    start: pd.Timestamp | str | None = None,
+    end: pd.Timestamp | str | None = None,
+    on_step: Callable[[StepEvent], None] | None = None,
+    record_config: Mapping[str, Any] | None = None,
+) -> EngineResult:
+    """Run (or continue) ``strategy`` over ``bars`` and return the whole run from the ledger.
+
+    ``record_config`` (for example ``settings.public_dict()``, secrets masked) is stored with
+    the run next to the engine config. Bars before ``start`` are visible to the strategy as
+    history (warm-up) but not traded.
+
+    Example::
+
+        with Ledger.open(":memory:") as ledger:
+            result = run_engine({"GOOG": frame}, SmaCross(10, 20), EngineConfig(), ledger, "bt-1")
+    """
+    market = _Market(_check_bars(bars))
+    lo, hi = _range(market.dates, start, end)
+    lock = exclusive_lock(Path(f"{ledger.path}.lock"), "another engine run") if ledger.path else nullcontext()
+    with lock:
+        runner = _Runner(market, strategy, config, ledger, run_id, kind, lo, hi, record_config)
+        runner.run(on_step)
+        return build_result(ledger, run_id, market.tickers, resumed_steps=runner.resumed_steps)
+
+
+def _range(dates: pd.DatetimeIndex, start: Any, end: Any) -> tuple[int, int]:
+    lo = 0 if start is None else int(dates.searchsorted(pd.Timestamp(start), side="left"))
+    hi = len(dates) - 1 if end is None else int(dates.searchsorted(pd.Timestamp(end), side="right")) - 1
+    if lo > hi:
+        raise UserInputError(
+            f"no bars between {start or 'the first bar'} and {end or 'the last bar'}; "
+            f"the data covers {iso_date(dates[0])} to {iso_date(dates[-1])}"
+        )
+    return lo, hi
+
+
+class _Runner:
+    def __init__(
+        self,
+        market: _Market,
+        strategy: Strategy,
+        config: EngineConfig,
+        ledger: Ledger,
+        run_id: str,
+        kind: Literal["session", "backtest"],
+        lo: int,
+        hi: int,
+        record_config: Mapping[str, Any] | None,
+    ) -> None:
+        self.market, self.strategy, self.config, self.ledger = market, strategy, config, ledger
+        self.run_id, self.lo, self.hi = run_id, lo, hi
+        name = str(getattr(strategy, "name", type(strategy).__name__))
+        self.strategy_name = name
+        run = ledger.get_run(run_id)
+        if run is None:
+            state, reason = ledger.session_default_state() if kind == "session" else ("ACTIVE", "")
+            ledger.create_run(
+                run_id,
+                kind=kind,
+                strategy=name,
+                starting_cash=config.cash,
+                config={
+                    "engine": config.as_dict(),
+                    **({"settings": dict(record_config)} if record_config else {}),
+                },
+                risk_state=state,
+                halt_reason=reason,
+            )
+        elif run.kind != kind or run.strategy != name:
+            raise UserInputError(
+                f"run {run_id!r} exists as a {run.kind} of strategy {run.strategy!r}, "
+                f"not a {kind} of {name!r}; choose another run id"
+            )
+        acct = ledger.account(run_id)
+        assert acct is not None
+        self.version = acct.state_version
+        self.broker = PaperBroker(
+            acct.cash,
+            commission=config.commission,
+            slippage_bps=config.slippage_bps,
+            allow_short=config.risk.allow_short,
+            run_id=run_id,
+            positions=ledger.positions(run_id),
+            pending=ledger.orders(run_id, status="pending"),
+        )
+        self.risk = RiskEngine(
+            config.risk,
+            commission=config.commission,
+            slippage_bps=config.slippage_bps,
+            state=acct.risk_state,  # type: ignore[arg-type]
+            halt_reason=acct.halt_reason,
+            peak_equity=acct.peak_equity,
+            day_start_equity=acct.day_start_equity,
+            last_equity=acct.last_equity,
+            last_date=acct.last_step_date,
+        )
+        self.first = lo
+        if acct.last_step_date is not None:
+            self.first = max(lo, int(market.dates.searchsorted(acct.last_step_date, side="right")))
+        self.resumed_steps = self.first - lo if acct.last_step_date is not None else 0
+
+    def run(self, on_step: Callable[[StepEvent], None] | None) -> None:
+        if self.first > self.hi:
+            return
+        self.ledger.set_run_status(self.run_id, "running")
+        try:
+            for i in range(self.first, self.hi + 1):
+                event = self.step(i)
+                if on_step is not None:
+                    on_step(event)
+        except BaseException:
+            with suppress(Exception):  # the original error matters more than the status
+                self.ledger.set_run_status(self.run_id, "failed")
+            raise
+        self.ledger.set_run_status(self.run_id, "completed")
+
+    def _sync_risk_state(self, date: pd.Timestamp) -> list[Order]:
+        """Adopt a halt/resume written by the CLI since the last step."""
+        if self.ledger.state_version(self.run_id) == self.version:
+            return []
+        acct = self.ledger.account(self.run_id)
+        if acct is None:
+            return []
+        self.version = acct.state_version
+        risk = self.risk
+        risk.state, risk.halt_reason = acct.risk_state, acct.halt_reason  # type: ignore[assignment]
+        risk.peak_equity, risk.day_start_equity = acct.peak_equity, acct.day_start_equity
+        if risk.state == "ACTIVE":
+            return []
+        return self.broker.cancel_pending(date, f"cancelled: {risk.state}", only_increasing=True)
+
+    def step(self, i: int) -> StepEvent:
+        market, broker, risk, cfg = self.market, self.broker, self.risk, self.config
+        date = market.dates[i]
+        before = {o.client_order_id for o in broker.pending}
+        touched: list[Order] = self._sync_risk_state(date)
+
+        fills, changed = broker.process_bar(date, market.bar_prices(i))
+        touched += changed
+        prices = market.prices(i)
+        equity = broker.equity(prices)
+        events = risk.update(equity, date)
+        if any(e.kind == "halt" for e in events):
+            touched += broker.cancel_pending(date, "cancelled: HALTED", only_increasing=True)
+
+        decision: StrategyDecision | None = None
+        is_last = i == self.hi
+        if not is_last or cfg.decide_on_last_bar:
+            view = PortfolioView(
+                cash=broker.cash,
+                equity=equity,
+                positions=broker.holdings(),
+                prices=prices,
+                peak_equity=float(risk.peak_equity or equity),
+                day_start_equity=float(risk.day_start_equity or equity),
+                risk_state=risk.state,
+            )
+            ctx = DecisionContext(as_of=date, bars=_SlicedBars(market, i), portfolio=view, step=i - self.lo)
+            decision = self.strategy.decide(ctx)
+            if not isinstance(decision, StrategyDecision):
+                raise TypeError(
+                    f"{self.strategy_name}.decide returned {type(decision).__name__}, not StrategyDecision"
+                )
+            orders, check_events = self._orders(decision.intents, view, date, i)
+            touched += orders
+            events += check_events
+
+        if is_last and cfg.close_at_end:
+            touched += broker.cancel_pending(date, "end of run")
+            close_fills, close_orders = broker.close_all(date, prices)
+            fills += close_fills
+            touched += close_orders
+            equity = broker.equity(prices)
+
+        unique: dict[str, Order] = {}
+        for order in touched:
+            unique[order.client_order_id] = order
+        new = [o for cid, o in unique.items() if cid not in before]
+        updated = [o for cid, o in unique.items() if cid in before]
+        gross = broker.gross_value(prices)
+        exposure = gross / equity if equity > 0 else (0.0 if gross == 0 else math.inf)
+        self.ledger.commit_step(
+            StepRecord(
+                run_id=self.run_id,
+                bar_date=date,
+                step_index=i - self.lo,
+                equity=equity,
+                cash=broker.cash,
+                exposure=exposure,
+                positions=broker.positions,
+                prices=prices,
+                risk_state=risk.state,
+                halt_reason=risk.halt_reason,
+                state_version=self.version,
+                peak_equity=float(risk.peak_equity if risk.peak_equity is not None else equity),
+                day_start_equity=float(
+                    risk.day_start_equity if risk.day_start_equity is not None else equity
+                ),
+                new_orders=new,
+                updated_orders=updated,
+                fills=fills,
+                risk_events=events,
+                strategy=self.strategy_name,
+                decision_record=decision.record if decision is not None else None,
+            )
+        )
+        return StepEvent(
+            bar_date=date,
+            index=i - self.lo,
+            total=self.hi - self.lo + 1,
+            decision=decision,
+            orders=list(unique.values()),
+            fills=fills,
+            risk_events=events,
+            equity=equity,
+            cash=broker.cash,
+            resumed=self.resumed_steps > 0,
+        )
+
+    def _orders(
+        self, intents: Sequence[OrderIntent], view: PortfolioView, date: pd.Timestamp, i: int
+    ) -> tuple[list[Order], list[RiskEvent]]:
+        """Risk-check each intent against the view as updated by the intents before it."""
+        market, broker, cfg = self.market, self.broker, self.config
+        orders: list[Order] = []
+        events: list[RiskEvent] = []
+        cash = view.cash
+        positions = dict(view.positions)
+        for seq, intent in enumerate(intents):
+            ticker = str(intent.ticker)
+            if ticker not in market.last_idx or market.last_idx[ticker][i] < 0:
+                veto = RiskEvent(
+                    "veto", "unknown_ticker", f"no market data for {ticker!r} at {iso_date(date)}", ticker
+                )
+                check = RiskCheck(0, True, [veto])
+                ref = math.nan
+            else:
+                ref = market.last_close[ticker][i]
+                data_date = market.dates[market.last_idx[ticker][i]]
+                working = replace(view, cash=cash, positions=positions)
+                check = self.risk.check(intent, working, ref, date, data_date)
+            events += check.events
+            vetoes = [e for e in check.events if e.kind == "veto"]
+            order = Order(
+                client_order_id=client_order_id(self.run_id, date, ticker, str(intent.side), seq),
+                ticker=ticker,
+                side=intent.side,
+                quantity=check.quantity,
+                order_type=intent.order_type,
+                limit_price=intent.limit_price,
+                time_in_force=intent.time_in_force,
+                stop_loss=intent.stop_loss,
+                created_at=date,
+                status="rejected" if check.vetoed else "pending",
+                reason=f"vetoed ({vetoes[0].rule}): {vetoes[0].detail}" if vetoes else intent.reason,
+                requested_quantity=intent.quantity,
+                updated_at=date,
+            )
+            if check.vetoed:
+                if _storable(order):  # an intent with an unknown side or type is only a risk event
+                    orders.append(order)
+                continue
+            orders.append(order)
+            broker.submit(order)
+            signed = check.quantity if intent.side == "buy" else -check.quantity
+            positions[ticker] = positions.get(ticker, 0) + signed
+            if intent.side == "buy":
+                unit = (
+                    intent.limit_price
+                    if intent.order_type == "limit"
+                    else ref * (1 + cfg.slippage_bps / 10_000)
+                )
+                cash -= check.quantity * float(unit) * (1 + cfg.commission)
+        return orders, events
+
+
+def _storable(order: Order) -> bool:
+    """Whether the ledger's CHECK constraints accept the order's enum fields."""
+    return (
+        order.order_type in ("market", "limit")
+        and order.time_in_force in ("day", "gtc")
+        and order.side
+        in (
+            "buy",
+            "sell",
+        )
+    )
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+def build_result(
+    ledger: Ledger, run_id: str, tickers: Sequence[str] = (), *, resumed_steps: int = 0
+) -> EngineResult:
+    """Assemble an :class:`EngineResult` for ``run_id`` from what the ledger holds."""
+    run = ledger.get_run(run_id)
+    if run is None:
+        raise UserInputError(f"no run {run_id!r} in the ledger")
+    steps = ledger.steps(run_id)
+    index = pd.DatetimeIndex([s["bar_date"] for s in steps], name="Date")
+    equity = pd.DataFrame(
+        {
+            "equity": [s["equity"] for s in steps],
+            "cash": [s["cash"] for s in steps],
+            "exposure": [s["exposure"] for s in steps],
+        },
+        index=index,
+        dtype=float,
+    )
+    equity["drawdown"] = equity["equity"] / equity["equity"].cummax() - 1.0 if len(equity) else []
+    held = sorted(set(tickers).union(*(s["positions"].keys() for s in steps)) if steps else set(tickers))
+    for t in held:
+        equity[f"pos_{t}"] = np.array([int(s["positions"].get(t, 0)) for s in steps], dtype=np.int64)
+    fills = ledger.fills(run_id)
+    fills_df = pd.DataFrame(
+        [f.as_dict() for f in fills],
+        columns=[
+            "order_id",
+            "ticker",
+            "side",
+            "quantity",
+            "price",
+            "commission",
+            "slippage_cost",
+            "filled_at",
+            "reason",
+        ],
+    )
+    fills_df["filled_at"] = pd.to_datetime(fills_df["filled_at"])
+    orders = ledger.orders(run_id)
+    order_cols = list(Order.__dataclass_fields__)
+    orders_df = pd.DataFrame([o.as_dict() for o in orders], columns=order_cols)
+    for col in ("created_at", "updated_at"):
+        orders_df[col] = pd.to_datetime(orders_df[col])
+    return EngineResult(
+        run_id=run_id,
+        strategy=run.strategy,
+        start=index[0] if len(index) else pd.NaT,
+        end=index[-1] if len(index) else pd.NaT,
+        starting_cash=run.starting_cash,
+        equity=equity,
+        trades=round_trips(fills, index),
+        fills=fills_df,
+        orders=orders_df,
+        decisions=[
+            {
+                "bar_date": d["bar_date"],
+                "strategy": d["strategy"],
+                "ticker": d["ticker"],
+                "record": d["record"],
+            }
+            for d in ledger.decisions(run_id)
+        ],
+        risk_events=ledger.risk_events(run_id),
+        commissions=float(sum(f.commission for f in fills)),
+        resumed_steps=resumed_steps,
+        ledger_path=ledger.path,
+    )
+
+
+TRADE_COLUMNS = [
+    "ticker",
+    "size",
+    "entry_time",
+    "exit_time",
+    "entry_price",
+    "exit_price",
+    "pnl",
+    "return_pct",
+    "commission",
+    "bars_held",
+]
+
+
+def round_trips(fills: Sequence[Fill], dates: pd.DatetimeIndex) -> pd.DataFrame:
+    """Match fills FIFO into round trips, one row per (entry lot, exit fill) pair.
+
+    ``size`` is signed (negative for shorts); ``pnl`` is after the pro-rata entry and exit
+    commissions; ``return_pct`` is ``pnl / (entry_price * |size|)`` as a fraction;
+    ``bars_held`` counts bars of ``dates`` between entry and exit.
+    """
+    books: dict[str, deque[list[Any]]] = {}
+    rows: list[dict[str, Any]] = []
+    for f in fills:
+        remaining = f.quantity if f.side == "buy" else -f.quantity
+        per_share = f.commission / f.quantity
+        book = books.setdefault(f.ticker, deque())
+        while remaining and book and (book[0][0] > 0) != (remaining > 0):
+            lot = book[0]  # [signed qty left, price, time, commission per share]
+            direction = 1 if lot[0] > 0 else -1
+            matched = min(abs(lot[0]), abs(remaining))
+            commission = matched * (lot[3] + per_share)
+            pnl = (f.price - lot[1]) * matched * direction - commission
+            rows.append(
+                {
+                    "ticker": f.ticker,
+                    "size": matched * direction,
+                    "entry_time": lot[2],
+                    "exit_time": f.filled_at,
+                    "entry_price": lot[1],
+                    "exit_price": f.price,
+                    "pnl": pnl,
+                    "return_pct": pnl / (lot[1] * matched),
+                    "commission": commission,
+                    "bars_held": int(dates.searchsorted(f.filled_at) - dates.searchsorted(lot[2])),
+                }
+            )
+            lot[0] -= matched * direction
+            remaining += matched * direction
+            if lot[0] == 0:
+                book.popleft()
+        if remaining:
+            book.append([remaining, f.price, f.filled_at, per_share])
+    return pd.DataFrame(rows, columns=TRADE_COLUMNS)
+
+
+def write_decisions_jsonl(path: Path, decisions: Sequence[Mapping[str, Any]]) -> None:
+    """Write decision records one JSON object per line, atomically."""
+    text = "".join(json.dumps(dict(d), default=str, sort_keys=False) + "\n" for d in decisions)
+    atomic_write_text(path, text)

@@ -1,0 +1,265 @@
+"""``trading-agents ledger | halt | resume``: inspect the paper account and work its kill switch.
+
+The session ledger is ``<paths.home>/ledger.sqlite``. ``halt`` and ``resume`` do not wait for
+a running session: they write the new risk state at once and the engine adopts it at its
+next bar.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from trading_agents.broker.ledger import Ledger, RiskStateChange, RunInfo, default_ledger_path
+from trading_agents.cli.common import ConfigOption, JsonOption, console, emit_json, settings_from
+from trading_agents.errors import UserInputError
+
+NO_LEDGER = "no ledger yet; run `trading-agents run`"
+
+RunOption = Annotated[
+    str | None,
+    typer.Option("--run", help="Run id (default: the latest paper session, else the latest run)."),
+]
+
+
+def _pick_run(led: Ledger, run: str | None) -> RunInfo | None:
+    if run is not None:
+        info = led.get_run(run)
+        if info is None:
+            known = ", ".join(r.run_id for r in led.runs()[:10]) or "none"
+            raise UserInputError(f"no run {run!r} in the ledger; known runs: {known}")
+        return info
+    sessions = led.runs("session")
+    if sessions:
+        return sessions[0]
+    everything = led.runs()
+    return everything[0] if everything else None
+
+
+def ledger(
+    config: ConfigOption = None,
+    json_out: JsonOption = False,
+    run: RunOption = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Recent orders and decisions to show.")] = 10,
+) -> None:
+    """Show the paper account: cash, equity, risk state, positions, recent orders and decisions.
+
+    Example: trading-agents ledger --limit 5 --json
+    """
+    settings = settings_from(config)
+    path = default_ledger_path(settings.paths.home)
+    if not path.exists():
+        if json_out:
+            emit_json({"ledger": str(path), "exists": False, "message": NO_LEDGER})
+        else:
+            console.print(NO_LEDGER)
+        return
+    with Ledger.open(path) as led:
+        info = _pick_run(led, run)
+        default_state, default_reason = led.session_default_state()
+        doc: dict[str, Any] = {
+            "ledger": str(path),
+            "exists": True,
+            "session_risk_state": default_state,
+            "session_halt_reason": default_reason,
+            "runs": [
+                {"run_id": r.run_id, "kind": r.kind, "strategy": r.strategy, "status": r.status}
+                for r in led.runs()[:limit]
+            ],
+            "run": None,
+        }
+        if info is not None:
+            doc["run"] = _run_doc(led, info, limit)
+    if json_out:
+        emit_json(doc)
+        return
+    _print(doc)
+
+
+def _run_doc(led: Ledger, info: RunInfo, limit: int) -> dict[str, Any]:
+    acct = led.account(info.run_id)
+    steps = led.steps(info.run_id)
+    last = steps[-1] if steps else None
+    prices = last["prices"] if last else {}
+    positions = [
+        {
+            "ticker": t,
+            "quantity": p.quantity,
+            "avg_price": p.avg_price,
+            "last_price": prices.get(t),
+            "market_value": p.quantity * prices[t] if t in prices else None,
+            "stop_loss": p.stop_loss,
+        }
+        for t, p in led.positions(info.run_id).items()
+    ]
+    return {
+        "run_id": info.run_id,
+        "kind": info.kind,
+        "strategy": info.strategy,
+        "status": info.status,
+        "created_at": info.created_at,
+        "starting_cash": info.starting_cash,
+        "account": {
+            "cash": acct.cash if acct else None,
+            "equity": acct.last_equity if acct else None,
+            "risk_state": acct.risk_state if acct else None,
+            "halt_reason": acct.halt_reason if acct else "",
+            "peak_equity": acct.peak_equity if acct else None,
+            "last_bar": last["bar_date"].strftime("%Y-%m-%d") if last else None,
+            "steps": len(steps),
+        },
+        "positions": positions,
+        "orders": [o.as_dict() for o in led.orders(info.run_id, limit=limit, newest_first=True)],
+        "decisions": led.decisions(info.run_id, limit=limit),
+        "risk_events": led.risk_events(info.run_id, limit=limit),
+        "reconcile_problems": led.reconcile(info.run_id),
+    }
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"
+
+
+def _print(doc: dict[str, Any]) -> None:
+    console.print(f"ledger: {doc['ledger']}", highlight=False)
+    run = doc["run"]
+    if run is None:
+        state = doc["session_risk_state"]
+        console.print(f"no runs yet; paper sessions will start {state}. Run `trading-agents run`.")
+        return
+    acct = run["account"]
+    state = acct["risk_state"]
+    color = {"ACTIVE": "green", "REDUCING": "yellow"}.get(state, "bold red")
+    console.print(
+        f"run [bold]{run['run_id']}[/] ({run['kind']}, {run['strategy']}, {run['status']}); "
+        f"last bar {acct['last_bar'] or '-'}",
+        highlight=False,
+    )
+    reason = f" - {acct['halt_reason']}" if acct["halt_reason"] else ""
+    console.print(
+        f"cash {_money(acct['cash'])}  equity {_money(acct['equity'])}  risk [{color}]{state}[/]{reason}",
+        highlight=False,
+    )
+    if run["positions"]:
+        table = Table(title="Positions")
+        for col in ("Ticker", "Qty", "Avg price", "Last", "Value", "Stop"):
+            table.add_column(col, justify="left" if col == "Ticker" else "right")
+        for p in run["positions"]:
+            table.add_row(
+                p["ticker"],
+                str(p["quantity"]),
+                _money(p["avg_price"]),
+                _money(p["last_price"]),
+                _money(p["market_value"]),
+                _money(p["stop_loss"]),
+            )
+        console.print(table)
+    else:
+        console.print("no open positions")
+    if run["orders"]:
+        table = Table(title="Recent orders")
+        for col in ("Date", "Side", "Ticker", "Qty", "Filled", "Type", "Status", "Reason"):
+            table.add_column(col)
+        for o in run["orders"]:
+            kind = o["order_type"] + (f" {o['limit_price']:g}" if o["limit_price"] else "")
+            table.add_row(
+                o["created_at"] or "-",
+                o["side"],
+                o["ticker"],
+                str(o["quantity"]),
+                str(o["filled_quantity"]),
+                kind,
+                o["status"],
+                _short(o["reason"]),
+            )
+        console.print(table)
+    if run["decisions"]:
+        table = Table(title="Recent decisions")
+        for col in ("Date", "Ticker", "Strategy", "Record"):
+            table.add_column(col)
+        for d in run["decisions"]:
+            table.add_row(d["bar_date"], d["ticker"] or "-", d["strategy"], _short(str(d["record"]), 70))
+        console.print(table)
+    for problem in run["reconcile_problems"]:
+        console.print(f"[bold red]ledger inconsistency:[/] {problem}", highlight=False)
+
+
+def _short(text: str, width: int = 50) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _set_state(config: Any, state: str, reason: str, run: str | None, json_out: bool) -> None:
+    settings = settings_from(config)
+    path = default_ledger_path(settings.paths.home)
+    if state == "ACTIVE" and not path.exists():
+        if json_out:
+            emit_json({"ledger": str(path), "exists": False, "changes": [], "message": NO_LEDGER})
+        else:
+            console.print(f"{NO_LEDGER}; nothing to resume")
+        return
+    with Ledger.open(path) as led:
+        changes = led.set_risk_state(state, reason, run_id=run)
+    if json_out:
+        emit_json({"ledger": str(path), "state": state, "changes": [_change_doc(c) for c in changes]})
+        return
+    for c in changes:
+        who = f"run {c.run_id}" if c.run_id else "new paper sessions"
+        cancelled = f"; {c.cancelled_orders} pending order(s) cancelled" if c.cancelled_orders else ""
+        console.print(f"{who}: {c.old} -> [bold]{c.new}[/]{cancelled}", highlight=False)
+    if state != "ACTIVE":
+        console.print(f"reason: {reason}. Only reducing orders pass until `trading-agents resume`.")
+
+
+def _change_doc(c: RiskStateChange) -> dict[str, Any]:
+    return {
+        "run_id": c.run_id,
+        "old": c.old,
+        "new": c.new,
+        "reason": c.reason,
+        "cancelled_orders": c.cancelled_orders,
+    }
+
+
+def halt(
+    config: ConfigOption = None,
+    reason: Annotated[
+        str, typer.Argument(help="Why trading stops (stored in the ledger).")
+    ] = "halted by hand",
+    run: Annotated[
+        str | None, typer.Option("--run", help="Halt one run only (default: all sessions).")
+    ] = None,
+    reducing: Annotated[
+        bool,
+        typer.Option("--reducing", help="REDUCING instead of HALTED (same effect: only reducing orders)."),
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Stop trading: the account goes HALTED (only orders that reduce positions pass).
+
+    Pending orders that would grow a position are cancelled; the state lasts until `resume`.
+
+    Example: trading-agents halt "earnings tomorrow"
+    """
+    if not reason.strip():
+        raise UserInputError(
+            "give a reason for the halt, for example: trading-agents halt 'earnings tomorrow'"
+        )
+    _set_state(config, "REDUCING" if reducing else "HALTED", reason.strip(), run, json_out)
+
+
+def resume(
+    config: ConfigOption = None,
+    run: Annotated[
+        str | None, typer.Option("--run", help="Resume one run only (default: all sessions).")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Return a HALTED or REDUCING account to ACTIVE.
+
+    Peak and day-start equity restart from the last equity, so the same loss cannot re-trip it.
+
+    Example: trading-agents resume
+    """
+    _set_state(config, "ACTIVE", "resumed by hand", run, json_out)
