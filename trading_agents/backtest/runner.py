@@ -1,0 +1,523 @@
+"""One backtest from request to results folder: what ``trading-agents backtest`` and cron run.
+
+:func:`run_backtest` validates a :class:`BacktestRequest`, loads the bars, picks the
+window, builds the strategy, runs the engine (and, for the comparison table, the
+baselines on the same bars, window, costs and risk limits), computes the metrics and writes
+the results folder (:mod:`trading_agents.backtest.report`).
+
+Default windows: the whole available range for the rule-based strategies (they are
+cheap), but only the last :data:`AGENT_DEFAULT_BARS` bars for ``agents``, because every
+bar costs three LLM calls. Bars before the window are still handed to the engine, so
+indicators and agents see point-in-time history from the first bar of the window on.
+
+Cron safety lives here too: :func:`default_lock_file` (one run at a time, see
+:func:`trading_agents.fsutil.exclusive_lock`), :func:`log_to` (append a log file) and
+:func:`market_closed_message` (skip weekends and exchange holidays).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import hashlib
+import logging
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from trading_agents.backtest.calendar import DEFAULT_EXCHANGE, exchange_today, is_trading_day
+from trading_agents.backtest.metrics import compute_metrics
+from trading_agents.backtest.report import package_versions, write_results
+from trading_agents.config.settings import Settings
+from trading_agents.errors import UserInputError
+
+log = logging.getLogger("trading_agents.backtest")
+
+STRATEGIES: tuple[str, ...] = ("agents", "buy-hold", "sma-cross", "macd", "rsi", "random")
+#: Rule-based strategies run next to the chosen one for the comparison table.
+BASELINES: tuple[str, ...] = ("buy-hold", "sma-cross", "macd", "rsi", "random")
+AGENT_DEFAULT_BARS = 60
+DEFAULT_TICKER = "GOOG"
+LOCK_NAME = "backtest.lock"
+
+StepCallback = Callable[[Any], None]
+
+
+class BacktestRequest(BaseModel):
+    """Everything a backtest is asked to do; ``None`` means "from the settings" or "default".
+
+    ``tickers`` and ``data_file`` are exclusive; neither means the bundled GOOG bars.
+    ``cash``, ``commission``, ``slippage_bps`` and ``max_position_pct`` default to the
+    config's ``broker`` and ``risk`` sections. ``seed`` seeds the ``random`` strategy and
+    the LLM. ``fast``/``slow`` are the SMA windows of ``sma-cross`` (also as a baseline).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: str = "agents"
+    tickers: list[str] | None = None
+    data_file: Path | None = None
+    start: dt.date | None = None
+    end: dt.date | None = None
+    cash: float | None = None
+    commission: float | None = None
+    slippage_bps: float | None = None
+    max_position_pct: float | None = None
+    fast: int = 10
+    slow: int = 20
+    seed: int | None = None
+    use_cache: bool = True
+    blind: bool = False
+    baselines: bool = True
+    out: Path | None = None
+    source: str = "auto"
+
+    def validate_inputs(self) -> None:
+        """Raise :class:`UserInputError` (one line: what is wrong, what to do) for a bad request."""
+        if self.strategy not in STRATEGIES:
+            choices = ", ".join(STRATEGIES)
+            raise UserInputError(f"unknown strategy {self.strategy!r}; choose one of: {choices}")
+        if self.tickers and self.data_file is not None:
+            raise UserInputError("--ticker and --data are exclusive; pass tickers or a CSV file, not both")
+        if self.start and self.end and self.start > self.end:
+            raise UserInputError(f"--start {self.start} is after --end {self.end}; swap the dates")
+        if self.cash is not None and not self.cash > 0:
+            raise UserInputError(f"--cash must be greater than 0 (got {self.cash:g})")
+        if self.commission is not None and not 0 <= self.commission < 0.1:
+            raise UserInputError(
+                f"--commission is a fraction of traded value in [0, 0.1), e.g. 0.001 for 0.1% "
+                f"(got {self.commission:g})"
+            )
+        if self.slippage_bps is not None and self.slippage_bps < 0:
+            raise UserInputError(f"--slippage-bps cannot be negative (got {self.slippage_bps:g})")
+        if self.max_position_pct is not None and not 0 < self.max_position_pct <= 1:
+            raise UserInputError(
+                f"--max-position-pct is a fraction of equity in (0, 1] (got {self.max_position_pct:g})"
+            )
+        if self.fast < 1 or self.slow <= self.fast:
+            raise UserInputError(f"--fast must be >= 1 and below --slow (got {self.fast} and {self.slow})")
+        if self.seed is not None and self.seed < 0:
+            raise UserInputError(f"--seed must be >= 0 (got {self.seed})")
+
+    def setting_overrides(self) -> dict[str, Any]:
+        """The flags that are also settings, as ``load_settings`` overrides."""
+        return {
+            "broker.cash": self.cash,
+            "broker.commission": self.commission,
+            "broker.slippage_bps": self.slippage_bps,
+            "risk.max_position_pct": self.max_position_pct,
+            "llm.seed": self.seed,
+        }
+
+
+@dataclass
+class BacktestOutcome:
+    """What a finished backtest produced: the folder, its files and the summary written."""
+
+    out_dir: Path
+    paths: dict[str, Path]
+    summary: dict[str, Any]
+    result: Any
+    warnings: list[str] = field(default_factory=list)
+
+
+def run_backtest(
+    request: BacktestRequest,
+    settings: Settings,
+    *,
+    on_step: StepCallback | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> BacktestOutcome:
+    """Run ``request`` with ``settings`` (flags already applied) and write its results folder.
+
+    ``on_step`` receives the engine's ``StepEvent`` after every bar (for progress bars);
+    ``warn`` receives each warning line (default: the log). Errors are
+    :mod:`trading_agents.errors` exceptions.
+    """
+    from trading_agents.backtest.engine import EngineConfig, run_engine
+    from trading_agents.broker.ledger import Ledger
+
+    request.validate_inputs()
+    warn = warn or log.warning
+    began = time.monotonic()
+    bars = load_request_bars(request)
+    tickers = list(bars)
+    start, end, n_bars = choose_window(bars, request.strategy, request.start, request.end)
+    log.info(
+        "backtest %s on %s from %s to %s (%d bars)", request.strategy, ",".join(tickers), start, end, n_bars
+    )
+
+    warnings: list[str] = []
+    if request.strategy == "agents":
+        for line in lookahead_warnings(settings, start, blind=request.blind):
+            warnings.append(line)
+            warn(line)
+
+    config = EngineConfig.from_settings(settings)
+    run_id = make_run_id(request.strategy, tickers, start, end)
+    out_dir = Path(request.out or default_out_dir(request.strategy, tickers))
+    created = ensure_writable(out_dir)  # before the run: an LLM backtest can take hours
+    strategy = build_strategy(request.strategy, request, settings)
+    ledger = Ledger.open(":memory:")
+    try:
+        result = run_engine(
+            bars,
+            strategy,
+            config,
+            ledger,
+            run_id,
+            kind="backtest",
+            start=start,
+            end=end,
+            on_step=on_step,
+            record_config=settings.public_dict(),
+        )
+        llm = _llm_stats(strategy)
+        ledger_file = save_ledger(ledger, out_dir)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only if still empty
+        raise
+    finally:
+        _close(ledger)
+        _close(strategy)
+
+    metrics = compute_metrics(result, bars)
+    baseline_metrics: dict[str, dict[str, Any]] = {}
+    baseline_equity: dict[str, pd.Series] = {}
+    if request.baselines:
+        for name in BASELINES:
+            if name == request.strategy:
+                continue
+            other = run_baseline(name, request, settings, bars, config, start, end)
+            baseline_metrics[name] = compute_metrics(other, bars)
+            baseline_equity[name] = other.equity["equity"]
+
+    meta = {
+        "run_id": run_id,
+        "strategy": request.strategy,
+        "params": strategy_params(request, settings),
+        "tickers": tickers,
+        "data_file": str(request.data_file) if request.data_file else None,
+        "source": request.source,
+        "window": {"start": start.isoformat(), "end": end.isoformat(), "bars": n_bars},
+        "cash": settings.broker.cash,
+        "commission": settings.broker.commission,
+        "slippage_bps": settings.broker.slippage_bps,
+        "max_position_pct": settings.risk.max_position_pct,
+        "models": (llm or {}).get("models", {}),
+        "seed": _seed(request, settings, llm),
+        "llm": llm,
+        "lookahead_warnings": warnings,
+        "risk_events": len(getattr(result, "risk_events", None) or []),
+        "resumed_steps": getattr(result, "resumed_steps", 0),
+        "elapsed_s": round(time.monotonic() - began, 3),
+        "versions": package_versions(),
+        "config": settings.public_dict(),
+    }
+    paths = write_results(
+        out_dir,
+        result,
+        metrics,
+        baselines=baseline_metrics,
+        meta=meta,
+        bars=bars,
+        baseline_equity=baseline_equity,
+    )
+    paths["ledger"] = ledger_file
+    summary = {"metrics": metrics, "baselines": baseline_metrics, "meta": meta, "out_dir": str(out_dir)}
+    log.info(
+        "backtest %s done: return %.2f%%, %s trades; results in %s",
+        request.strategy,
+        metrics.get("return_pct") or 0.0,
+        metrics.get("num_trades"),
+        out_dir,
+    )
+    return BacktestOutcome(
+        out_dir=Path(out_dir), paths=paths, summary=summary, result=result, warnings=warnings
+    )
+
+
+def ensure_writable(out_dir: Path) -> bool:
+    """Create ``out_dir`` if needed and prove a file can be written there.
+
+    Returns whether the folder was created. Raises
+    :class:`~trading_agents.errors.ResourceError` in one line otherwise.
+    """
+    from trading_agents.errors import ResourceError
+
+    out_dir = Path(out_dir)
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ResourceError(
+            f"cannot write results to {out_dir}: {exc.strerror or exc}; pass a writable --out folder"
+        ) from None
+    return created
+
+
+def save_ledger(ledger: Any, out_dir: Path) -> Path:
+    """Copy the run's in-memory ledger to ``<out_dir>/ledger.sqlite`` (temporary file, then rename).
+
+    The copy holds every order, fill, step and decision of the run, for audits with SQL.
+    """
+    from trading_agents.errors import ResourceError
+
+    target = Path(out_dir) / "ledger.sqlite"
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        ledger.backup(tmp)
+        os.replace(tmp, target)
+    except (OSError, sqlite3.Error) as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        full = getattr(exc, "errno", None) == errno.ENOSPC or "full" in str(exc)
+        hint = "free some disk space" if full else "choose a writable folder"
+        reason = getattr(exc, "strerror", None) or exc
+        raise ResourceError(f"cannot write {target}: {reason}; {hint}") from None
+    return target
+
+
+def load_request_bars(request: BacktestRequest) -> dict[str, pd.DataFrame]:
+    """All bars the request names (the whole history: the window is applied by the engine)."""
+    from trading_agents.market import load_bars
+
+    if request.data_file is not None:
+        return load_bars(data_file=request.data_file, source=request.source)
+    return load_bars(tickers=request.tickers or [DEFAULT_TICKER], source=request.source)
+
+
+def choose_window(
+    bars: Mapping[str, pd.DataFrame], strategy: str, start: dt.date | None, end: dt.date | None
+) -> tuple[dt.date, dt.date, int]:
+    """The ``(start, end, number of bars)`` to trade; see the module docstring for defaults.
+
+    Raises :class:`UserInputError` naming the available range when no bar falls inside.
+    """
+    frames = [f for f in bars.values() if len(f)]
+    if not frames:
+        raise UserInputError("the data has no bars; check the tickers or the data file")
+    dates = pd.DatetimeIndex(sorted(set().union(*(f.index for f in frames))))
+    available = f"{dates[0].date()}..{dates[-1].date()}"
+    if start and end and start > end:
+        raise UserInputError(f"--start {start} is after --end {end}; swap the dates")
+    lo = pd.Timestamp(start) if start else None
+    hi = pd.Timestamp(end) if end else None
+    mask = np.ones(len(dates), dtype=bool)
+    if lo is not None:
+        mask &= dates >= lo
+    if hi is not None:
+        mask &= dates <= hi
+    inside = dates[mask]
+    if lo is None and hi is None and strategy == "agents":
+        inside = dates[-AGENT_DEFAULT_BARS:]
+    elif lo is None and strategy == "agents":
+        inside = inside[-AGENT_DEFAULT_BARS:]
+    if not len(inside):
+        asked = f"{start or '...'}..{end or '...'}"
+        raise UserInputError(f"no bars in {asked}; available: {available}; choose dates inside that range")
+    return inside[0].date(), inside[-1].date(), len(inside)
+
+
+def lookahead_warnings(settings: Settings, start: dt.date, *, blind: bool) -> list[str]:
+    """One line per configured model whose training cutoff is after ``start``.
+
+    Such a model may have read about the prices it is asked to predict, so its backtest
+    is optimistic; ``--blind`` hides tickers and dates from the agents.
+    """
+    from trading_agents.models.registry import resolve_llm_pair
+
+    primary, fallback, _notes = resolve_llm_pair(settings)
+    lines = []
+    for model in (primary, fallback):
+        cutoff = getattr(getattr(model, "entry", None), "training_cutoff", None)
+        if model is None or cutoff is None or start >= cutoff:
+            continue
+        advice = (
+            "--blind is on, so tickers and dates are hidden from it"
+            if blind
+            else "results may be optimistic; rerun with --blind to hide tickers and dates"
+        )
+        lines.append(
+            f"window starts {start} before {model.name}'s training cutoff {cutoff}: "
+            f"the model may have seen these prices; {advice}"
+        )
+    return lines
+
+
+def build_strategy(name: str, request: BacktestRequest, settings: Settings) -> Any:
+    """The strategy object ``name`` stands for, with the request's parameters."""
+    if name == "agents":
+        try:
+            from trading_agents.agents.strategy import build_agent_strategy
+        except ImportError as exc:
+            raise UserInputError(f"the agents strategy is not available in this install: {exc}") from None
+        return build_agent_strategy(settings, use_cache=request.use_cache, blind=request.blind)
+    from trading_agents.backtest.baselines import make_baseline
+
+    return make_baseline(name, **_baseline_params(name, request, settings))
+
+
+def run_baseline(
+    name: str,
+    request: BacktestRequest,
+    settings: Settings,
+    bars: Mapping[str, pd.DataFrame],
+    config: Any,
+    start: dt.date,
+    end: dt.date,
+) -> Any:
+    """Run baseline ``name`` on the same bars, window and costs in a throw-away ledger."""
+    from trading_agents.backtest.engine import run_engine
+    from trading_agents.broker.ledger import Ledger
+
+    ledger = Ledger.open(":memory:")
+    try:
+        return run_engine(
+            dict(bars),
+            build_strategy(name, request, settings),
+            config,
+            ledger,
+            make_run_id(name, list(bars), start, end),
+            kind="backtest",
+            start=start,
+            end=end,
+        )
+    finally:
+        _close(ledger)
+
+
+def strategy_params(request: BacktestRequest, settings: Settings) -> dict[str, Any]:
+    """The parameters that shaped the strategy's decisions (recorded in summary.json)."""
+    if request.strategy == "agents":
+        return {
+            "blind": request.blind,
+            "use_cache": request.use_cache,
+            "primary": settings.llm.primary,
+            "fallback": settings.llm.fallback,
+            "temperature": settings.llm.temperature,
+            "seed": settings.llm.seed,
+        }
+    return _baseline_params(request.strategy, request, settings)
+
+
+def _baseline_params(name: str, request: BacktestRequest, settings: Settings) -> dict[str, Any]:
+    if name == "sma-cross":
+        return {"fast": request.fast, "slow": request.slow}
+    if name == "random":
+        return {"seed": request.seed if request.seed is not None else settings.llm.seed}
+    return {}
+
+
+def make_run_id(strategy: str, tickers: list[str], start: dt.date, end: dt.date) -> str:
+    """Unique, readable id: ``bt-<strategy>-<tickers>-<start>-<end>-<time>-<hash>``."""
+    now = dt.datetime.now(dt.UTC)
+    tag = hashlib.sha256(f"{now.isoformat()}{time.perf_counter_ns()}".encode()).hexdigest()[:6]
+    return f"bt-{strategy}-{'_'.join(tickers)}-{start}-{end}-{now:%Y%m%dT%H%M%S}-{tag}"
+
+
+def default_out_dir(strategy: str, tickers: list[str], root: Path | None = None) -> Path:
+    """``results/<strategy>-<tickers>-<UTC timestamp>`` (under the current directory)."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    names = "_".join(tickers)[:60] or "data"
+    base = (root or Path("results")) / f"{strategy}-{names}-{stamp}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
+def default_lock_file(settings: Settings) -> Path:
+    """``<TRADING_AGENTS_HOME>/backtest.lock``: scheduled backtests never overlap."""
+    return Path(settings.paths.home).expanduser() / LOCK_NAME
+
+
+def market_closed_message(today: dt.date | None = None, exchange: str = DEFAULT_EXCHANGE) -> str | None:
+    """``"market closed on D; nothing to do"`` when ``today`` (default: the exchange's today)
+    is not a trading day, else ``None``."""
+    day = today or exchange_today(exchange)
+    if is_trading_day(day, exchange):
+        return None
+    return f"market closed on {day}; nothing to do"
+
+
+@contextmanager
+def log_to(log_file: Path | None, *, stderr: bool = True) -> Iterator[None]:
+    """Append ``trading_agents`` log records to ``log_file`` (and mirror them on stderr).
+
+    Handlers are removed again on exit, so repeated in-process runs do not pile them up.
+    Without a file nothing is attached: warnings reach the user through the CLI.
+    """
+    if log_file is None:
+        yield
+        return
+    from trading_agents.errors import ResourceError
+
+    logger = logging.getLogger("trading_agents")
+    path = Path(log_file).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file_handler: logging.Handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    except OSError as exc:
+        raise ResourceError(
+            f"cannot open log file {path}: {exc.strerror or exc}; choose a writable path"
+        ) from None
+    file_handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+    )
+    handlers = [file_handler]
+    if stderr:
+        echo = logging.StreamHandler(sys.stderr)
+        echo.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handlers.append(echo)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    for handler in handlers:
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+        logger.setLevel(old_level)
+
+
+def _seed(request: BacktestRequest, settings: Settings, llm: Mapping[str, Any] | None) -> int | None:
+    if llm and llm.get("seed") is not None:
+        return int(llm["seed"])
+    if request.strategy == "agents":
+        return settings.llm.seed
+    if request.strategy == "random":
+        return int(_baseline_params("random", request, settings)["seed"])
+    return None
+
+
+def _llm_stats(strategy: Any) -> dict[str, Any] | None:
+    stats = getattr(strategy, "llm_stats", None)
+    return dict(stats()) if callable(stats) else None
+
+
+def _close(obj: Any) -> None:
+    close = getattr(obj, "close", None)
+    if callable(close):
+        close()
