@@ -1,0 +1,197 @@
+"""The local llama.cpp backend on the real embedded SmolLM2 model."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, Field
+
+from trading_agents.agents.schemas import AnalystReport, OrderProposal
+from utils.llm_integration.local_llm import (
+    DeadlineExceededError,
+    GenerationCancelledError,
+    LLMSpec,
+    LocalLLM,
+    ModelLoadError,
+    OutputTruncatedError,
+    ResponseCache,
+    SamplingParams,
+    format_mistral_instruct,
+    get_local_llm,
+    grammar_schema,
+    merge_turns,
+)
+
+SYSTEM = "You are a careful equity analyst. Always answer with JSON only."
+MESSAGES = [
+    {"role": "system", "content": SYSTEM},
+    {
+        "role": "user",
+        "content": "GOOG closed at 300.5, above its 20-day average of 290. RSI is 62. Give your view.",
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def llm(embedded_model: Path) -> LocalLLM:
+    return get_local_llm(LLMSpec(path=embedded_model, name="smollm2", n_ctx=2048, n_threads=2))
+
+
+# ----------------------------------------------------------------------------- pure formatting
+
+
+def test_mistral_format_keeps_the_system_message_and_merges_turns() -> None:
+    prompt = format_mistral_instruct(
+        [
+            {"role": "system", "content": "RULES"},
+            {"role": "user", "content": "task"},
+            {"role": "user", "content": "instructions"},
+            {"role": "assistant", "content": "{}"},
+            {"role": "user", "content": "again"},
+        ]
+    )
+    assert prompt == "[INST] RULES\n\ntask\n\ninstructions [/INST] {}</s>[INST] again [/INST]"
+
+
+def test_llama_cpp_mistral_instruct_format_drops_system_messages() -> None:
+    """Why our own handler exists: the stock format loses the desk rules."""
+    from llama_cpp.llama_chat_format import format_mistral_instruct as stock
+
+    stock_prompt = stock(
+        messages=[{"role": "system", "content": "RULES"}, {"role": "user", "content": "hi"}]
+    ).prompt
+    assert "RULES" not in stock_prompt
+    assert "RULES" in format_mistral_instruct(
+        [{"role": "system", "content": "RULES"}, {"role": "user", "content": "hi"}]
+    )
+
+
+def test_merge_turns_starts_with_user_and_alternates() -> None:
+    turns = merge_turns([{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}])
+    assert [t["role"] for t in turns] == ["user", "assistant"]
+    assert turns[1]["content"] == "a\n\nb"
+
+
+def test_grammar_schema_bounds_numbers_by_construction() -> None:
+    schema = grammar_schema(AnalystReport.model_json_schema())
+    props = schema["properties"]
+    assert props["conviction"]["enum"][0] == 0.0 and props["conviction"]["enum"][-1] == 1.0
+    assert props["horizon_days"]["enum"] == list(range(1, 21))
+    qty = grammar_schema(OrderProposal.model_json_schema())["properties"]["quantity"]
+    assert qty == {"type": "string", "pattern": "^[0-9]{1,8}$"}
+
+
+# ----------------------------------------------------------------------------- real llama.cpp
+
+
+def test_structured_output_is_valid_and_metrics_are_reported(llm: LocalLLM) -> None:
+    out = llm.complete(MESSAGES, schema=AnalystReport, sampling=SamplingParams(max_tokens=400))
+    assert isinstance(out.parsed, AnalystReport)
+    assert AnalystReport.model_validate_json(out.text) == out.parsed
+    m = out.metrics
+    assert m.model == "smollm2" and len(m.model_sha256) == 64
+    assert m.prompt_tokens == llm.count_tokens(MESSAGES)
+    assert m.completion_tokens > 5 and m.latency_s > 0 and m.ttft_s <= m.latency_s
+    assert m.gen_tokens_per_s > 0 and m.grammar is True and m.finish_reason == "stop"
+
+
+def test_shared_prefix_is_served_from_the_kv_cache(llm: LocalLLM) -> None:
+    first = [
+        {"role": "system", "content": SYSTEM + " " + "Rule. " * 150},
+        {"role": "user", "content": "Day 1: up 2%."},
+    ]
+    second = [first[0], {"role": "user", "content": "Day 2: down 3%, volume heavy."}]
+    llm.complete(first, sampling=SamplingParams(max_tokens=4))
+    llm.complete(
+        [{"role": "user", "content": "unrelated prompt in between"}], sampling=SamplingParams(max_tokens=4)
+    )
+    out = llm.complete(second, sampling=SamplingParams(max_tokens=4))
+    # the system block (~300 tokens) comes back from the RAM state cache, not re-evaluated
+    assert out.metrics.cached_prompt_tokens >= 250
+    assert out.metrics.cached_prompt_tokens < out.metrics.prompt_tokens
+
+
+def test_truncated_structured_output_is_an_error_not_a_default(llm: LocalLLM) -> None:
+    with pytest.raises(OutputTruncatedError, match="max_tokens=6"):
+        llm.complete(MESSAGES, schema=AnalystReport, sampling=SamplingParams(max_tokens=6))
+
+
+def test_out_of_range_values_are_rejected_by_validation(llm: LocalLLM) -> None:
+    from utils.llm_integration.local_llm import InvalidOutputError
+
+    class Strict(BaseModel):
+        value: int = Field(ge=5000, le=900_000)  # too wide to enumerate: the grammar only says digits
+
+    class Loose(BaseModel):
+        value: int
+
+    msgs = [{"role": "user", "content": 'Reply {"value": 7}'}]
+    with pytest.raises(InvalidOutputError, match="Strict validation"):
+        llm.complete(msgs, schema=Strict, sampling=SamplingParams(max_tokens=30))
+    assert llm.complete(msgs, schema=Loose, sampling=SamplingParams(max_tokens=30)).parsed is not None
+
+
+def test_deadline_and_cancellation_stop_generation(llm: LocalLLM) -> None:
+    long = [{"role": "user", "content": "Write a long story about markets."}]
+    with pytest.raises(DeadlineExceededError):
+        llm.complete(long, sampling=SamplingParams(max_tokens=500), deadline=time.monotonic() + 0.05)
+    cancel = threading.Event()
+    seen: list[str] = []
+
+    def on_text(piece: str) -> None:
+        seen.append(piece)
+        if len(seen) == 3:
+            cancel.set()
+
+    with pytest.raises(GenerationCancelledError):
+        llm.complete(long, sampling=SamplingParams(max_tokens=500), on_text=on_text, cancel=cancel)
+    assert 3 <= len(seen) < 10
+
+
+def test_response_cache_replays_identically_without_generating(llm: LocalLLM, tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    first = llm.complete(MESSAGES, schema=AnalystReport, cache=cache)
+    calls = llm.calls
+    again = llm.complete(MESSAGES, schema=AnalystReport, cache=cache)
+    assert again.text == first.text and again.parsed == first.parsed
+    assert again.metrics.from_response_cache and not first.metrics.from_response_cache
+    assert llm.calls == calls  # no generation happened
+    other = llm.complete(MESSAGES, schema=AnalystReport, cache=cache, sampling=SamplingParams(seed=7))
+    assert not other.metrics.from_response_cache  # sampling params are part of the key
+    cache.close()
+
+
+def test_missing_and_bad_model_files_fail_with_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        _ = LocalLLM(LLMSpec(path=tmp_path / "nope.gguf")).llama
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="empty"):
+        _ = LocalLLM(LLMSpec(path=empty)).llama
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf file at all" * 100)
+    with pytest.raises(ModelLoadError, match="could not load"):
+        _ = LocalLLM(LLMSpec(path=junk)).llama
+
+
+def test_concurrent_callers_are_serialised(llm: LocalLLM) -> None:
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            msgs = [{"role": "user", "content": f"Say the number {i}."}]
+            results.append(llm.complete(msgs, sampling=SamplingParams(max_tokens=8)).text)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 3
+    assert llm.in_flight == 0 and llm.waiting == 0

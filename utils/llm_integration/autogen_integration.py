@@ -1,0 +1,458 @@
+"""Our local model as an AutoGen ``ChatCompletionClient`` that is also a declarative ``Component``.
+
+A plain ``autogen_agentchat`` ``AssistantAgent`` can run on a local GGUF model from a YAML
+file alone::
+
+    import yaml
+    from autogen_agentchat.agents import AssistantAgent
+    from utils.llm_integration.autogen_integration import load_llm_config
+
+    client = load_llm_config("configs/autogen/local_llm.yaml")   # provider checked first
+    agent = AssistantAgent("analyst", model_client=client, output_content_type=MyReport)
+
+``ChatCompletionClient.load_component(yaml.safe_load(open(path)))`` works too, but it imports
+whatever module a config names; :func:`load_llm_config` checks the ``provider`` (and nested
+ones) against :data:`ALLOWED_PROVIDERS` before anything is imported.
+
+What the client states in ``model_info``: no vision, no function calling, JSON output and
+structured output yes (constrained decoding from the pydantic model's JSON schema).
+
+``model_path`` in a config may be absolute, relative to the working directory, or
+``pkg://<distribution>/<file>`` for a GGUF shipped inside an installed Python package.
+
+To use ``python -m llama_cpp.server`` instead, see :meth:`AutoGenLLMConfig.openai_server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from autogen_core import CancellationToken, Component, ComponentModel
+from autogen_core.models import (
+    AssistantMessage,
+    ChatCompletionClient,
+    CreateResult,
+    FunctionExecutionResultMessage,
+    LLMMessage,
+    ModelCapabilities,  # type: ignore[attr-defined]
+    ModelInfo,
+    RequestUsage,
+    SystemMessage,
+    UserMessage,
+)
+from autogen_core.tools import Tool, ToolSchema
+from pydantic import BaseModel, ConfigDict, Field
+
+from utils.llm_integration.local_llm import (
+    CallMetrics,
+    ChatFormat,
+    Completion,
+    LLMError,
+    LLMSpec,
+    LocalLLM,
+    ResponseCache,
+    SamplingParams,
+    get_local_llm,
+)
+
+CLIENT_PROVIDER = "utils.llm_integration.autogen_integration.LocalLlamaChatCompletionClient"
+SELECTOR_PROVIDER = "utils.llm_integration.model_selector.ModelSelectorClient"
+OPENAI_PROVIDER = "autogen_ext.models.openai.OpenAIChatCompletionClient"
+ALLOWED_PROVIDERS: frozenset[str] = frozenset({CLIENT_PROVIDER, SELECTOR_PROVIDER, OPENAI_PROVIDER})
+_EXTRA_ARGS = {"max_tokens", "temperature", "top_p", "seed", "deadline_s"}
+
+
+class ProviderNotAllowedError(LLMError):
+    """A config names a provider outside the allowlist (it would import arbitrary code)."""
+
+
+class LocalLlamaConfig(BaseModel):
+    """Declarative config of :class:`LocalLlamaChatCompletionClient` (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: str = Field(description="GGUF path, or pkg://<distribution>/<file> inside a package.")
+    model_name: str = ""
+    n_ctx: int = Field(2048, ge=256)
+    n_threads: int | None = Field(None, ge=1)
+    n_batch: int = Field(512, ge=8)
+    use_mmap: bool = True
+    use_mlock: bool = False
+    seed: int = Field(42, ge=0)
+    chat_format: ChatFormat = "gguf"
+    ram_cache_mb: int = Field(256, ge=0)
+    max_tokens: int = Field(512, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    response_cache: str | None = Field(None, description="SQLite file for exact replay; null: off.")
+    family: str = "unknown"
+    allowed_dir: str | None = Field(None, description="If set, the model file must resolve inside it.")
+
+
+def resolve_model_path(model_path: str, allowed_dir: str | Path | None = None) -> Path:
+    """Resolve ``model_path`` (absolute, relative, or ``pkg://dist/file``), confined to ``allowed_dir``."""
+    if model_path.startswith("pkg://"):
+        dist_name, _, file_name = model_path[len("pkg://") :].partition("/")
+        try:
+            dist = metadata.distribution(dist_name)
+        except metadata.PackageNotFoundError:
+            raise LLMError(
+                f"package {dist_name} holding {file_name} is not installed; run `make install`"
+            ) from None
+        for f in dist.files or []:
+            if f.name == file_name or str(f) == file_name:
+                return Path(str(dist.locate_file(f))).resolve()
+        raise LLMError(f"package {dist_name} has no file {file_name}")
+    path = Path(model_path).expanduser()
+    if allowed_dir is not None:
+        base = Path(allowed_dir).expanduser().resolve()
+        full = (base / path).resolve() if not path.is_absolute() else path.resolve()
+        if not full.is_relative_to(base):
+            raise LLMError(
+                f"model path {model_path} escapes the models folder {base}; put the file inside it"
+            )
+        return full
+    return path.resolve()
+
+
+def to_chat_messages(messages: Sequence[LLMMessage]) -> list[dict[str, str]]:
+    """AutoGen messages -> ``[{"role", "content"}]`` (text only: no images, no tool results)."""
+    out: list[dict[str, str]] = []
+    for msg in messages:
+        if isinstance(msg, SystemMessage):
+            out.append({"role": "system", "content": msg.content})
+        elif isinstance(msg, UserMessage):
+            if not isinstance(msg.content, str):
+                if not all(isinstance(part, str) for part in msg.content):
+                    raise ValueError("this local model has no vision: send text only")
+                content = "\n".join(msg.content)  # type: ignore[arg-type]
+            else:
+                content = msg.content
+            out.append({"role": "user", "content": content})
+        elif isinstance(msg, AssistantMessage):
+            if not isinstance(msg.content, str):
+                raise ValueError(
+                    "this local model has no function calling: assistant tool calls cannot be replayed"
+                )
+            out.append({"role": "assistant", "content": msg.content})
+        elif isinstance(msg, FunctionExecutionResultMessage):
+            raise ValueError("this local model has no function calling: tool results cannot be sent")
+        else:  # pragma: no cover - future message types
+            raise ValueError(f"unsupported message type {type(msg).__name__}")
+    return out
+
+
+class LocalLlamaChatCompletionClient(ChatCompletionClient, Component[LocalLlamaConfig]):
+    """AutoGen model client over :class:`LocalLLM`: ``create``, real ``create_stream``, token counts.
+
+    ``extra_create_args`` accepts ``max_tokens``, ``temperature``, ``top_p``, ``seed`` and
+    ``deadline_s`` (seconds from now; generation stops there). A cancellation token stops
+    generation between tokens. ``last_metrics`` holds the :class:`CallMetrics` of the last call.
+    """
+
+    component_type = "model"
+    component_config_schema = LocalLlamaConfig
+    component_provider_override = CLIENT_PROVIDER
+
+    def __init__(self, config: LocalLlamaConfig | None = None, /, **kwargs: Any) -> None:
+        self._config = config if config is not None else LocalLlamaConfig(**kwargs)
+        cfg = self._config
+        path = resolve_model_path(cfg.model_path, cfg.allowed_dir)
+        self._spec = LLMSpec(
+            path=path,
+            name=cfg.model_name or path.stem,
+            n_ctx=cfg.n_ctx,
+            n_threads=cfg.n_threads,
+            n_batch=cfg.n_batch,
+            use_mmap=cfg.use_mmap,
+            use_mlock=cfg.use_mlock,
+            seed=cfg.seed,
+            chat_format=cfg.chat_format,
+            ram_cache_mb=cfg.ram_cache_mb,
+        )
+        self._cache = ResponseCache(Path(cfg.response_cache)) if cfg.response_cache else None
+        self._actual = RequestUsage(prompt_tokens=0, completion_tokens=0)
+        self._total = RequestUsage(prompt_tokens=0, completion_tokens=0)
+        self.last_metrics: CallMetrics | None = None
+        self.last_prompt = ""
+        self.call_log: list[CallMetrics] = []
+
+    # -- component ----------------------------------------------------------------------------
+
+    def _to_config(self) -> LocalLlamaConfig:
+        return self._config.model_copy()
+
+    @classmethod
+    def _from_config(cls, config: LocalLlamaConfig) -> Self:
+        return cls(config)
+
+    # -- properties -----------------------------------------------------------------------------
+
+    @property
+    def llm(self) -> LocalLLM:
+        """The shared model behind this client (loaded on first use)."""
+        return get_local_llm(self._spec)
+
+    @property
+    def spec(self) -> LLMSpec:
+        return self._spec
+
+    @property
+    def response_cache(self) -> ResponseCache | None:
+        return self._cache
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(
+            vision=False,
+            function_calling=False,
+            json_output=True,
+            structured_output=True,
+            family=self._config.family,
+            multiple_system_messages=False,
+        )
+
+    @property
+    def capabilities(self) -> ModelCapabilities:  # type: ignore[override]
+        return ModelCapabilities(vision=False, function_calling=False, json_output=True)  # type: ignore[typeddict-item]
+
+    def actual_usage(self) -> RequestUsage:
+        return self._actual
+
+    def total_usage(self) -> RequestUsage:
+        return self._total
+
+    def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()) -> int:
+        """Prompt tokens with the model's real tokenizer and chat template."""
+        return self.llm.count_tokens(to_chat_messages(messages))
+
+    def remaining_tokens(
+        self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()
+    ) -> int:
+        return max(0, self._spec.n_ctx - self.count_tokens(messages, tools=tools))
+
+    # -- calls ------------------------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        tools: Sequence[Tool | ToolSchema],
+        json_output: bool | type[BaseModel] | None,
+        extra_create_args: Mapping[str, Any],
+    ) -> tuple[type[BaseModel] | None, bool, SamplingParams, float | None]:
+        if tools:
+            raise ValueError(
+                f"{self._spec.display_name} has no function calling; use structured output instead"
+            )
+        unknown = set(extra_create_args) - _EXTRA_ARGS
+        if unknown:
+            raise ValueError(f"unknown extra_create_args {sorted(unknown)}; allowed: {sorted(_EXTRA_ARGS)}")
+        cfg = self._config
+        sampling = SamplingParams(
+            max_tokens=int(extra_create_args.get("max_tokens", cfg.max_tokens)),
+            temperature=float(extra_create_args.get("temperature", cfg.temperature)),
+            top_p=float(extra_create_args.get("top_p", cfg.top_p)),
+            seed=int(extra_create_args.get("seed", cfg.seed)),
+        )
+        deadline_s = extra_create_args.get("deadline_s")
+        deadline = time.monotonic() + float(deadline_s) if deadline_s is not None else None
+        schema = json_output if isinstance(json_output, type) and issubclass(json_output, BaseModel) else None
+        json_mode = json_output is True
+        return schema, json_mode, sampling, deadline
+
+    def _result(self, completion: Completion) -> CreateResult:
+        m = completion.metrics
+        usage = RequestUsage(prompt_tokens=m.prompt_tokens, completion_tokens=m.completion_tokens)
+        self._actual = usage
+        self._total = RequestUsage(
+            prompt_tokens=self._total.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=self._total.completion_tokens + usage.completion_tokens,
+        )
+        self.last_metrics = m
+        self.last_prompt = completion.prompt
+        self.call_log.append(m)
+        finish: Literal["stop", "length"] = "length" if m.finish_reason == "length" else "stop"
+        return CreateResult(
+            finish_reason=finish, content=completion.text, usage=usage, cached=m.from_response_cache
+        )
+
+    async def create(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = (),
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> CreateResult:
+        result: CreateResult | None = None
+        async for item in self.create_stream(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            json_output=json_output,
+            extra_create_args=extra_create_args,
+            cancellation_token=cancellation_token,
+        ):
+            if isinstance(item, CreateResult):
+                result = item
+        assert result is not None
+        return result
+
+    async def create_stream(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = (),
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> AsyncGenerator[str | CreateResult, None]:
+        """Yield text pieces as llama.cpp produces them, then one :class:`CreateResult`."""
+        schema, json_mode, sampling, deadline = self._prepare(tools, json_output, extra_create_args)
+        chat = to_chat_messages(messages)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        cancel = threading.Event()
+        if cancellation_token is not None:
+            cancellation_token.add_callback(cancel.set)
+
+        def work() -> None:
+            try:
+                completion = self.llm.complete(
+                    chat,
+                    schema=schema,
+                    json_mode=json_mode,
+                    sampling=sampling,
+                    on_text=lambda piece: loop.call_soon_threadsafe(queue.put_nowait, ("text", piece)),
+                    deadline=deadline,
+                    cancel=cancel,
+                    cache=self._cache,
+                )
+                loop.call_soon_threadsafe(queue.put_nowait, ("done", completion))
+            except BaseException as exc:  # handed to the awaiting coroutine
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+
+        worker = loop.run_in_executor(None, work)
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "text":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    yield self._result(value)
+                    break
+        finally:
+            cancel.set()  # stops generation if the consumer went away early
+            await asyncio.shield(worker)
+
+    async def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+
+class AutoGenLLMConfig:
+    """Builds declarative configs that ``ChatCompletionClient.load_component`` and
+    :func:`load_llm_config` accept."""
+
+    @staticmethod
+    def local(model_path: str | Path, **options: Any) -> dict[str, Any]:
+        """Config of a :class:`LocalLlamaChatCompletionClient` (options: :class:`LocalLlamaConfig` fields)."""
+        cfg = LocalLlamaConfig(model_path=str(model_path), **options)
+        return ComponentModel(
+            provider=CLIENT_PROVIDER,
+            component_type="model",
+            version=1,
+            component_version=1,
+            description="Local GGUF model through llama.cpp",
+            label="LocalLlamaChatCompletionClient",
+            config=cfg.model_dump(exclude_none=True),
+        ).model_dump(exclude_none=True)
+
+    @staticmethod
+    def openai_server(
+        base_url: str = "http://127.0.0.1:8000/v1", model: str = "local-gguf", family: str = "unknown"
+    ) -> dict[str, Any]:
+        """Config for AutoGen's OpenAI client against ``python -m llama_cpp.server``.
+
+        Start the server with ``python -m llama_cpp.server --model FILE.gguf --chat_format chatml``
+        and install ``autogen-ext[openai]``. The server keeps one model with a global lock.
+        """
+        return {
+            "provider": OPENAI_PROVIDER,
+            "component_type": "model",
+            "config": {
+                "model": model,
+                "base_url": base_url,
+                "api_key": "not-needed",
+                "model_info": {
+                    "vision": False,
+                    "function_calling": False,
+                    "json_output": True,
+                    "structured_output": True,
+                    "family": family,
+                },
+            },
+        }
+
+    @staticmethod
+    def write_yaml(config: Mapping[str, Any], path: Path) -> None:
+        """Write a config as YAML (atomically: temporary file then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
+        tmp.replace(path)
+
+
+def check_providers(config: Mapping[str, Any], allowed: frozenset[str] = ALLOWED_PROVIDERS) -> None:
+    """Raise :class:`ProviderNotAllowedError` if this config or any nested one names another provider."""
+    provider = config.get("provider")
+    if provider is not None and provider not in allowed:
+        raise ProviderNotAllowedError(
+            f"provider {provider!r} is not allowed; use one of: {', '.join(sorted(allowed))}"
+        )
+    for value in config.values():
+        if isinstance(value, Mapping):
+            check_providers(value, allowed)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, Mapping):
+                    check_providers(item, allowed)
+
+
+def load_llm_config(
+    source: str | Path | Mapping[str, Any], *, allowed: frozenset[str] = ALLOWED_PROVIDERS
+) -> ChatCompletionClient:
+    """Load a model client from a YAML file or mapping, after checking every ``provider``."""
+    if isinstance(source, Mapping):
+        data: Any = dict(source)
+        where = "config"
+    else:
+        where = str(source)
+        try:
+            data = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise LLMError(f"model config {source} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise LLMError(f"model config {source} is not valid YAML: {exc}") from None
+    if not isinstance(data, Mapping) or "provider" not in data:
+        raise LLMError(f"{where}: a model config needs `provider` and `config` keys")
+    check_providers(data, allowed)
+    try:
+        return ChatCompletionClient.load_component(dict(data))
+    except ImportError as exc:
+        raise LLMError(f"{where}: cannot import the provider ({exc}); install the package it needs") from None
+    except (ValueError, TypeError) as exc:
+        raise LLMError(f"{where}: invalid model config: {str(exc).splitlines()[0]}") from None
