@@ -2,7 +2,9 @@
 
 All are long-only and trade each ticker in ``ctx.bars`` on its own: enter with
 ``quantity=None`` (as many shares as cash and the risk limits allow), exit the whole
-position. Signals use only the bars the engine passes (dated ``<= as_of``).
+position. Signals use only the bars the engine passes (dated ``<= as_of``), read through
+:meth:`~trading_agents.backtest.strategy.DecisionContext.column` so that no DataFrame is
+sliced per bar.
 
 =============  ===========================================================================
 buy-hold       buy when flat (in practice: on the first decision), never sell
@@ -16,6 +18,7 @@ random         seeded coin flips: same seed, same trades (also after a resume)
 from __future__ import annotations
 
 import inspect
+import sys
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +30,7 @@ from trading_agents.backtest.strategy import DecisionContext, OrderIntent, Strat
 from trading_agents.errors import UserInputError
 
 State = tuple[float, ...]
+_EPS = sys.float_info.epsilon
 
 
 class _Fold:
@@ -41,6 +45,36 @@ class _Fold:
     def __init__(self, step: Callable[[State | None, float], State]) -> None:
         self._step = step
         self._cache: dict[str, tuple[int, pd.Timestamp, float, State | None, State | None]] = {}
+        self._arrays: dict[str, tuple[np.ndarray, int, float, State | None, State | None]] = {}
+
+    def of(self, ticker: str, ctx: DecisionContext) -> tuple[State | None, State | None]:
+        """States after the second-to-last and the last close of ``ticker`` in ``ctx``."""
+        if not callable(getattr(ctx.bars, "column", None)):
+            return self(ticker, ctx.bars[ticker])
+        return self.over(ticker, ctx.column(ticker))
+
+    def over(self, ticker: str, closes: np.ndarray) -> tuple[State | None, State | None]:
+        """Like calling with a frame, for a read-only prefix view of one array (the engine's
+        :meth:`~trading_agents.backtest.strategy.DecisionContext.column`).
+
+        A longer view of the same array extends the same data, so the cache is advanced when
+        ``closes`` shares the cached view's base array and agrees on its last cached close.
+        """
+        n = len(closes)
+        base = closes.base if closes.base is not None else closes
+        seen = self._arrays.get(ticker)
+        if seen is not None and seen[0] is base and 0 < seen[1] <= n and closes[seen[1] - 1] == seen[2]:
+            done, prev, state = seen[1], seen[3], seen[4]
+            if done == n:
+                return prev, state
+        else:
+            done, prev, state = 0, None, None
+        step = self._step
+        for x in closes[done:].tolist():
+            prev, state = state, step(state, x)
+        if n:
+            self._arrays[ticker] = (base, n, float(closes[n - 1]), prev, state)
+        return prev, state
 
     def __call__(self, ticker: str, frame: pd.DataFrame) -> tuple[State | None, State | None]:
         """States after the second-to-last and after the last row of ``frame``."""
@@ -63,6 +97,12 @@ class _Fold:
         if n:
             self._cache[ticker] = (n, frame.index[-1], float(closes.iat[-1]), prev, state)
         return prev, state
+
+
+def _mean(values: np.ndarray) -> np.float64:
+    """``values.mean()`` of a float64 array without its Python-level overhead: NumPy's mean
+    is this same reduction divided by the count."""
+    return np.add.reduce(values) / len(values)
 
 
 def _signal_decision(signals: list[dict[str, Any]], intents: list[OrderIntent]) -> StrategyDecision:
@@ -103,29 +143,108 @@ class SmaCross:
             )
         self.fast, self.slow = fast, slow
         self.params = {"fast": fast, "slow": slow}
+        self._seen: dict[str, tuple[np.ndarray, list[int]]] = {}
 
     def decide(self, ctx: DecisionContext) -> StrategyDecision:
         intents: list[OrderIntent] = []
         signals: list[dict[str, Any]] = []
-        for ticker, frame in ctx.bars.items():
-            if len(frame) < self.slow + 1:
+        bars = ctx.bars
+        column = getattr(bars, "column", None)
+        if not callable(column):
+            column = ctx.column
+        seen_of = self._seen.get
+        for ticker in bars:
+            closes = column(ticker, "Close")  # what ctx.column(ticker) returns
+            n = len(closes)
+            if n < self.slow + 1:
                 continue
-            c = frame["Close"].to_numpy(dtype=float)[-(self.slow + 1) :]
-            fast_now, slow_now = c[-self.fast :].mean(), c[-self.slow :].mean()
-            fast_prev, slow_prev = c[-self.fast - 1 : -1].mean(), c[:-1].mean()
+            seen = seen_of(ticker)
+            if seen is not None and seen[0] is closes.base:
+                signs = seen[1]
+                if signs[n - 1] and signs[n - 1] == signs[n - 2]:
+                    continue  # the common case of _cross: no crossing, and no tie to check
+            cross = self._cross(ticker, closes)
+            if not cross:
+                continue
             held = ctx.portfolio.positions.get(ticker, 0)
-            values = {"ticker": ticker, "fast": float(fast_now), "slow": float(slow_now)}
-            if fast_prev <= slow_prev and fast_now > slow_now and held == 0:
+            if cross > 0 and held == 0:
                 intents.append(
                     OrderIntent(ticker, "buy", reason=f"SMA{self.fast} crossed above SMA{self.slow}")
                 )
-                signals.append({**values, "signal": "enter"})
-            elif fast_prev >= slow_prev and fast_now < slow_now and held > 0:
+                signals.append({**self._values(ticker, closes), "signal": "enter"})
+            elif cross < 0 and held > 0:
                 intents.append(
                     OrderIntent(ticker, "sell", reason=f"SMA{self.fast} crossed below SMA{self.slow}")
                 )
-                signals.append({**values, "signal": "exit"})
+                signals.append({**self._values(ticker, closes), "signal": "exit"})
+        if not signals:
+            return StrategyDecision(intents)
         return _signal_decision(signals, intents)
+
+    def cross(self, closes: np.ndarray) -> int:
+        """+1 when the fast SMA crosses above the slow one at the last of ``closes`` (at least
+        ``slow + 1`` values), -1 when it crosses below, else 0.
+
+        The definition is NumPy's: the fast SMA now is ``closes[-fast:].mean()``, before it is
+        ``closes[-fast - 1 : -1].mean()``, and so on; up means before ``<=`` and now ``>``.
+        """
+        c = closes[-(self.slow + 1) :]
+        fast, slow = self.fast, self.slow
+        fast_now, slow_now = _mean(c[-fast:]), _mean(c[-slow:])
+        fast_prev, slow_prev = _mean(c[-fast - 1 : -1]), _mean(c[:-1])
+        if fast_prev <= slow_prev and fast_now > slow_now:
+            return 1
+        return -1 if fast_prev >= slow_prev and fast_now < slow_now else 0
+
+    def _cross(self, ticker: str, closes: np.ndarray) -> int:
+        """:meth:`cross` without four NumPy means per bar (they cost more than the rest of a
+        backtest step): from signs computed once per array, a near tie falling back to it.
+
+        Inside the engine ``closes`` is a prefix view of one array per ticker (see
+        :meth:`DecisionContext.column`); :meth:`_signs` covers that whole array at once, and
+        this reads the entries of the last two rows of the view. No look-ahead: the entry of
+        a row depends only on the ``slow`` closes ending at that row, all dated ``<= as_of``.
+        """
+        base = closes.base
+        if base is None:  # not an engine view: nothing to share between bars
+            return self.cross(closes)
+        seen = self._seen.get(ticker)
+        if seen is None or seen[0] is not base:
+            seen = self._seen[ticker] = (base, self._signs(base))
+        n = len(closes)
+        prev, now = seen[1][n - 2], seen[1][n - 1]
+        if not (prev and now):
+            return self.cross(closes)
+        if prev < 0 < now:
+            return 1
+        return -1 if now < 0 < prev else 0
+
+    def _signs(self, closes: np.ndarray) -> list[int]:
+        """Per row: the sign of the fast SMA minus the slow one ending there, as NumPy's means
+        give it; 0 when unsure (a near tie, too few rows, data not all positive and finite).
+
+        The sums here and NumPy's each err by at most ``(w - 1) u`` times the sum of ``w``
+        positive terms (``u = eps / 2``, any summation order) and the division adds ``u``, so
+        two means of the same window differ by less than ``w eps`` times the mean. A
+        difference beyond twice that bound for both SMAs has NumPy's sign.
+        """
+        fast, slow, n = self.fast, self.slow, len(closes)
+        signs = np.zeros(n, dtype=np.int64)
+        if n >= slow and bool(np.all(np.isfinite(closes) & (closes > 0))):
+            windows = np.lib.stride_tricks.sliding_window_view
+            fast_mean = windows(closes, fast).sum(axis=1)[slow - fast :] / fast
+            slow_mean = windows(closes, slow).sum(axis=1) / slow
+            diff = fast_mean - slow_mean
+            margin = 2 * _EPS * (fast * fast_mean + slow * slow_mean)
+            signs[slow - 1 :] = np.where(diff > margin, 1, np.where(diff < -margin, -1, 0))
+        return signs.tolist()
+
+    def _values(self, ticker: str, closes: np.ndarray) -> dict[str, Any]:
+        return {
+            "ticker": ticker,
+            "fast": float(_mean(closes[-self.fast :])),
+            "slow": float(_mean(closes[-self.slow :])),
+        }
 
 
 class MacdStrategy:
@@ -156,8 +275,8 @@ class MacdStrategy:
     def decide(self, ctx: DecisionContext) -> StrategyDecision:
         intents: list[OrderIntent] = []
         signals: list[dict[str, Any]] = []
-        for ticker, frame in ctx.bars.items():
-            prev, cur = self._fold(ticker, frame)
+        for ticker in ctx.bars:
+            prev, cur = self._fold.of(ticker, ctx)
             if prev is None or cur is None or cur[0] < self.slow + self.signal:
                 continue
             hist_prev = (prev[1] - prev[2]) - prev[3]
@@ -215,8 +334,8 @@ class RsiReversion:
     def decide(self, ctx: DecisionContext) -> StrategyDecision:
         intents: list[OrderIntent] = []
         signals: list[dict[str, Any]] = []
-        for ticker, frame in ctx.bars.items():
-            _, cur = self._fold(ticker, frame)
+        for ticker in ctx.bars:
+            _, cur = self._fold.of(ticker, ctx)
             if cur is None or cur[0] <= self.period:
                 continue
             value = self.rsi(cur)

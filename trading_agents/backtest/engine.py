@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,7 +47,7 @@ from trading_agents.backtest.strategy import (
     Strategy,
     StrategyDecision,
 )
-from trading_agents.broker.ledger import Ledger, StepRecord
+from trading_agents.broker.ledger import Ledger, StepRecord, positions_json
 from trading_agents.broker.orders import Fill, Order, client_order_id, iso_date
 from trading_agents.broker.paper import BarPrices, PaperBroker
 from trading_agents.config.settings import RiskSettings
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from trading_agents.config.settings import Settings
 
 PRICE_COLUMNS = ("Open", "High", "Low", "Close")
+_NO_IDS: frozenset[str] = frozenset()
 BAR_COLUMNS = (*PRICE_COLUMNS, "Volume")
 
 
@@ -160,24 +162,30 @@ def _check_bars(bars: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
             raise DataValidationError(f"{ticker}: no bars")
         if not df.index.is_monotonic_increasing or df.index.has_duplicates:
             raise DataValidationError(f"{ticker}: bar dates must be sorted and unique")
-        bad = df[list(PRICE_COLUMNS)].isna().any(axis=1) | (df[list(PRICE_COLUMNS)] <= 0).any(axis=1)
+        prices = np.column_stack([df[c].to_numpy(dtype=float) for c in PRICE_COLUMNS])
+        bad = ~(prices > 0).all(axis=1)  # NaN > 0 is False: missing prices are caught too
         if bad.any():
             raise DataValidationError(
-                f"{ticker}: missing or non-positive prices on {iso_date(df.index[bad.to_numpy()][0])}"
+                f"{ticker}: missing or non-positive prices on {iso_date(df.index[bad][0])}"
             )
         out[str(ticker)] = df
     return out
 
 
 class _Market:
-    """All tickers aligned on the union of their dates, as plain lists for fast scalar access."""
+    """All tickers aligned on the union of their dates, as plain lists for fast scalar access.
+
+    Everything per bar that does not depend on the account (dates, ISO dates, the last
+    closes and their JSON for the step rows) is computed here once per run.
+    """
 
     def __init__(self, frames: dict[str, pd.DataFrame]) -> None:
         self.frames = frames
         self.tickers = sorted(frames)
-        self.dates = pd.DatetimeIndex(
-            sorted(set().union(*(set(df.index) for df in frames.values()))), name="Date"
-        )
+        union = frames[self.tickers[0]].index
+        for t in self.tickers[1:]:
+            union = union.union(frames[t].index)
+        self.dates = pd.DatetimeIndex(union, name="Date")
         n = len(self.dates)
         self.open: dict[str, list[float]] = {}
         self.high: dict[str, list[float]] = {}
@@ -187,7 +195,9 @@ class _Market:
         self.rows_upto: dict[str, list[int]] = {}  # rows dated <= dates[i]
         self.last_close: dict[str, list[float]] = {}
         self.last_idx: dict[str, list[int]] = {}  # index into dates of the last bar <= dates[i]; -1 none
-        for t, df in frames.items():
+        first_bar: list[int] = []
+        for t in self.tickers:
+            df = frames[t]
             pos = self.dates.get_indexer(df.index)
             has = np.zeros(n, dtype=bool)
             has[pos] = True
@@ -196,14 +206,53 @@ class _Market:
                 arr = np.full(n, np.nan)
                 arr[pos] = df[name].to_numpy(dtype=float)
                 cols[name] = arr
-            last = np.where(has, np.arange(n), -1)
-            last = np.maximum.accumulate(last)
+            last = np.maximum.accumulate(np.where(has, np.arange(n), -1))
             self.open[t], self.high[t], self.low[t] = (cols[c].tolist() for c in ("Open", "High", "Low"))
             self.close[t] = cols["Close"].tolist()
             self.has_bar[t] = has.tolist()
             self.rows_upto[t] = np.cumsum(has).tolist()
             self.last_idx[t] = last.tolist()
-            self.last_close[t] = [cols["Close"][j] if j >= 0 else math.nan for j in last.tolist()]
+            self.last_close[t] = np.where(last >= 0, cols["Close"][np.maximum(last, 0)], np.nan).tolist()
+            first_bar.append(int(pos.min()))
+        self.all_from = max(first_bar)  # from this bar on every ticker has data
+        self._columns: dict[tuple[str, str], np.ndarray] = {}
+        self._timestamps: list[pd.Timestamp] | None = None
+        self._iso: list[str] | None = None
+
+    @property
+    def timestamps(self) -> list[pd.Timestamp]:
+        """``list(dates)``, boxed once."""
+        if self._timestamps is None:
+            self._timestamps = list(self.dates)
+        return self._timestamps
+
+    @property
+    def iso(self) -> list[str]:
+        """:func:`iso_date` of every date."""
+        if self._iso is None:
+            stamps = self.dates.to_numpy()
+            days = stamps.astype("datetime64[D]")
+            if (days == stamps).all():  # all midnights
+                self._iso = np.datetime_as_string(days, unit="D").tolist()
+            else:
+                self._iso = [iso_date(d) for d in self.timestamps]
+        return self._iso
+
+    def keys(self, i: int) -> list[str]:
+        """Tickers with at least one bar dated <= dates[i]."""
+        if i >= self.all_from:
+            return self.tickers
+        return [t for t in self.tickers if self.rows_upto[t][i] > 0]
+
+    def column(self, ticker: str, name: str) -> np.ndarray:
+        """Column ``name`` of ``ticker``'s frame as a read-only float64 array that owns its data."""
+        key = (ticker, name)
+        values = self._columns.get(key)
+        if values is None:
+            values = np.array(self.frames[ticker][name].to_numpy(dtype=float), dtype=float, copy=True)
+            values.flags.writeable = False
+            self._columns[key] = values
+        return values
 
     def bar_prices(self, i: int) -> dict[str, BarPrices]:
         return {
@@ -215,22 +264,78 @@ class _Market:
     def prices(self, i: int) -> dict[str, float]:
         return {t: self.last_close[t][i] for t in self.tickers if self.last_idx[t][i] >= 0}
 
+    def prices_range(self, lo: int, hi: int) -> list[dict[str, float]]:
+        """``[self.prices(i) for i in range(lo, hi + 1)]``, built column-wise."""
+        tickers = self.tickers
+        if any(self.last_idx[t][lo] < 0 for t in tickers):  # a ticker starts inside the range
+            return [self.prices(i) for i in range(lo, hi + 1)]
+        if len(tickers) == 1:
+            t = tickers[0]
+            return [{t: x} for x in self.last_close[t][lo : hi + 1]]
+        columns = [self.last_close[t][lo : hi + 1] for t in tickers]
+        return [dict(zip(tickers, row, strict=True)) for row in zip(*columns, strict=True)]
+
+    def prices_json(self, lo: int, hi: int) -> list[str]:
+        """The ledger's JSON of :meth:`prices` for bars ``lo..hi``, built column-wise."""
+        columns: list[list[str | None]] = []
+        for t in self.tickers:
+            key = json.dumps(t) + ":"
+            closes = self.last_close[t][lo : hi + 1]
+            if self.last_idx[t][lo] >= 0:  # data on every bar of the range
+                # json writes floats as _json_float does; one join and split prefix them all
+                texts = json.dumps(closes)[1:-1].split(", ") if closes else []
+                columns.append((key + ("\n" + key).join(texts)).split("\n") if texts else [])
+            else:
+                idx = self.last_idx[t][lo : hi + 1]
+                columns.append(
+                    [key + _json_float(x) if j >= 0 else None for x, j in zip(closes, idx, strict=True)]
+                )
+        if len(columns) == 1 and all(columns[0]):
+            return ["{" + part + "}" for part in columns[0]]  # type: ignore[operator]
+        return [
+            "{" + ",".join(p for p in parts if p is not None) + "}" for parts in zip(*columns, strict=True)
+        ]
+
+
+def _json_float(x: float) -> str:
+    """A float as :mod:`json` writes it (``allow_nan``)."""
+    if x != x:
+        return "NaN"
+    if x in (math.inf, -math.inf):
+        return "Infinity" if x > 0 else "-Infinity"
+    return float.__repr__(x)
+
 
 class _SlicedBars(Mapping[str, pd.DataFrame]):
-    """``ticker -> frame[: rows dated <= as_of]``, sliced lazily on first access."""
+    """``ticker -> frame[: rows dated <= as_of]``, sliced lazily on first access.
+
+    :meth:`column` serves single columns as read-only views of arrays the market built
+    once, cut at the same row: no DataFrame is sliced for strategies that use it.
+    """
+
+    __slots__ = ("_cache", "_i", "_keys", "_market")
 
     def __init__(self, market: _Market, i: int) -> None:
         self._market = market
         self._i = i
-        self._keys = [t for t in market.tickers if market.rows_upto[t][i] > 0]
-        self._cache: dict[str, pd.DataFrame] = {}
+        self._keys = market.tickers if i >= market.all_from else market.keys(i)
+        self._cache: dict[str, pd.DataFrame] | None = None
 
     def __getitem__(self, ticker: str) -> pd.DataFrame:
-        if ticker not in self._cache:
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        if ticker not in cache:
             if ticker not in self._keys:
                 raise KeyError(ticker)
-            self._cache[ticker] = self._market.frames[ticker].iloc[: self._market.rows_upto[ticker][self._i]]
-        return self._cache[ticker]
+            cache[ticker] = self._market.frames[ticker].iloc[: self._market.rows_upto[ticker][self._i]]
+        return cache[ticker]
+
+    def column(self, ticker: str, name: str = "Close") -> np.ndarray:
+        """``self[ticker][name]`` as a read-only float64 view (see :meth:`DecisionContext.column`)."""
+        if ticker not in self._keys:
+            raise KeyError(ticker)
+        return self._market.column(ticker, name)[: self._market.rows_upto[ticker][self._i]]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
@@ -357,17 +462,32 @@ class _Runner:
     def run(self, on_step: Callable[[StepEvent], None] | None) -> None:
         if self.first > self.hi:
             return
-        self.ledger.set_run_status(self.run_id, "running")
+        ledger = self.ledger
+        ledger.set_run_status(self.run_id, "running")
+        # A ":memory:" ledger dies with the process, so per-bar durability buys nothing there:
+        # its steps are written in batches (every read through the ledger still sees them all).
+        batched = ledger.deferred_steps() if ledger.path is None else nullcontext()
         try:
-            for i in range(self.first, self.hi + 1):
-                event = self.step(i)
-                if on_step is not None:
-                    on_step(event)
+            with batched:
+                self.prepare()
+                self.loop(on_step)
         except BaseException:
             with suppress(Exception):  # the original error matters more than the status
-                self.ledger.set_run_status(self.run_id, "failed")
+                ledger.set_run_status(self.run_id, "failed")
             raise
-        self.ledger.set_run_status(self.run_id, "completed")
+        ledger.set_run_status(self.run_id, "completed")
+
+    def prepare(self) -> None:
+        """Per-bar values that do not depend on the account, for the bars of this run, and
+        the callables of the bar loop (bound once: the loop runs for every bar)."""
+        market, first, hi = self.market, self.first, self.hi
+        self.timestamps = market.timestamps
+        self.iso = market.iso
+        self.prices_at = market.prices_range(first, hi)
+        self.prices_json = market.prices_json(first, hi)
+        self.positions_json = positions_json(self.broker.positions)
+        self.decide = self.strategy.decide
+        self.commit_quiet = self.ledger.commit_quiet_step
 
     def _sync_risk_state(self, date: pd.Timestamp) -> list[Order]:
         """Adopt a halt/resume written by the CLI since the last step."""
@@ -384,43 +504,191 @@ class _Runner:
             return []
         return self.broker.cancel_pending(date, f"cancelled: {risk.state}", only_increasing=True)
 
-    def step(self, i: int) -> StepEvent:
-        market, broker, risk, cfg = self.market, self.broker, self.risk, self.config
-        date = market.dates[i]
-        before = {o.client_order_id for o in broker.pending}
+    def loop(self, on_step: Callable[[StepEvent], None] | None) -> None:
+        """:meth:`step` for every bar of the run, quiet bars inline.
+
+        Most bars of a backtest are quiet: nothing pending, no protective stop, the risk state
+        unchanged, no risk event and a decision without intents or record. Such a bar only
+        marks to market, asks the strategy and writes a step row; this loop does exactly what
+        :meth:`step` does for it, without the bookkeeping for orders and fills, and hands any
+        other bar (or the rest of a bar that turns out not to be quiet) to the general code.
+        """
+        broker, risk, market, ledger = self.broker, self.risk, self.market, self.ledger
+        run_id, lo, hi, first = self.run_id, self.lo, self.hi, self.first
+        timestamps, iso, prices_at, prices_json = self.timestamps, self.iso, self.prices_at, self.prices_json
+        decide, commit_quiet, update = self.decide, self.commit_quiet, risk.update
+        state_version, step = ledger.state_version, self.step
+        want = on_step is not None
+        for i in range(first, hi + 1):
+            positions = broker.positions
+            quiet = not (broker.pending or i == hi or state_version(run_id) != self.version)
+            if quiet:
+                k = i - first
+                prices = prices_at[k]
+                cash = broker.cash
+                if not positions:
+                    equity = cash + 0  # what PaperBroker.equity gives
+                    gross: float = 0
+                    holdings: dict[str, int] = {}
+                elif len(positions) == 1:  # PaperBroker.idle, equity, gross_value, holdings in one go
+                    for t, p in positions.items():
+                        q = p.quantity
+                        quiet = p.stop_loss is None or q <= 0
+                        close = prices[t]
+                        equity = cash + (0 + q * close)
+                        gross = 0 + abs(q) * close
+                        holdings = {t: q} if q else {}
+                else:
+                    quiet = broker.idle()
+                    equity = broker.equity(prices)
+                    gross = broker.gross_value(prices)
+                    holdings = broker.holdings()
+            if not quiet:
+                event = step(i, want)
+            else:
+                date = timestamps[i]
+                events = update(equity, date)
+                if events:
+                    touched: list[Order] = []
+                    if any(e.kind == "halt" for e in events):
+                        touched += broker.cancel_pending(date, "cancelled: HALTED", only_increasing=True)
+                    event = self._decide_and_finish(
+                        i, date, k, prices, equity, events, touched, [], _NO_IDS, want
+                    )
+                else:
+                    peak, day_start = risk.peak_equity, risk.day_start_equity
+                    view = PortfolioView(
+                        cash,
+                        equity,
+                        holdings,
+                        prices,
+                        float(peak or equity),
+                        float(day_start or equity),
+                        risk.state,
+                    )
+                    decision = decide(DecisionContext(date, _SlicedBars(market, i), view, i - lo))
+                    if type(decision) is not StrategyDecision and not isinstance(decision, StrategyDecision):
+                        raise TypeError(
+                            f"{self.strategy_name}.decide returned {type(decision).__name__}, "
+                            "not StrategyDecision"
+                        )
+                    if decision.intents or decision.record is not None:
+                        event = self._finish(
+                            i, date, k, prices, equity, [], [], [], _NO_IDS, decision, view, want
+                        )
+                    else:
+                        exposure = gross / equity if equity > 0 else (0.0 if gross == 0 else math.inf)
+                        peak, day_start = risk.peak_equity, risk.day_start_equity
+                        commit_quiet(
+                            run_id,
+                            i - lo,
+                            iso[i],
+                            equity,
+                            broker.cash,
+                            exposure,
+                            self.positions_json,
+                            prices_json[k],
+                            risk.state,
+                            risk.halt_reason,
+                            self.version,
+                            float(peak if peak is not None else equity),
+                            float(day_start if day_start is not None else equity),
+                        )
+                        if not want:
+                            continue
+                        event = StepEvent(
+                            bar_date=date,
+                            index=i - lo,
+                            total=hi - lo + 1,
+                            decision=decision,
+                            orders=[],
+                            fills=[],
+                            risk_events=events,
+                            equity=equity,
+                            cash=broker.cash,
+                            resumed=self.resumed_steps > 0,
+                        )
+            if want:
+                on_step(event)  # type: ignore[misc,arg-type]
+
+    def step(self, i: int, want_event: bool = True) -> StepEvent | None:
+        broker, risk = self.broker, self.risk
+        date = self.timestamps[i]
+        before = {o.client_order_id for o in broker.pending} if broker.pending else _NO_IDS
         touched: list[Order] = self._sync_risk_state(date)
 
-        fills, changed = broker.process_bar(date, market.bar_prices(i))
-        touched += changed
-        prices = market.prices(i)
+        fills: list[Fill] = []
+        if broker.pending or (broker.positions and not broker.idle()):
+            fills, changed = broker.process_bar(date, self.market.bar_prices(i))
+            touched += changed
+        k = i - self.first  # index into the per-bar lists of prepare()
+        prices = self.prices_at[k]
         equity = broker.equity(prices)
         events = risk.update(equity, date)
-        if any(e.kind == "halt" for e in events):
+        if events and any(e.kind == "halt" for e in events):
             touched += broker.cancel_pending(date, "cancelled: HALTED", only_increasing=True)
+        return self._decide_and_finish(i, date, k, prices, equity, events, touched, fills, before, want_event)
 
+    def _decide_and_finish(
+        self,
+        i: int,
+        date: pd.Timestamp,
+        k: int,
+        prices: dict[str, float],
+        equity: float,
+        events: list[RiskEvent],
+        touched: list[Order],
+        fills: list[Fill],
+        before: frozenset[str] | set[str],
+        want_event: bool,
+    ) -> StepEvent | None:
+        """The rest of :meth:`step` once the bar is marked and the kill switch fed."""
+        broker, risk = self.broker, self.risk
         decision: StrategyDecision | None = None
-        is_last = i == self.hi
-        if not is_last or cfg.decide_on_last_bar:
+        view: PortfolioView | None = None
+        if i != self.hi or self.config.decide_on_last_bar:
             view = PortfolioView(
-                cash=broker.cash,
-                equity=equity,
-                positions=broker.holdings(),
-                prices=prices,
-                peak_equity=float(risk.peak_equity or equity),
-                day_start_equity=float(risk.day_start_equity or equity),
-                risk_state=risk.state,
+                broker.cash,
+                equity,
+                broker.holdings(),
+                prices,
+                float(risk.peak_equity or equity),
+                float(risk.day_start_equity or equity),
+                risk.state,
             )
-            ctx = DecisionContext(as_of=date, bars=_SlicedBars(market, i), portfolio=view, step=i - self.lo)
-            decision = self.strategy.decide(ctx)
-            if not isinstance(decision, StrategyDecision):
+            decision = self.decide(DecisionContext(date, _SlicedBars(self.market, i), view, i - self.lo))
+            if type(decision) is not StrategyDecision and not isinstance(decision, StrategyDecision):
                 raise TypeError(
                     f"{self.strategy_name}.decide returned {type(decision).__name__}, not StrategyDecision"
                 )
+        return self._finish(
+            i, date, k, prices, equity, events, touched, fills, before, decision, view, want_event
+        )
+
+    def _finish(
+        self,
+        i: int,
+        date: pd.Timestamp,
+        k: int,
+        prices: dict[str, float],
+        equity: float,
+        events: list[RiskEvent],
+        touched: list[Order],
+        fills: list[Fill],
+        before: frozenset[str] | set[str],
+        decision: StrategyDecision | None,
+        view: PortfolioView | None,
+        want_event: bool,
+    ) -> StepEvent | None:
+        """Risk-check and queue the decision's intents, close out on the last bar, commit."""
+        broker, risk = self.broker, self.risk
+        if decision is not None and decision.intents:
+            assert view is not None
             orders, check_events = self._orders(decision.intents, view, date, i)
             touched += orders
             events += check_events
 
-        if is_last and cfg.close_at_end:
+        if i == self.hi and self.config.close_at_end:
             touched += broker.cancel_pending(date, "end of run")
             close_fills, close_orders = broker.close_all(date, prices)
             fills += close_fills
@@ -430,35 +698,58 @@ class _Runner:
         unique: dict[str, Order] = {}
         for order in touched:
             unique[order.client_order_id] = order
-        new = [o for cid, o in unique.items() if cid not in before]
-        updated = [o for cid, o in unique.items() if cid in before]
-        gross = broker.gross_value(prices)
+        if fills:
+            self.positions_json = positions_json(broker.positions)
+        gross = broker.gross_value(prices) if broker.positions else 0
         exposure = gross / equity if equity > 0 else (0.0 if gross == 0 else math.inf)
-        self.ledger.commit_step(
-            StepRecord(
-                run_id=self.run_id,
-                bar_date=date,
-                step_index=i - self.lo,
-                equity=equity,
-                cash=broker.cash,
-                exposure=exposure,
-                positions=broker.positions,
-                prices=prices,
-                risk_state=risk.state,
-                halt_reason=risk.halt_reason,
-                state_version=self.version,
-                peak_equity=float(risk.peak_equity if risk.peak_equity is not None else equity),
-                day_start_equity=float(
-                    risk.day_start_equity if risk.day_start_equity is not None else equity
-                ),
-                new_orders=new,
-                updated_orders=updated,
-                fills=fills,
-                risk_events=events,
-                strategy=self.strategy_name,
-                decision_record=decision.record if decision is not None else None,
+        peak = float(risk.peak_equity if risk.peak_equity is not None else equity)
+        day_start = float(risk.day_start_equity if risk.day_start_equity is not None else equity)
+        record = decision.record if decision is not None else None
+        if unique or fills or events or record is not None:
+            self.ledger.commit_step(
+                StepRecord(
+                    run_id=self.run_id,
+                    bar_date=date,
+                    step_index=i - self.lo,
+                    equity=equity,
+                    cash=broker.cash,
+                    exposure=exposure,
+                    positions=broker.positions,
+                    prices=prices,
+                    risk_state=risk.state,
+                    halt_reason=risk.halt_reason,
+                    state_version=self.version,
+                    peak_equity=peak,
+                    day_start_equity=day_start,
+                    new_orders=[o for cid, o in unique.items() if cid not in before],
+                    updated_orders=[o for cid, o in unique.items() if cid in before],
+                    fills=fills,
+                    risk_events=events,
+                    strategy=self.strategy_name,
+                    decision_record=record,
+                    bar_iso=self.iso[i],
+                    positions_json=self.positions_json,
+                    prices_json=self.prices_json[k],
+                )
             )
-        )
+        else:  # most bars: nothing but the marks (positional: this runs for every bar)
+            self.commit_quiet(
+                self.run_id,
+                i - self.lo,
+                self.iso[i],
+                equity,
+                broker.cash,
+                exposure,
+                self.positions_json,
+                self.prices_json[k],
+                risk.state,
+                risk.halt_reason,
+                self.version,
+                peak,
+                day_start,
+            )
+        if not want_event:
+            return None
         return StepEvent(
             bar_date=date,
             index=i - self.lo,
@@ -491,8 +782,16 @@ class _Runner:
                 ref = math.nan
             else:
                 ref = market.last_close[ticker][i]
-                data_date = market.dates[market.last_idx[ticker][i]]
-                working = replace(view, cash=cash, positions=positions)
+                data_date = self.timestamps[market.last_idx[ticker][i]]
+                working = PortfolioView(
+                    cash,
+                    view.equity,
+                    positions,
+                    view.prices,
+                    view.peak_equity,
+                    view.day_start_equity,
+                    view.risk_state,
+                )
                 check = self.risk.check(intent, working, ref, date, data_date)
             events += check.events
             vetoes = [e for e in check.events if e.kind == "veto"]
@@ -552,21 +851,25 @@ def build_result(
     run = ledger.get_run(run_id)
     if run is None:
         raise UserInputError(f"no run {run_id!r} in the ledger")
-    steps = ledger.steps(run_id)
-    index = pd.DatetimeIndex([s["bar_date"] for s in steps], name="Date")
-    equity = pd.DataFrame(
-        {
-            "equity": [s["equity"] for s in steps],
-            "cash": [s["cash"] for s in steps],
-            "exposure": [s["exposure"] for s in steps],
-        },
-        index=index,
-        dtype=float,
-    )
-    equity["drawdown"] = equity["equity"] / equity["equity"].cummax() - 1.0 if len(equity) else []
-    held = sorted(set(tickers).union(*(s["positions"].keys() for s in steps)) if steps else set(tickers))
+    steps = ledger.step_table(run_id)
+    index = _date_index(steps["bar_date"])
+    values = np.array(steps["equity"], dtype=float)
+    columns: dict[str, Any] = {
+        "equity": values,
+        "cash": np.array(steps["cash"], dtype=float),
+        "exposure": np.array(steps["exposure"], dtype=float),
+    }
+    if len(values) and not np.isnan(values).any():
+        columns["drawdown"] = values / np.maximum.accumulate(values) - 1.0  # what Series.cummax gives
+    else:
+        columns["drawdown"] = (pd.Series(values) / pd.Series(values).cummax() - 1.0).to_numpy()
+    texts = steps["positions_json"]
+    parsed = {text: json.loads(text) for text in set(texts)}  # a run has few distinct holdings
+    held = sorted(set(tickers).union(*(p.keys() for p in parsed.values())))
     for t in held:
-        equity[f"pos_{t}"] = np.array([int(s["positions"].get(t, 0)) for s in steps], dtype=np.int64)
+        quantity = {text: int(p.get(t, 0)) for text, p in parsed.items()}
+        columns[f"pos_{t}"] = np.array([quantity[text] for text in texts], dtype=np.int64)
+    equity = pd.DataFrame(columns, index=index)
     fills = ledger.fills(run_id)
     fills_df = pd.DataFrame(
         [f.as_dict() for f in fills],
@@ -582,12 +885,11 @@ def build_result(
             "reason",
         ],
     )
-    fills_df["filled_at"] = pd.to_datetime(fills_df["filled_at"])
-    orders = ledger.orders(run_id)
+    fills_df["filled_at"] = _to_datetime(fills_df["filled_at"])
     order_cols = list(Order.__dataclass_fields__)
-    orders_df = pd.DataFrame([o.as_dict() for o in orders], columns=order_cols)
+    orders_df = pd.DataFrame(ledger.order_dicts(run_id), columns=order_cols)
     for col in ("created_at", "updated_at"):
-        orders_df[col] = pd.to_datetime(orders_df[col])
+        orders_df[col] = _to_datetime(orders_df[col])
     return EngineResult(
         run_id=run_id,
         strategy=run.strategy,
@@ -628,6 +930,31 @@ TRADE_COLUMNS = [
 ]
 
 
+@lru_cache(maxsize=1)
+def _plain_dates_dtype() -> np.dtype:
+    """The dtype :func:`pandas.to_datetime` gives a column of ``YYYY-MM-DD`` strings."""
+    return pd.to_datetime(pd.Series(["2000-01-03", "2000-01-04"])).dtype
+
+
+def _to_datetime(column: pd.Series) -> pd.Series:
+    """``pd.to_datetime(column)``, vectorized when every value is a plain ISO date."""
+    values = column.tolist()
+    if values and all(type(v) is str and len(v) == 10 for v in values):
+        parsed = np.array(values, dtype="datetime64[D]").astype(_plain_dates_dtype())
+        return pd.Series(parsed, index=column.index, name=column.name)
+    return pd.to_datetime(column)
+
+
+def _date_index(iso: Sequence[str]) -> pd.DatetimeIndex:
+    """``DatetimeIndex([pd.Timestamp(s) for s in iso], name="Date")``, vectorized for plain dates."""
+    if iso and all(len(s) == 10 for s in iso):
+        unit = pd.Timestamp(iso[0]).unit  # what the one-by-one parse gives every plain date
+        return pd.DatetimeIndex(
+            np.array(iso, dtype="datetime64[D]").astype(f"datetime64[{unit}]"), name="Date"
+        )
+    return pd.DatetimeIndex([pd.Timestamp(s) for s in iso], name="Date")
+
+
 def round_trips(fills: Sequence[Fill], dates: pd.DatetimeIndex) -> pd.DataFrame:
     """Match fills FIFO into round trips, one row per (entry lot, exit fill) pair.
 
@@ -637,12 +964,13 @@ def round_trips(fills: Sequence[Fill], dates: pd.DatetimeIndex) -> pd.DataFrame:
     """
     books: dict[str, deque[list[Any]]] = {}
     rows: list[dict[str, Any]] = []
-    for f in fills:
+    where = dates.searchsorted(pd.DatetimeIndex([f.filled_at for f in fills])).tolist() if fills else []
+    for f, at in zip(fills, where, strict=True):
         remaining = f.quantity if f.side == "buy" else -f.quantity
         per_share = f.commission / f.quantity
         book = books.setdefault(f.ticker, deque())
         while remaining and book and (book[0][0] > 0) != (remaining > 0):
-            lot = book[0]  # [signed qty left, price, time, commission per share]
+            lot = book[0]  # [signed qty left, price, time, commission per share, bar position]
             direction = 1 if lot[0] > 0 else -1
             matched = min(abs(lot[0]), abs(remaining))
             commission = matched * (lot[3] + per_share)
@@ -658,7 +986,7 @@ def round_trips(fills: Sequence[Fill], dates: pd.DatetimeIndex) -> pd.DataFrame:
                     "pnl": pnl,
                     "return_pct": pnl / (lot[1] * matched),
                     "commission": commission,
-                    "bars_held": int(dates.searchsorted(f.filled_at) - dates.searchsorted(lot[2])),
+                    "bars_held": at - lot[4],
                 }
             )
             lot[0] -= matched * direction
@@ -666,7 +994,7 @@ def round_trips(fills: Sequence[Fill], dates: pd.DatetimeIndex) -> pd.DataFrame:
             if lot[0] == 0:
                 book.popleft()
         if remaining:
-            book.append([remaining, f.price, f.filled_at, per_share])
+            book.append([remaining, f.price, f.filled_at, per_share, at])
     return pd.DataFrame(rows, columns=TRADE_COLUMNS)
 
 

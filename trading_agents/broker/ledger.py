@@ -9,6 +9,11 @@ order updates, new orders, positions, cash, the step row, the decision record, r
 in ONE transaction, so a SIGKILL at any point leaves the previous consistent state. Client
 order ids are UNIQUE: re-deciding a committed bar cannot insert the same order twice.
 
+Inside :meth:`Ledger.deferred_steps` (what the engine uses for ``":memory:"`` ledgers, where
+a crash loses everything anyway) steps are queued and written many per transaction: before
+any other use of the ledger, when the queue is full and when the block ends. Every read
+through the ledger therefore sees every step committed before it.
+
 The risk state (``ACTIVE``/``REDUCING``/``HALTED``) lives in ``account_state`` and survives
 restarts. :meth:`Ledger.set_risk_state` (``trading-agents halt``/``resume``) bumps
 ``state_version``; a running engine adopts the change at its next bar and never overwrites
@@ -22,13 +27,16 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from trading_agents.broker.orders import Fill, Order, Position, iso_date
@@ -208,12 +216,17 @@ class RiskStateChange:
     cancelled_orders: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class StepRecord:
     """Everything one bar step produced; :meth:`Ledger.commit_step` writes it atomically.
 
     ``new_orders`` are inserted (a known client order id is an error), ``updated_orders``
     must already exist. Risk fields are written only if ``state_version`` still matches.
+
+    ``bar_iso``, ``positions_json`` and ``prices_json`` are optional pre-encoded forms of
+    ``bar_date``, ``positions`` and ``prices`` (the engine encodes a whole run at once); when
+    given they must equal what the ledger computes: ``iso_date(bar_date)``, the compact JSON
+    of the non-zero quantities sorted by ticker, and the compact JSON of ``prices``.
     """
 
     run_id: str
@@ -236,10 +249,25 @@ class StepRecord:
     strategy: str = ""
     decision_record: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    bar_iso: str | None = None
+    positions_json: str | None = None
+    prices_json: str | None = None
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@lru_cache(maxsize=64)
+def _stamp_text(second: int) -> str:
+    """:func:`_now`'s format for a Unix time in whole seconds."""
+    return datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")
+
+
+def _as_read(values: Sequence[float]) -> list[float]:
+    """Numbers as SQLite gives them back from a REAL column: Python floats, ``-0.0`` as ``0.0``
+    (SQLite stores integral reals as integers)."""
+    return (np.array(values, dtype=float) + 0.0).tolist()
 
 
 def _opt_float(value: float | None) -> float | None:
@@ -250,14 +278,28 @@ def _ts(value: str | None) -> pd.Timestamp | None:
     return None if value is None else pd.Timestamp(value)
 
 
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"), allow_nan=True)
+
+
 def _json(obj: Any) -> str:
-    return json.dumps(obj, default=str, separators=(",", ":"), allow_nan=True)
+    """Compact JSON; the same text as ``json.dumps(obj, default=str, separators=(",", ":"))``."""
+    return _ENCODER.encode(obj)
+
+
+def positions_json(positions: Mapping[str, Position]) -> str:
+    """How a step row stores positions: the non-zero quantities, sorted by ticker."""
+    if not positions:
+        return "{}"
+    return _json({t: p.quantity for t, p in sorted(positions.items()) if p.quantity})
 
 
 _ORDER_COLUMNS = (
     "client_order_id, ticker, side, quantity, order_type, limit_price, time_in_force, stop_loss, "
     "created_at, status, reason, requested_quantity, filled_quantity, updated_at"
 )
+
+
+_ORDER_KEYS = tuple(c.strip() for c in _ORDER_COLUMNS.split(","))
 
 
 def _order_row(run_id: str, o: Order) -> tuple[Any, ...]:
@@ -306,8 +348,22 @@ class Ledger:
     """An open ledger database. Use :meth:`open`; close it (or use ``with``) when done."""
 
     def __init__(self, db: sqlite3.Connection, path: Path | None) -> None:
-        self._db = db
+        self._conn = db
         self.path = path  # None for ":memory:"
+        self._queue: _Batch | None = None  # None: each step is written at once
+        self._queue_limit = 4096
+        self._versions: dict[str, int] = {}  # state versions read from a ":memory:" ledger
+        # The step rows of the runs this object created in a ":memory:" ledger, in bar order:
+        # nothing else can write such a ledger, so step_table serves them without a query.
+        # A run leaves this cache when its rows may differ (raw transaction, unordered bars).
+        self._step_rows: dict[str, dict[str, list[Any]]] = {}
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection, after writing any queued steps: every use of it sees them."""
+        if self._queue:
+            self._flush()
+        return self._conn
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -356,7 +412,10 @@ class Ledger:
         return ledger
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self._flush()
+        finally:
+            self._conn.close()
 
     def __enter__(self) -> Ledger:
         return self
@@ -369,16 +428,31 @@ class Ledger:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any exception, then re-raise)."""
+        self._step_rows.clear()  # the caller may write steps
+        with self._own_transaction() as db:
+            yield db
+
+    @contextmanager
+    def _own_transaction(self) -> Iterator[sqlite3.Connection]:
+        """:meth:`transaction` for this class's own statements, which never touch step rows."""
+        self._flush()
+        self._versions.clear()  # the transaction may change them
+        with self._raw_transaction() as db:
+            yield db
+
+    @contextmanager
+    def _raw_transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             raise LockBusyError(f"ledger {self.path} is busy ({exc}); retry later") from None
         try:
-            yield self._db
+            yield db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        db.execute("COMMIT")
 
     def _migrate(self) -> None:
         self._db.execute(
@@ -388,7 +462,7 @@ class Ledger:
         for fn in MIGRATIONS:
             if fn.__name__ in done:
                 continue
-            with self.transaction() as db:
+            with self._own_transaction() as db:
                 if db.execute("SELECT 1 FROM schema_version WHERE name = ?", (fn.__name__,)).fetchone():
                     continue  # another process migrated meanwhile
                 fn(db)
@@ -424,7 +498,7 @@ class Ledger:
         now = _now()
         cash = float(starting_cash)
         try:
-            with self.transaction() as db:
+            with self._own_transaction() as db:
                 db.execute(
                     "INSERT INTO runs (run_id, kind, strategy, created_at, config_json, starting_cash,"
                     " status)"
@@ -440,6 +514,8 @@ class Ledger:
             raise UserInputError(
                 f"run {run_id!r} already exists in the ledger; choose another run id"
             ) from None
+        if self.path is None:  # a new run: every step row will pass through here
+            self._step_rows[run_id] = {k: [] for k in _STEP_TABLE_KEYS}
         run = self.get_run(run_id)
         assert run is not None
         return run
@@ -470,7 +546,7 @@ class Ledger:
         )
 
     def set_run_status(self, run_id: str, status: str) -> None:
-        with self.transaction() as db:
+        with self._own_transaction() as db:
             db.execute("UPDATE runs SET status = ? WHERE run_id = ?", (status, run_id))
 
     # -- reads -----------------------------------------------------------------------------------
@@ -513,6 +589,19 @@ class Ledger:
             args.append(int(limit))
         return [_order_from_row(r) for r in self._db.execute(sql, args)]
 
+    def order_dicts(self, run_id: str) -> list[dict[str, Any]]:
+        """``[o.as_dict() for o in self.orders(run_id)]`` without building the orders."""
+        cur = self._db.cursor()
+        cur.row_factory = None
+        rows = cur.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE run_id = ? ORDER BY id", (run_id,))
+        keys = _ORDER_KEYS
+        out = []
+        for row in rows:
+            d = dict(zip(keys, row, strict=True))
+            d["created_at"] = d["created_at"] or None  # as orders() reads it
+            out.append(d)
+        return out
+
     def fills(self, run_id: str) -> list[Fill]:
         rows = self._db.execute("SELECT * FROM fills WHERE run_id = ? ORDER BY id", (run_id,))
         return [
@@ -529,6 +618,29 @@ class Ledger:
             )
             for r in rows
         ]
+
+    def step_table(self, run_id: str) -> dict[str, list[Any]]:
+        """Committed steps in bar order as columns, without a dict or Timestamp per row.
+
+        Keys: ``bar_date`` (ISO text), ``equity``, ``cash``, ``exposure`` and
+        ``positions_json`` (``{ticker: quantity}`` as JSON text): what a result needs of
+        :meth:`steps`, read fast enough for runs of thousands of bars.
+        """
+        db = self._db
+        keys = _STEP_TABLE_KEYS
+        cached = self._step_rows.get(run_id)
+        if cached is not None:
+            return {k: _as_read(v) if k in _REAL_KEYS else list(v) for k, v in cached.items()}
+        cur = db.cursor()
+        cur.row_factory = None
+        rows = cur.execute(
+            "SELECT bar_date, equity, cash, exposure, positions_json FROM steps"
+            " WHERE run_id = ? ORDER BY bar_date",
+            (run_id,),
+        ).fetchall()
+        if not rows:
+            return {k: [] for k in keys}
+        return {k: list(col) for k, col in zip(keys, zip(*rows, strict=True), strict=True)}
 
     def steps(self, run_id: str) -> list[dict[str, Any]]:
         """Committed steps in bar order: bar_date, step_index, equity, cash, exposure, positions, prices."""
@@ -551,10 +663,20 @@ class Ledger:
         ]
 
     def state_version(self, run_id: str) -> int | None:
-        """Bumped by every :meth:`set_risk_state`; cheap to poll once per bar."""
+        """Bumped by every :meth:`set_risk_state`; cheap to poll once per bar.
+
+        Nothing but this object can write a ``":memory:"`` ledger, so there the version is
+        read once and kept until the next write transaction.
+        """
+        if self.path is None and run_id in self._versions:
+            return self._versions[run_id]
         sql = "SELECT state_version FROM account_state WHERE run_id = ?"
         row = self._db.execute(sql, (run_id,)).fetchone()
-        return None if row is None else row[0]
+        if row is None:
+            return None
+        if self.path is None:
+            self._versions[run_id] = row[0]
+        return row[0]
 
     def step_count(self, run_id: str) -> int:
         return self._db.execute("SELECT COUNT(*) FROM steps WHERE run_id = ?", (run_id,)).fetchone()[0]
@@ -596,122 +718,125 @@ class Ledger:
     # -- the step transaction --------------------------------------------------------------------
 
     def commit_step(self, rec: StepRecord) -> None:
-        """Write one bar step atomically (see :class:`StepRecord`)."""
-        bar = iso_date(rec.bar_date)
-        now = _now()
+        """Write one bar step atomically (see :class:`StepRecord`); queue it inside
+        :meth:`deferred_steps`."""
+        self._commit(*_step_parts(rec))
+
+    def commit_quiet_step(
+        self,
+        run_id: str,
+        step_index: int,
+        bar_iso: str,
+        equity: float,
+        cash: float,
+        exposure: float,
+        positions_json: str,
+        prices_json: str,
+        risk_state: str,
+        halt_reason: str,
+        state_version: int,
+        peak_equity: float,
+        day_start_equity: float,
+    ) -> None:
+        """:meth:`commit_step` for a step with no orders, fills, risk events or decision record,
+        its bar date, positions and prices given pre-encoded (see :class:`StepRecord`).
+
+        Most bars of a backtest are like that; this skips building a record per bar.
+        """
+        step = (run_id, step_index, bar_iso, equity, cash, exposure, positions_json, prices_json)
+        risk = (risk_state, halt_reason, peak_equity, day_start_equity, state_version, time.time())
+        queue = self._queue
+        if queue is not None and len(queue.risk) < self._queue_limit * _RISK_WIDTH - _RISK_WIDTH:
+            queue.steps += step  # the common case of _commit, inlined
+            queue.risk += risk
+        else:
+            self._commit(step, risk, None)
+
+    def _commit(self, step: Sequence[Any], risk: Sequence[Any], extras: _Extras | None) -> None:
+        queue = self._queue
+        if queue is None:
+            queue = _Batch()
+            queue.add(step, risk, extras)
+            self._write_steps(queue)
+            return
+        queue.add(step, risk, extras)
+        if len(queue) >= self._queue_limit:
+            self._flush()
+
+    @contextmanager
+    def deferred_steps(self, limit: int = 4096) -> Iterator[None]:
+        """Queue :meth:`commit_step` writes and write them ``limit`` per transaction.
+
+        The queue is written before any other use of this ledger object, when it holds
+        ``limit`` steps and when the block ends (also through an exception), so readers never
+        miss a step. What is lost is per-step durability: a process killed inside the block
+        loses the queued steps. Use it where that costs nothing, as the engine does for
+        ``":memory:"`` ledgers. A refused step (:class:`LedgerIntegrityError`) surfaces at the
+        write: the steps queued before it are written, the ones after it dropped.
+
+        Example::
+
+            with ledger.deferred_steps():
+                for rec in records:
+                    ledger.commit_step(rec)
+        """
+        if self._queue is not None:  # already deferring: the outer block writes
+            yield
+            return
+        self._queue, self._queue_limit = _Batch(), max(int(limit), 1)
         try:
-            with self.transaction() as db:
-                if rec.new_orders:
-                    db.executemany(
-                        "INSERT INTO orders (client_order_id, run_id, ticker, side, quantity,"
-                        " requested_quantity,"
-                        " filled_quantity, order_type, limit_price, time_in_force, stop_loss, created_at,"
-                        " updated_at, status, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [_order_row(rec.run_id, o) for o in rec.new_orders],
-                    )
-                if rec.updated_orders:
-                    db.executemany(
-                        "UPDATE orders SET status = ?, filled_quantity = ?, reason = ?, updated_at = ?"
-                        " WHERE client_order_id = ? AND run_id = ?",
-                        [
-                            (
-                                o.status,
-                                o.filled_quantity,
-                                o.reason,
-                                iso_date(o.updated_at) if o.updated_at is not None else bar,
-                                o.client_order_id,
-                                rec.run_id,
-                            )
-                            for o in rec.updated_orders
-                        ],
-                    )
-                if rec.fills:
-                    db.executemany(
-                        "INSERT INTO fills (client_order_id, run_id, ticker, side, quantity, price,"
-                        " commission,"
-                        " slippage_cost, filled_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [
-                            (
-                                f.order_id,
-                                rec.run_id,
-                                f.ticker,
-                                f.side,
-                                f.quantity,
-                                f.price,
-                                f.commission,
-                                f.slippage_cost,
-                                iso_date(f.filled_at),
-                                f.reason,
-                            )
-                            for f in rec.fills
-                        ],
-                    )
-                if rec.fills:
-                    db.execute("DELETE FROM positions WHERE run_id = ?", (rec.run_id,))
-                    db.executemany(
-                        "INSERT INTO positions (run_id, ticker, quantity, avg_price, stop_loss)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        [
-                            (rec.run_id, t, p.quantity, p.avg_price, _opt_float(p.stop_loss))
-                            for t, p in sorted(rec.positions.items())
-                            if p.quantity
-                        ],
-                    )
-                db.execute(
-                    "INSERT INTO steps (run_id, step_index, bar_date, equity, cash, exposure, positions_json,"
-                    " prices_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        rec.run_id,
-                        rec.step_index,
-                        bar,
-                        rec.equity,
-                        rec.cash,
-                        rec.exposure,
-                        _json({t: p.quantity for t, p in sorted(rec.positions.items()) if p.quantity}),
-                        _json(dict(rec.prices)),
-                    ),
-                )
-                db.execute(
-                    "UPDATE account_state SET cash = ?, last_equity = ?, last_step_date = ?, updated_at = ?"
-                    " WHERE run_id = ?",
-                    (rec.cash, rec.equity, bar, now, rec.run_id),
-                )
-                db.execute(
-                    "UPDATE account_state SET risk_state = ?, halt_reason = ?, peak_equity = ?,"
-                    " day_start_equity = ? WHERE run_id = ? AND state_version = ?",
-                    (
-                        rec.risk_state,
-                        rec.halt_reason,
-                        rec.peak_equity,
-                        rec.day_start_equity,
-                        rec.run_id,
-                        rec.state_version,
-                    ),
-                )
-                if rec.decision_record is not None:
-                    ticker = rec.decision_record.get("ticker")
-                    db.execute(
-                        "INSERT INTO decisions (run_id, bar_date, ticker, strategy, record_json, created_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        (
-                            rec.run_id,
-                            bar,
-                            ticker if isinstance(ticker, str) else None,
-                            rec.strategy,
-                            _json(rec.decision_record),
-                            now,
-                        ),
-                    )
-                if rec.risk_events:
-                    db.executemany(
-                        "INSERT INTO risk_events (run_id, bar_date, ticker, kind, rule, detail, created_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [(rec.run_id, bar, e.ticker, e.kind, e.rule, e.detail, now) for e in rec.risk_events],
-                    )
+            yield
+        finally:
+            try:
+                self._flush()
+            finally:
+                self._queue = None
+
+    def _flush(self) -> None:
+        queued = self._queue
+        if queued:
+            self._queue = _Batch()
+            self._write_steps(queued)
+
+    def _write_steps(self, batch: _Batch) -> None:
+        try:
+            with self._raw_transaction() as db:
+                _write_batch(db, batch)
+            if self._step_rows:
+                self._remember(batch)
         except sqlite3.IntegrityError as exc:
-            raise LedgerIntegrityError(
-                f"ledger refused step {bar} of run {rec.run_id!r} ({exc}); the step was not written"
-            ) from None
+            if len(batch) == 1:
+                run_id, bar = batch.steps[0], batch.steps[2]
+                raise LedgerIntegrityError(
+                    f"ledger refused step {bar} of run {run_id!r} ({exc}); the step was not written"
+                ) from None
+            for k in range(len(batch)):  # find the refused step; the ones before it are kept
+                self._write_steps(batch.one(k))
+
+    def _remember(self, batch: _Batch) -> None:
+        """Add written step rows to :attr:`_step_rows`; drop a run whose rows would not be
+        what ``ORDER BY bar_date`` reads (a bar not after the last one, or non-text columns)."""
+        cache, steps = self._step_rows, batch.steps
+        runs = set(steps[0::_STEP_WIDTH])
+        if len(runs) > 1:  # rows of several runs: one run at a time
+            for k in range(len(batch)):
+                self._remember(batch.one(k))
+            return
+        run_id = next(iter(runs))
+        columns = cache.get(run_id)
+        if columns is None:
+            return
+        bars, held = steps[2::_STEP_WIDTH], steps[6::_STEP_WIDTH]
+        dates = columns["bar_date"][-1:] + bars
+        if (
+            set(map(type, bars)) != {str}
+            or set(map(type, held)) != {str}
+            or not all(map(str.__lt__, dates[:-1], dates[1:]))
+        ):
+            del cache[run_id]
+            return
+        for offset, key in enumerate(("bar_date", "equity", "cash", "exposure", "positions_json"), 2):
+            columns[key] += steps[offset::_STEP_WIDTH]
 
     # -- risk state ------------------------------------------------------------------------------
 
@@ -735,7 +860,7 @@ class Ledger:
             raise UserInputError(f"unknown risk state {state!r}; use one of {', '.join(RISK_STATES)}")
         changes: list[RiskStateChange] = []
         now = _now()
-        with self.transaction() as db:
+        with self._own_transaction() as db:
             if run_id is None:
                 old, _ = self.session_default_state()
                 db.executemany(
@@ -849,3 +974,259 @@ class Ledger:
             if json.loads(last["positions_json"]) != stored:
                 problems.append("last step positions differ from the positions table")
         return problems
+
+
+# -- writing steps -------------------------------------------------------------------------------
+
+_INSERT_ORDER = (
+    "INSERT INTO orders (client_order_id, run_id, ticker, side, quantity, requested_quantity,"
+    " filled_quantity, order_type, limit_price, time_in_force, stop_loss, created_at, updated_at,"
+    " status, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_ORDER = (
+    "UPDATE orders SET status = ?, filled_quantity = ?, reason = ?, updated_at = ?"
+    " WHERE client_order_id = ? AND run_id = ?"
+)
+_INSERT_FILL = (
+    "INSERT INTO fills (client_order_id, run_id, ticker, side, quantity, price, commission,"
+    " slippage_cost, filled_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_POSITION = (
+    "INSERT INTO positions (run_id, ticker, quantity, avg_price, stop_loss) VALUES (?, ?, ?, ?, ?)"
+)
+_INSERT_STEP = (
+    "INSERT INTO steps (run_id, step_index, bar_date, equity, cash, exposure, positions_json,"
+    " prices_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_ACCOUNT = (
+    "UPDATE account_state SET cash = ?, last_equity = ?, last_step_date = ?, updated_at = ? WHERE run_id = ?"
+)
+_UPDATE_RISK = (
+    "UPDATE account_state SET risk_state = ?, halt_reason = ?, peak_equity = ?,"
+    " day_start_equity = ? WHERE run_id = ? AND state_version = ?"
+)
+_INSERT_DECISION = (
+    "INSERT INTO decisions (run_id, bar_date, ticker, strategy, record_json, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_INSERT_EVENT = (
+    "INSERT INTO risk_events (run_id, bar_date, ticker, kind, rule, detail, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+_STEPS_PER_INSERT = 256
+
+
+@lru_cache(maxsize=8)
+def _insert_steps(rows: int) -> str:
+    """:data:`_INSERT_STEP` for ``rows`` rows."""
+    head, values = _INSERT_STEP.split(" VALUES ")
+    return f"{head} VALUES {','.join([values] * rows)}"
+
+
+class _Extras:
+    """The rows of a step besides its step row and account update, taken at commit time: the
+    orders and positions they come from are live objects that keep changing while a step
+    waits in a queue."""
+
+    __slots__ = ("decision", "events", "fills", "new_orders", "positions", "updated_orders")
+
+    def __init__(self, rec: StepRecord, bar: str) -> None:
+        run_id = rec.run_id
+        self.new_orders = [_order_row(run_id, o) for o in rec.new_orders]
+        self.updated_orders = [
+            (
+                o.status,
+                o.filled_quantity,
+                o.reason,
+                iso_date(o.updated_at) if o.updated_at is not None else bar,
+                o.client_order_id,
+                run_id,
+            )
+            for o in rec.updated_orders
+        ]
+        self.fills = [
+            (
+                f.order_id,
+                run_id,
+                f.ticker,
+                f.side,
+                f.quantity,
+                f.price,
+                f.commission,
+                f.slippage_cost,
+                iso_date(f.filled_at),
+                f.reason,
+            )
+            for f in rec.fills
+        ]
+        self.positions = (
+            [
+                (run_id, t, p.quantity, p.avg_price, _opt_float(p.stop_loss))
+                for t, p in sorted(rec.positions.items())
+                if p.quantity
+            ]
+            if rec.fills
+            else None
+        )
+        self.decision = None
+        if rec.decision_record is not None:
+            ticker = rec.decision_record.get("ticker")
+            self.decision = (
+                run_id,
+                bar,
+                ticker if isinstance(ticker, str) else None,
+                rec.strategy,
+                _json(rec.decision_record),
+            )
+        self.events = [(run_id, bar, e.ticker, e.kind, e.rule, e.detail) for e in rec.risk_events]
+
+
+_STEP_WIDTH = 8  # values of a step row, in _INSERT_STEP order
+_RISK_WIDTH = 6  # risk state, halt reason, peak equity, day-start equity, state version, Unix time
+_STEP_TABLE_KEYS = ("bar_date", "equity", "cash", "exposure", "positions_json")
+_REAL_KEYS = frozenset({"equity", "cash", "exposure"})
+
+
+class _Batch:
+    """Committed steps waiting to be written, in commit order, stored flat: ``steps`` holds
+    :data:`_STEP_WIDTH` values per step, ``risk`` :data:`_RISK_WIDTH`, and ``extras`` the
+    other rows of the few steps that have any, with the step's position.
+
+    A backtest queues thousands of quiet steps; a tuple or two per step kept alive until the
+    write would cost the garbage collector more than the write itself.
+    """
+
+    __slots__ = ("extras", "risk", "steps")
+
+    def __init__(self) -> None:
+        self.steps: list[Any] = []
+        self.risk: list[Any] = []
+        self.extras: list[tuple[int, _Extras]] = []
+
+    def __len__(self) -> int:
+        return len(self.risk) // _RISK_WIDTH
+
+    def add(self, step: Sequence[Any], risk: Sequence[Any], extras: _Extras | None) -> None:
+        if extras is not None:
+            self.extras.append((len(self), extras))
+        self.steps += step
+        self.risk += risk
+
+    def one(self, k: int) -> _Batch:
+        """The ``k``-th step alone."""
+        out = _Batch()
+        extras = next((x for at, x in self.extras if at == k), None)
+        out.add(
+            self.steps[k * _STEP_WIDTH : (k + 1) * _STEP_WIDTH],
+            self.risk[k * _RISK_WIDTH : (k + 1) * _RISK_WIDTH],
+            extras,
+        )
+        return out
+
+
+def _step_parts(rec: StepRecord) -> tuple[tuple[Any, ...], tuple[Any, ...], _Extras | None]:
+    """The step row, risk values and other rows of ``rec`` (see :class:`_Batch`)."""
+    bar = rec.bar_iso if rec.bar_iso is not None else iso_date(rec.bar_date)
+    quiet = not (
+        rec.new_orders
+        or rec.updated_orders
+        or rec.fills
+        or rec.risk_events
+        or rec.decision_record is not None
+    )
+    return (
+        (
+            rec.run_id,
+            rec.step_index,
+            bar,
+            rec.equity,
+            rec.cash,
+            rec.exposure,
+            rec.positions_json if rec.positions_json is not None else positions_json(rec.positions),
+            rec.prices_json if rec.prices_json is not None else _json(dict(rec.prices)),
+        ),
+        (
+            rec.risk_state,
+            rec.halt_reason,
+            rec.peak_equity,
+            rec.day_start_equity,
+            rec.state_version,
+            time.time(),
+        ),
+        None if quiet else _Extras(rec, bar),
+    )
+
+
+def _merge_updates(
+    orders: list[tuple[Any, ...]], updates: list[tuple[Any, ...]]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Fold each update of an order inserted in the same batch into its insert row: the
+    transaction leaves the same row (and row id) without one UPDATE per order."""
+    position = {row[0]: k for k, row in enumerate(orders)}
+    rest: list[tuple[Any, ...]] = []
+    for update in updates:  # (status, filled_quantity, reason, updated_at, client_order_id, run_id)
+        k = position.get(update[4])
+        if k is None or orders[k][1] != update[5]:
+            rest.append(update)
+            continue
+        row = orders[k]
+        orders[k] = (*row[:6], update[1], *row[7:12], update[3], update[0], update[2])
+    return orders, rest
+
+
+def _write_batch(db: sqlite3.Connection, batch: _Batch) -> None:
+    """Write steps in order, one statement per table: the same rows (and row ids) as writing
+    them one step at a time."""
+    steps, risk = batch.steps, batch.risk
+    extras = [(x, risk[at * _RISK_WIDTH + 5]) for at, x in batch.extras]
+    orders = [row for x, _ in extras for row in x.new_orders]
+    updates = [row for x, _ in extras for row in x.updated_orders]
+    if orders and updates:
+        orders, updates = _merge_updates(orders, updates)
+    if orders:
+        db.executemany(_INSERT_ORDER, orders)
+    if updates:
+        db.executemany(_UPDATE_ORDER, updates)
+    fills = [row for x, _ in extras for row in x.fills]
+    if fills:
+        db.executemany(_INSERT_FILL, fills)
+    held: dict[str, list[tuple[Any, ...]]] = {}  # the positions after each run's last fill
+    for x, _ in extras:
+        if x.positions is not None:
+            held[x.fills[0][1]] = x.positions
+    for run_id, rows in held.items():
+        db.execute("DELETE FROM positions WHERE run_id = ?", (run_id,))
+        if rows:
+            db.executemany(_INSERT_POSITION, rows)
+    n = len(batch)
+    if n == 1:
+        db.execute(_INSERT_STEP, steps)
+    else:  # many rows per statement: binding is what costs here, not the statement
+        for lo in range(0, n, _STEPS_PER_INSERT):
+            hi = min(lo + _STEPS_PER_INSERT, n)
+            db.execute(_insert_steps(hi - lo), steps[lo * _STEP_WIDTH : hi * _STEP_WIDTH])
+    runs, versions = steps[0::_STEP_WIDTH], risk[4::_RISK_WIDTH]
+    last: dict[str, int] = {}  # run -> its last step
+    last_of_version: dict[tuple[str, int], int] = {}
+    if len(set(runs)) == 1 and len(set(versions)) == 1:
+        last[runs[0]] = last_of_version[(runs[0], versions[0])] = n - 1
+    else:
+        for k, (run_id, version) in enumerate(zip(runs, versions, strict=True)):
+            last[run_id] = last_of_version[(run_id, version)] = k
+    for run_id, k in last.items():
+        step = steps[k * _STEP_WIDTH : (k + 1) * _STEP_WIDTH]
+        stamp = risk[k * _RISK_WIDTH + 5]
+        db.execute(_UPDATE_ACCOUNT, (step[4], step[3], step[2], _stamp_text(int(stamp)), run_id))
+    # Only steps taken under the stored state version may write risk fields, and the
+    # version cannot change within a batch: of each version's last step, one at most applies.
+    for (run_id, version), k in last_of_version.items():
+        state, reason, peak, day_start = risk[k * _RISK_WIDTH : k * _RISK_WIDTH + 4]
+        db.execute(_UPDATE_RISK, (state, reason, peak, day_start, run_id, version))
+    decisions = [(*x.decision, _stamp_text(int(t))) for x, t in extras if x.decision is not None]
+    if decisions:
+        db.executemany(_INSERT_DECISION, decisions)
+    events = [(*row, _stamp_text(int(t))) for x, t in extras for row in x.events]
+    if events:
+        db.executemany(_INSERT_EVENT, events)

@@ -7,7 +7,7 @@ after a crash yields the same id, and the ledger's UNIQUE constraint refuses a d
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -22,9 +22,14 @@ OrderStatus = Literal["pending", "filled", "cancelled", "expired", "rejected"]
 FINAL_STATUSES: frozenset[str] = frozenset({"filled", "cancelled", "expired", "rejected"})
 
 
+_DAY_NS = 86_400_000_000_000
+
+
 @lru_cache(maxsize=8192)
 def iso_date(ts: pd.Timestamp | str) -> str:
     """``2024-01-02`` for a midnight timestamp, full ISO 8601 otherwise (intraday bars)."""
+    if type(ts) is pd.Timestamp and ts.tzinfo is None and ts.value % _DAY_NS == 0:
+        return f"{ts.year:04d}-{ts.month:02d}-{ts.day:02d}"  # midnight, without re-parsing
     ts = pd.Timestamp(ts)
     midnight = not (ts.hour or ts.minute or ts.second or ts.microsecond or ts.nanosecond)
     return f"{ts.year:04d}-{ts.month:02d}-{ts.day:02d}" if midnight else ts.isoformat()
@@ -67,8 +72,8 @@ class Order:
         return self.status == "pending"
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-safe dict (dates as ISO strings)."""
-        out = asdict(self)
+        """JSON-safe dict (dates as ISO strings), keys in field order."""
+        out = {name: getattr(self, name) for name in _ORDER_FIELDS}
         for key in ("created_at", "updated_at"):
             out[key] = iso_date(out[key]) if out[key] is not None else None
         return out
@@ -103,9 +108,14 @@ class Fill:
         return -self.value - self.commission if self.side == "buy" else self.value - self.commission
 
     def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        """JSON-safe dict (``filled_at`` as an ISO string), keys in field order."""
+        out = {name: getattr(self, name) for name in _FILL_FIELDS}
         out["filled_at"] = iso_date(self.filled_at)
         return out
+
+
+_ORDER_FIELDS = tuple(f.name for f in fields(Order))
+_FILL_FIELDS = tuple(f.name for f in fields(Fill))
 
 
 @dataclass

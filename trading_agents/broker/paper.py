@@ -75,11 +75,28 @@ class PaperBroker:
 
     def equity(self, prices: Mapping[str, float]) -> float:
         """Cash plus positions marked at ``prices``."""
-        return self.cash + sum(p.quantity * prices[t] for t, p in self.positions.items())
+        positions = self.positions
+        if len(positions) == 1:  # the common case without building a generator (the same sum)
+            for t, p in positions.items():
+                return self.cash + (0 + p.quantity * prices[t])
+        return self.cash + sum(p.quantity * prices[t] for t, p in positions.items())
 
     def gross_value(self, prices: Mapping[str, float]) -> float:
         """Sum of absolute position values."""
-        return sum(abs(p.quantity) * prices[t] for t, p in self.positions.items())
+        positions = self.positions
+        if len(positions) == 1:
+            for t, p in positions.items():
+                return 0 + abs(p.quantity) * prices[t]
+        return sum(abs(p.quantity) * prices[t] for t, p in positions.items())
+
+    def idle(self) -> bool:
+        """True when :meth:`process_bar` has nothing to do: no pending order, no protective stop."""
+        if self.pending:
+            return False
+        for p in self.positions.values():  # noqa: SIM110 - runs every bar; a loop beats all(<genexpr>)
+            if p.stop_loss is not None and p.quantity > 0:
+                return False
+        return True
 
     def is_reducing(self, side: str, quantity: int, ticker: str) -> bool:
         """True when the order only shrinks an existing position towards flat."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -138,7 +139,7 @@ class RiskEngine:
         if not _positive(ref_price):
             return veto("invalid_intent", f"no usable price for {ticker} ({ref_price!r})")
 
-        age = (pd.Timestamp(bar_date).normalize() - pd.Timestamp(data_date).normalize()).days
+        age = _days_between(data_date, bar_date)
         if age > self.settings.max_data_age_days:
             return veto(
                 "max_data_age_days",
@@ -171,13 +172,14 @@ class RiskEngine:
 
         sign = 1 if intent.side == "buy" else -1
         equity = float(portfolio.equity)
-        caps: list[tuple[str, int, str]] = []
+        # (rule, cap, reason): reasons are formatted only for a clip or veto.
+        caps: list[tuple[str, int, Callable[[], str]]] = []
         s = self.settings
         caps.append(
             (
                 "max_order_notional",
                 math.floor(s.max_order_notional / ref_price),
-                f"order value above {s.max_order_notional:,.2f}",
+                lambda: f"order value above {s.max_order_notional:,.2f}",
             )
         )
         # Room left on this side for the position after the order: |held + sign*q| * price <= pct * equity.
@@ -186,7 +188,7 @@ class RiskEngine:
             (
                 "max_position_pct",
                 pos_cap - held * sign if held * sign >= 0 else pos_cap + abs(held),
-                f"{ticker} position above {s.max_position_pct:.0%} of equity {equity:,.2f}",
+                lambda: f"{ticker} position above {s.max_position_pct:.0%} of equity {equity:,.2f}",
             )
         )
         gross = sum(abs(q) * portfolio.prices.get(t, 0.0) for t, q in portfolio.positions.items())
@@ -197,17 +199,19 @@ class RiskEngine:
             (
                 "max_gross_exposure_pct",
                 math.floor(max(room, 0.0) / ref_price + 1e-9) + 2 * freed,
-                f"gross exposure above {s.max_gross_exposure_pct:.0%} of equity",
+                lambda: f"gross exposure above {s.max_gross_exposure_pct:.0%} of equity",
             )
         )
         if intent.side == "buy":
-            caps.append(("cash", self._cash_limit(portfolio.cash, ref_price), f"cash {portfolio.cash:,.2f}"))
+            caps.append(
+                ("cash", self._cash_limit(portfolio.cash, ref_price), lambda: f"cash {portfolio.cash:,.2f}")
+            )
         for rule, cap, why in caps:
             cap = max(cap, 0)
             if qty > cap:
                 if cap == 0:
-                    return veto(rule, f"quantity {qty} -> 0: {why}")
-                events.append(RiskEvent("clip", rule, f"quantity {qty} -> {cap}: {why}", ticker))
+                    return veto(rule, f"quantity {qty} -> 0: {why()}")
+                events.append(RiskEvent("clip", rule, f"quantity {qty} -> {cap}: {why()}", ticker))
                 qty = cap
         return RiskCheck(qty, False, events)
 
@@ -215,21 +219,30 @@ class RiskEngine:
 
     def update(self, equity: float, bar_date: pd.Timestamp) -> list[RiskEvent]:
         """Feed the marked-to-market equity of a bar; trips the kill switch when a limit breaks."""
-        bar_date = pd.Timestamp(bar_date)
+        if type(bar_date) is not pd.Timestamp:
+            bar_date = pd.Timestamp(bar_date)
         if self.peak_equity is None:
             self.peak_equity = equity
         if self.day_start_equity is None:
             self.day_start_equity = equity
-        if self.last_date is not None and bar_date.normalize() != self.last_date.normalize():
-            self.day_start_equity = self.last_equity if self.last_equity is not None else equity
+        last = self.last_date
+        if last is not None:
+            if bar_date.tzinfo is None and last.tzinfo is None:  # once per bar: _days_between inlined
+                new_day = bar_date.value // _DAY_NS != last.value // _DAY_NS
+            else:
+                new_day = _days_between(last, bar_date) != 0
+            if new_day:
+                self.day_start_equity = self.last_equity if self.last_equity is not None else equity
         self.last_date = bar_date
         self.last_equity = equity
-        self.peak_equity = max(self.peak_equity, equity)
+        if equity > self.peak_equity:  # max(peak, equity)
+            self.peak_equity = equity
         if self.state == "HALTED":
             return []
         s = self.settings
-        daily = 1.0 - equity / self.day_start_equity if self.day_start_equity > 0 else 0.0
-        drawdown = 1.0 - equity / self.peak_equity if self.peak_equity > 0 else 0.0
+        day_start, peak = self.day_start_equity, self.peak_equity
+        daily = 1.0 - equity / day_start if day_start > 0 else 0.0
+        drawdown = 1.0 - equity / peak if peak > 0 else 0.0
         if daily > s.max_daily_loss_pct:
             return [
                 self.halt(
@@ -259,6 +272,24 @@ class RiskEngine:
         if self.last_equity is not None:
             self.peak_equity = self.day_start_equity = self.last_equity
         return RiskEvent("resume", "manual", reason)
+
+
+_DAY_NS = 86_400_000_000_000
+
+
+def _days_between(earlier: pd.Timestamp, later: pd.Timestamp) -> int:
+    """Days from ``earlier``'s date to ``later``'s: ``(later.normalize() - earlier.normalize()).days``.
+
+    Called once per bar by the kill switch, so tz-naive timestamps (what the engine uses) take
+    an integer shortcut: their ``value`` counts nanoseconds from a midnight.
+    """
+    if type(earlier) is not pd.Timestamp:
+        earlier = pd.Timestamp(earlier)
+    if type(later) is not pd.Timestamp:
+        later = pd.Timestamp(later)
+    if earlier.tzinfo is None and later.tzinfo is None:
+        return later.value // _DAY_NS - earlier.value // _DAY_NS
+    return (later.normalize() - earlier.normalize()).days
 
 
 def _positive(value: object) -> bool:
