@@ -195,3 +195,20 @@ def test_concurrent_callers_are_serialised(llm: LocalLLM) -> None:
         t.join()
     assert not errors and len(results) == 3
     assert llm.in_flight == 0 and llm.waiting == 0
+
+
+def test_every_desk_schema_compiles_to_a_grammar_that_decodes(llm: LocalLLM) -> None:
+    """A grammar llama.cpp cannot parse crashes the process at sampling time: catch it here."""
+    from trading_agents.agents.schemas import ROLE_SCHEMAS
+
+    for schema in ROLE_SCHEMAS.values():
+        out = llm.complete(MESSAGES, schema=schema, sampling=SamplingParams(max_tokens=400))
+        assert isinstance(out.parsed, schema)
+
+
+def test_a_grammar_llama_cpp_rejects_is_an_error_not_a_crash(llm: LocalLLM) -> None:
+    from utils.llm_integration.local_llm import LLMError
+
+    bad = {"title": "Bad", "type": "object", "properties": {"x": {"type": "string", "pattern": "^a\\.b$"}}}
+    with pytest.raises(LLMError, match="rejected the grammar"):
+        llm._grammar(bad)

@@ -11,10 +11,12 @@ import sys
 
 import click
 import typer
+from rich.markup import escape
 
 from trading_agents.cli import backtest_cmd, bench_cmd, ledger_cmd, models_cmd, run_cmd, schedule_cmd
-from trading_agents.cli.common import err_console
+from trading_agents.cli.common import err_console, quiet_libraries
 from trading_agents.errors import TradingAgentsError
+from utils.llm_integration.local_llm import LLMError
 
 EPILOG = (
     "Exit codes: 0 ok, 1 internal error, 2 bad input, 3 model failure, 4 data unavailable, "
@@ -41,11 +43,15 @@ app.add_typer(schedule_cmd.app, name="schedule")
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user mistakes end as one ``error:`` line and a documented exit code."""
+    quiet_libraries()
     try:
         app(args=argv, standalone_mode=False, prog_name="trading-agents")
     except TradingAgentsError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except LLMError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
+        sys.exit(3)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

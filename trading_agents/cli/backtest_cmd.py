@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,15 @@ from trading_agents.backtest.runner import (
     market_closed_message,
     run_backtest,
 )
-from trading_agents.cli.common import ConfigOption, JsonOption, console, emit_json, err_console, interactive
+from trading_agents.cli.common import (
+    ConfigOption,
+    JsonOption,
+    console,
+    emit_json,
+    err_console,
+    interactive,
+    parse_date,
+)
 from trading_agents.errors import TradingAgentsError, UserInputError
 from trading_agents.fsutil import exclusive_lock
 
@@ -121,8 +128,8 @@ def backtest(
         strategy=strategy.strip().lower(),
         tickers=[t for t in ticker] if ticker else None,
         data_file=data,
-        start=_parse_date(start, "--start"),
-        end=_parse_date(end, "--end"),
+        start=parse_date(start, "--start"),
+        end=parse_date(end, "--end"),
         cash=cash,
         commission=commission,
         slippage_bps=slippage_bps,
@@ -140,7 +147,7 @@ def backtest(
         raise UserInputError(f"data file {data} does not exist; pass a CSV of daily bars with --data")
 
     if skip_closed:
-        closed = market_closed_message(_parse_date(today, "--today"))
+        closed = market_closed_message(parse_date(today, "--today"))
         if closed:
             if json_out:
                 emit_json({"status": "skipped", "reason": closed})
@@ -173,22 +180,14 @@ def backtest(
     console.print(f"results: {outcome.out_dir}/ (open {outcome.paths['report']})", highlight=False)
 
 
-def _parse_date(value: str | None, flag: str) -> dt.date | None:
-    if value is None or not value.strip():
-        return None
-    try:
-        return dt.date.fromisoformat(value.strip())
-    except ValueError:
-        raise UserInputError(f"{flag} {value!r} is not a date; use YYYY-MM-DD") from None
-
-
 @contextmanager
 def _logged_errors() -> Iterator[None]:
     """Put the one-line error into the log file too (cron reads the log, not the terminal)."""
     try:
         yield
     except TradingAgentsError as exc:
-        log.error("%s (exit code %d)", exc.message, exc.exit_code)
+        if log.hasHandlers():  # else logging's last-resort handler would print the error twice
+            log.error("%s (exit code %d)", exc.message, exc.exit_code)
         raise
 
 

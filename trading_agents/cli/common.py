@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +13,7 @@ import typer
 from rich.console import Console
 
 from trading_agents.config.settings import Settings, load_settings
+from trading_agents.errors import UserInputError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -40,3 +43,19 @@ def emit_json(obj: Any) -> None:
 def interactive() -> bool:
     """True when a person is watching (progress bars and live views only then)."""
     return sys.stderr.isatty() and sys.stdout.isatty()
+
+
+def parse_date(value: str | None, flag: str) -> dt.date | None:
+    """A ``YYYY-MM-DD`` option value, or a one-line :class:`UserInputError` naming the flag."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return dt.date.fromisoformat(value.strip())
+    except ValueError:
+        raise UserInputError(f"{flag} {value!r} is not a date; use YYYY-MM-DD") from None
+
+
+def quiet_libraries() -> None:
+    """Keep third-party loggers from printing tracebacks for failures we already report."""
+    for name in ("autogen_core", "autogen_agentchat", "autogen_core.events", "yfinance", "httpx"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)

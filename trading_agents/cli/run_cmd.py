@@ -1,5 +1,356 @@
-"""Placeholder until the run command lands."""
+"""``trading-agents run``: a paper trading session driven by the agent desk.
+
+Each bar of the window, the analyst, risk and executor agents decide on that bar's close;
+an order fills at the next bar's open in the paper broker and everything is recorded in the
+session ledger (``$TRADING_AGENTS_HOME/ledger.sqlite``). The account continues across runs:
+running the same window again resumes after the last recorded bar and duplicates nothing,
+and an order decided on the last bar waits in the ledger for the next run's first bar.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from trading_agents.cli.common import (
+    ConfigOption,
+    JsonOption,
+    console,
+    emit_json,
+    err_console,
+    interactive,
+    parse_date,
+    settings_from,
+)
+from trading_agents.errors import UserInputError
+
+ROLE_ORDER = ("analyst", "risk", "executor")
 
 
-def run() -> None:
-    """Run a paper trading session."""
+def run(
+    ticker: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ticker", "-t", help="Ticker to trade (repeat for several). Default: config session.tickers."
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="CSV of daily bars in Yahoo's format (one instrument).")
+    ] = None,
+    date: Annotated[str | None, typer.Option("--date", help="Decide on this one bar, YYYY-MM-DD.")] = None,
+    start: Annotated[str | None, typer.Option("--start", help="First bar to decide on, YYYY-MM-DD.")] = None,
+    end: Annotated[str | None, typer.Option("--end", help="Last bar to decide on, YYYY-MM-DD.")] = None,
+    days: Annotated[
+        int | None,
+        typer.Option("--days", min=1, help="With no dates: the last N bars (config session.days)."),
+    ] = None,
+    account: Annotated[str, typer.Option("--account", help="Paper account in the ledger.")] = "paper",
+    seed: Annotated[
+        int | None, typer.Option("--seed", min=0, help="LLM sampling seed (config llm.seed).")
+    ] = None,
+    config: ConfigOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Run a paper trading session: analyst -> risk -> executor on each bar, paper fills, ledger.
+
+    With no options it trades the bundled GOOG bars with the configured model (the embedded
+    SmolLM2 when Mixtral is not downloaded). Paper trading only.
+
+    Examples:
+
+      trading-agents run
+
+      trading-agents run --ticker SPX --start 2018-12-03 --end 2018-12-14
+
+      trading-agents run --data my_prices.csv --date 2024-05-02 --json
+
+    Exit codes: 0 ok, 2 bad input, 3 model failure, 4 data unavailable, 5 the account ended
+    HALTED (kill switch), 6 another session holds the ledger.
+    """
+    from trading_agents.agents.strategy import build_agent_strategy
+    from trading_agents.backtest.engine import EngineConfig, run_engine
+    from trading_agents.broker.ledger import Ledger, default_ledger_path
+    from trading_agents.market import load_bars
+
+    if ticker and data is not None:
+        raise UserInputError("--ticker and --data are exclusive; pass tickers or a CSV file, not both")
+    if date and (start or end):
+        raise UserInputError("--date cannot be combined with --start/--end; use one or the other")
+    first, last = parse_date(start, "--start"), parse_date(end, "--end")
+    if date:
+        first = last = parse_date(date, "--date")
+    if first and last and first > last:
+        raise UserInputError(f"--start {first} is after --end {last}; swap the dates")
+    settings = settings_from(config, **{"llm.seed": seed, "session.days": days})
+    tickers = [t.upper() for t in (ticker or settings.session.tickers)]
+
+    bars = load_bars(data_file=data) if data is not None else load_bars(tickers=tickers)
+    window = _window(bars, first, last, settings.session.days, exact_date=date is not None)
+
+    strategy = build_agent_strategy(settings, use_cache=False)
+    try:
+        strategy.desk.preload()  # a model that cannot load stops the run before any bar is recorded
+    except BaseException:
+        strategy.close()
+        raise
+    for note in strategy.desk.notes:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    ledger_path = default_ledger_path(settings.paths.home)
+    view = _LiveView(enabled=interactive() and not json_out, plain=not json_out)
+    strategy.on_event = view.agent_event
+    strategy.on_ticker = view.ticker_started
+    started = time.monotonic()
+    try:
+        with Ledger.open(ledger_path) as ledger, view.running():
+            result = run_engine(
+                bars,
+                strategy,
+                EngineConfig.from_settings(settings, decide_on_last_bar=True, close_at_end=False),
+                ledger,
+                account,
+                kind="session",
+                start=pd.Timestamp(window[0]),
+                end=pd.Timestamp(window[1]),
+                on_step=view.step,
+                record_config=settings.public_dict(),
+            )
+            account_state = ledger.account(account)
+            positions = ledger.positions(account)
+    finally:
+        strategy.close()
+    summary = _summary(
+        view.events, result, strategy, account, account_state, positions, window, time.monotonic() - started
+    )
+    if json_out:
+        emit_json(summary)
+    else:
+        _print_summary(summary)
+    if str(summary["account"].get("risk_state", "ACTIVE")) == "HALTED":
+        err_console.print(
+            "[red]account is HALTED[/]: only reducing orders are allowed; `trading-agents resume`"
+        )
+        raise typer.Exit(5)
+
+
+def _window(
+    bars: dict[str, pd.DataFrame], first: dt.date | None, last: dt.date | None, days: int, *, exact_date: bool
+) -> tuple[dt.date, dt.date]:
+    dates = pd.DatetimeIndex(sorted(set().union(*(f.index for f in bars.values() if len(f)))))
+    if not len(dates):
+        raise UserInputError("the data has no bars; check the tickers or the data file")
+    available = f"{dates[0].date()}..{dates[-1].date()}"
+    if exact_date and first is not None and pd.Timestamp(first) not in dates:
+        raise UserInputError(f"no bar on {first}; available: {available} (trading days only)")
+    lo = pd.Timestamp(first) if first else None
+    hi = pd.Timestamp(last) if last else dates[-1]
+    inside = dates[(dates <= hi) & (dates >= lo)] if lo is not None else dates[dates <= hi][-days:]
+    if not len(inside):
+        raise UserInputError(f"no bars in {first or '...'}..{last or '...'}; available: {available}")
+    return inside[0].date(), inside[-1].date()
+
+
+def _summary(
+    events: list[Any],
+    result: Any,
+    strategy: Any,
+    account: str,
+    account_state: Any,
+    positions: Any,
+    window: tuple[dt.date, dt.date],
+    wall_s: float,
+) -> dict[str, Any]:
+    decisions: list[dict[str, Any]] = []
+    routes: dict[str, int] = {}
+    for event in events:
+        record = event.decision.record if event.decision is not None else None
+        for tick, rec in ((record or {}).get("tickers") or {}).items():
+            agents = [{k: a.get(k) for k in _AGENT_FIELDS} for a in rec.get("agents", [])]
+            for a in agents:
+                routes[a["route_reason"]] = routes.get(a["route_reason"], 0) + 1
+            decisions.append(
+                {
+                    "date": str(event.bar_date)[:10],
+                    "ticker": tick,
+                    "agents": agents,
+                    "guards": rec.get("guards", []),
+                    "intent": rec.get("intent"),
+                    "error": rec.get("error"),
+                    "skipped": rec.get("skipped"),
+                }
+            )
+    orders = [_plain(o) for e in events for o in e.orders]
+    fills = [_plain(f) for e in events for f in e.fills]
+    return {
+        "account": _plain(account_state)
+        | {"name": account, "equity": getattr(account_state, "last_equity", None)},
+        "window": {"start": str(window[0]), "end": str(window[1])},
+        "models": strategy.desk.describe(),
+        "notes": strategy.desk.notes,
+        "decisions": decisions,
+        "orders": orders,
+        "fills": fills,
+        "positions": [{"ticker": t} | _plain(p) for t, p in positions.items() if p.quantity],
+        "risk_events": [_plain(r) for e in events for r in e.risk_events],
+        "route_summary": routes,
+        "llm": strategy.llm_stats(),
+        "resumed_steps": result.resumed_steps,
+        "wall_s": round(wall_s, 2),
+    }
+
+
+_AGENT_FIELDS = (
+    "role",
+    "model",
+    "route_reason",
+    "output",
+    "error",
+    "latency_s",
+    "ttft_s",
+    "prompt_tokens",
+    "cached_prompt_tokens",
+    "completion_tokens",
+)
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    if obj is None:
+        return {}
+    if isinstance(obj, dict):
+        return _jsonable(obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        return _jsonable({k: getattr(obj, k) for k in obj.__dataclass_fields__})
+    if hasattr(obj, "keys"):
+        return _jsonable(dict(obj))
+    return {"value": str(obj)}
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, pd.Timestamp | dt.date | dt.datetime):
+            v = str(v)[:10] if isinstance(v, pd.Timestamp | dt.date) and not getattr(v, "hour", 0) else str(v)
+        elif isinstance(v, float) and v != v:  # NaN
+            v = None
+        elif hasattr(v, "item"):
+            v = v.item()
+        out[str(k)] = v
+    return out
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    acct = summary["account"]
+    table = Table(title=f"Paper account {acct.get('name')}", show_header=False)
+    for key in ("cash", "equity", "risk_state"):
+        if key in acct:
+            value = acct[key]
+            table.add_row(key, f"{value:,.2f}" if isinstance(value, float) else str(value))
+    for pos in summary["positions"]:
+        table.add_row(f"position {pos.get('ticker')}", str(pos.get("quantity")))
+    llm = summary["llm"]
+    prompt = llm.get("prompt_tokens") or 0
+    share = (llm.get("cached_prompt_tokens") or 0) / prompt if prompt else 0.0
+    table.add_row("decisions", str(len(summary["decisions"])))
+    table.add_row("orders", str(len(summary["orders"])))
+    table.add_row("LLM calls", f"{llm.get('calls')} ({share:.0%} of prompt tokens from KV cache)")
+    table.add_row("served by", ", ".join(f"{k}: {v}" for k, v in summary["route_summary"].items()) or "-")
+    table.add_row("wall time", f"{summary['wall_s']:.1f} s")
+    console.print(table)
+
+
+class _LiveView:
+    """A rich live table of decisions with the agent currently thinking; plain lines without a TTY."""
+
+    def __init__(self, *, enabled: bool, plain: bool) -> None:
+        self.enabled = enabled
+        self.plain = plain and not enabled
+        self.rows: list[tuple[str, ...]] = []
+        self.events: list[Any] = []  # this invocation's steps (resumed ones are already recorded)
+        self.status = Text("starting...")
+        self.tokens = 0
+        self.current: dict[str, str] = {}
+        self._live: Live | None = None
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        with Live(self._render(), console=console, refresh_per_second=8, transient=False) as live:
+            self._live = live
+            try:
+                yield
+            finally:
+                self._live = None
+
+    def _render(self) -> Group:
+        table = Table(title="Decisions", expand=False)
+        for col in ("date", "ticker", "analyst", "risk", "executor", "order", "model"):
+            table.add_column(col)
+        for row in self.rows[-15:]:
+            table.add_row(*row)
+        return Group(table, self.status)
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+
+    def ticker_started(self, ticker: str, as_of: Any) -> None:
+        self.current = {"ticker": ticker, "date": str(as_of)[:10]}
+
+    def agent_event(self, kind: str, payload: Any) -> None:
+        if kind == "start":
+            self.tokens = 0
+            where = f"{self.current.get('date', '')} {self.current.get('ticker', '')}"
+            self.status = Text(f"{where}: {payload} is thinking...", style="cyan")
+        elif kind == "token":
+            self.tokens += 1
+            if self.tokens % 8 == 0:
+                self.status = Text(f"{self.status.plain.split(' (')[0]} ({self.tokens} tokens)", style="cyan")
+        elif kind == "done":
+            self.current[payload.role] = _brief(payload.role, payload.output, payload.error)
+            self.current["model"] = f"{payload.model} ({payload.route_reason})"
+        self._refresh()
+
+    def step(self, event: Any) -> None:
+        self.events.append(event)
+        record = (event.decision.record or {}).get("tickers", {}) if event.decision else {}
+        for tick, rec in record.items():
+            agents = {a["role"]: a for a in rec.get("agents", [])}
+            cells = [
+                _brief(r, agents[r]["output"], agents[r].get("error")) if r in agents else "-"
+                for r in ROLE_ORDER
+            ]
+            intent = rec.get("intent")
+            order = f"{intent['side']} {intent['quantity']}" if intent else "none"
+            vetoes = [e for e in event.risk_events if getattr(e, "ticker", tick) in (tick, None)]
+            if intent and vetoes:
+                order += " (" + ", ".join(f"{e.kind}:{e.rule}" for e in vetoes) + ")"
+            model = next((f"{a['model']} ({a['route_reason']})" for a in agents.values()), "-")
+            row = (str(event.bar_date)[:10], tick, *cells, order, model)
+            self.rows.append(row)
+            if self.plain:
+                console.print("  ".join(row), highlight=False, soft_wrap=True)
+        self.status = Text(f"bar {event.index + 1}/{event.total} done; equity {event.equity:,.2f}")
+        self._refresh()
+
+
+def _brief(role: str, output: dict[str, Any] | None, error: str | None) -> str:
+    if error or output is None:
+        return "failed"
+    if role == "analyst":
+        return f"{output['action']} {output['conviction']:.2f}"
+    if role == "risk":
+        return f"{output['decision']} {output['max_position_pct']:.0%}"
+    return f"{output['side']} {output['quantity']}"

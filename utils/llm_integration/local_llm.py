@@ -271,11 +271,18 @@ _STOPS: dict[str, list[str]] = {
 def grammar_schema(schema: Mapping[str, Any], steps: int = 20) -> dict[str, Any]:
     """A copy of a JSON schema whose bounds llama.cpp's grammar can enforce while decoding.
 
-    The grammar converter ignores ``minimum``/``maximum``; so a bounded ``number`` becomes an
-    ``enum`` of ``steps + 1`` evenly spaced values, a bounded ``integer`` with a small span an
-    ``enum`` of its values, and a larger non-negative one a string of digits (pydantic turns it
-    back into an int). The original schema still validates the parsed reply.
+    The grammar converter ignores ``minimum``/``maximum``, so bounds are rewritten into shapes
+    it does enforce: a ``number`` bounded within a span of at most 1 becomes an ``enum`` of
+    ``steps + 1`` evenly spaced values; a wider non-negative bounded number becomes a decimal
+    string with as many integer digits as the bound (no ``inf``, no exponent); a bounded
+    ``integer`` with a span of at most 100 becomes an ``enum``, a wider non-negative one a digit
+    string. pydantic turns the strings back into numbers, and the original schema, not this
+    one, validates the parsed reply.
     """
+
+    def bound(node: Mapping[str, Any], *keys: str) -> float | None:
+        values = [node[k] for k in keys if node.get(k) is not None]
+        return values[0] if values else None
 
     def walk(node: Any) -> Any:
         if isinstance(node, list):
@@ -283,12 +290,15 @@ def grammar_schema(schema: Mapping[str, Any], steps: int = 20) -> dict[str, Any]
         if not isinstance(node, Mapping):
             return node
         out = {k: walk(v) for k, v in node.items()}
-        lo, hi = out.get("minimum"), out.get("maximum")
         kind = out.get("type")
-        if kind == "number" and lo is not None and hi is not None and hi > lo:
+        lo = bound(out, "minimum", "exclusiveMinimum")
+        hi = bound(out, "maximum", "exclusiveMaximum")
+        if kind == "number" and lo is not None and hi is not None and 0 < hi - lo <= 1:
             step = (hi - lo) / steps
-            values = sorted({round(lo + i * step, 4) for i in range(steps + 1)})
-            return {"enum": values}
+            return {"enum": sorted({round(lo + i * step, 4) for i in range(steps + 1)})}
+        if kind == "number" and lo is not None and lo >= 0 and hi is not None:
+            digits = len(str(int(hi)))
+            return {"type": "string", "pattern": f"^[0-9]{{1,{digits}}}([.][0-9]{{1,4}})?$"}
         if kind == "integer" and lo is not None and hi is not None and hi - lo <= 100:
             return {"enum": list(range(int(lo), int(hi) + 1))}
         if kind == "integer" and lo is not None and lo >= 0:
@@ -418,6 +428,7 @@ class LocalLLM:
         self._prompt_rate = 0.0  # tokens/s, exponential moving average
         self._gen_rate = 0.0
         self._formatter: Any = None
+        self._grammars: dict[str, Any] = {}
         self._add_bos = True
         self._bos_text = ""
 
@@ -520,9 +531,24 @@ class LocalLLM:
         return result.prompt, stops
 
     def tokenize(self, text: str) -> list[int]:
+        """Tokens of ``text`` (BOS added unless the text starts with it). Needs no call lock:
+        tokenizing only reads the vocabulary, so a router can count while a call runs."""
+        llama = self.llama
         add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
-        with self._call_lock:
-            return list(self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+        return list(llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+
+    def cached_prefix(self, tokens: Sequence[int]) -> int:
+        """How many leading ``tokens`` the KV cache holds from the last call (0 when not loaded)."""
+        if self._llama is None:
+            return 0
+        llama = self._llama
+        held = list(llama._input_ids[: llama.n_tokens])
+        n = 0
+        for a, b in zip(held, tokens, strict=False):
+            if a != b:
+                break
+            n += 1
+        return min(n, max(0, len(tokens) - 1))
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """Prompt tokens for ``messages`` with the real tokenizer and chat template."""
@@ -616,13 +642,9 @@ class LocalLLM:
         deadline: float | None,
         cancel: threading.Event | None,
     ) -> tuple[CallMetrics, str]:
-        from llama_cpp import LlamaGrammar, llama_cpp
+        from llama_cpp import llama_cpp
 
-        grammar = (
-            LlamaGrammar.from_json_schema(json.dumps(grammar_schema(schema_json)), verbose=False)
-            if schema_json
-            else None
-        )
+        grammar = self._grammar(schema_json) if schema_json else None
         tokens = self.tokenize(prompt)
         budget = self.spec.n_ctx - len(tokens)
         if budget < 1:
@@ -699,6 +721,29 @@ class LocalLLM:
             )
         return metrics, text
 
+    def _grammar(self, schema_json: Mapping[str, Any]) -> Any:
+        """The llama.cpp grammar for a schema, checked once: a grammar llama.cpp cannot parse
+        would crash the process when sampling starts, so it is refused here instead."""
+        from llama_cpp import LlamaGrammar, llama_cpp
+        from llama_cpp._utils import suppress_stdout_stderr
+
+        key = json.dumps(schema_json, sort_keys=True)
+        cached = self._grammars.get(key)
+        if cached is not None:
+            return cached
+        grammar = LlamaGrammar.from_json_schema(json.dumps(grammar_schema(schema_json)), verbose=False)
+        vocab = self.llama._model.vocab
+        with suppress_stdout_stderr(disable=False):  # llama.cpp prints the whole grammar on failure
+            probe = llama_cpp.llama_sampler_init_grammar(
+                vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
+            )
+        if not probe:
+            title = schema_json.get("title", "?")
+            raise LLMError(f"llama.cpp rejected the grammar built from schema {title}")
+        llama_cpp.llama_sampler_free(probe)
+        self._grammars[key] = grammar
+        return grammar
+
     def _update_rates(self, p_rate: float, g_rate: float, alpha: float = 0.3) -> None:
         if p_rate > 0:
             self._prompt_rate = (
@@ -709,7 +754,7 @@ class LocalLLM:
 
     def _parse_json(self, text: str, metrics: CallMetrics) -> Any:
         try:
-            return json.loads(text)
+            return json.loads(text, strict=False)  # control characters inside strings are tolerated
         except json.JSONDecodeError as exc:
             if metrics.finish_reason == "length":
                 raise OutputTruncatedError(f"{self.display} reply was cut at max_tokens: {exc}") from None

@@ -1,0 +1,115 @@
+"""Model clients for the desk's roles, built from settings.
+
+With a fallback model available and ``selector.enabled``, each role gets a
+:class:`~utils.llm_integration.model_selector.ModelSelectorClient` (primary with fallback);
+otherwise a plain :class:`~utils.llm_integration.autogen_integration.LocalLlamaChatCompletionClient`.
+All clients built for one process share the loaded models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autogen_core.models import ChatCompletionClient
+
+from trading_agents.agents.team import ROLES
+from trading_agents.config.settings import Settings
+from trading_agents.errors import ModelFileError
+from trading_agents.models.gguf_info import read_gguf_info
+from trading_agents.models.registry import ResolvedModel, resolve_llm_pair
+from utils.llm_integration.autogen_integration import AutoGenLLMConfig, LocalLlamaChatCompletionClient
+
+
+@dataclass
+class DeskModels:
+    """What serves the desk: resolved models, notes about substitutions, the clients per role."""
+
+    primary: ResolvedModel
+    fallback: ResolvedModel | None
+    notes: list[str]
+    clients: dict[str, ChatCompletionClient] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"primary": self.primary.name, "primary_path": str(self.primary.path)}
+        out["fallback"] = self.fallback.name if self.fallback else None
+        return out
+
+    def preload(self) -> None:
+        """Load the primary now when nothing could stand in for it (no fallback).
+
+        Without this a model llama.cpp cannot load would fail every bar closed, one by one,
+        and the session would record those bars as decided. Raises ``ModelLoadError`` (exit 3).
+        """
+        if self.fallback is not None:
+            return
+        llm = getattr(self.clients.get("analyst"), "llm", None)
+        if llm is not None:
+            _ = llm.llama
+
+
+def check_model_file(model: ResolvedModel) -> None:
+    """Read ``model``'s GGUF header (a few MB at most) and match it against its registry entry.
+
+    Raises :class:`ModelFileError` (exit 2) for a missing, empty, truncated or non-GGUF file,
+    an unsupported tensor type, or an architecture other than the registry's.
+    """
+    info = read_gguf_info(model.path)
+    entry = model.entry
+    if entry is not None and not model.embedded and info.architecture != entry.architecture:
+        raise ModelFileError(
+            f"model file {model.path} is a {info.architecture} model but {entry.name} is "
+            f"{entry.architecture}; get the right file: `trading-agents models download {entry.name}`"
+        )
+
+
+def local_client_config(
+    model: ResolvedModel, settings: Settings, response_cache: Path | None
+) -> dict[str, Any]:
+    """Declarative config of one local model client (see ``AutoGenLLMConfig.local``)."""
+    llm = settings.llm
+    options: dict[str, Any] = {
+        "model_name": model.name,
+        "n_ctx": model.n_ctx,
+        "n_threads": llm.n_threads,
+        "n_batch": llm.n_batch,
+        "use_mmap": llm.use_mmap,
+        "use_mlock": llm.use_mlock,
+        "seed": llm.seed,
+        "chat_format": model.chat_format,
+        "ram_cache_mb": llm.ram_cache_mb,
+        "max_tokens": llm.max_tokens,
+        "temperature": llm.temperature,
+        "top_p": llm.top_p,
+        "family": "mistral" if "mistral" in model.chat_format else "unknown",
+    }
+    if response_cache is not None:
+        options["response_cache"] = str(response_cache)
+    return AutoGenLLMConfig.local(model.path, **options)
+
+
+def build_desk_models(settings: Settings, *, response_cache: Path | None = None) -> DeskModels:
+    """Resolve primary/fallback and build one client per role."""
+    primary, fallback, notes = resolve_llm_pair(settings)
+    for model in (primary, fallback):
+        if model is not None:
+            check_model_file(model)
+    desk = DeskModels(primary=primary, fallback=fallback, notes=notes)
+    primary_cfg = local_client_config(primary, settings, response_cache)
+    fallback_cfg = local_client_config(fallback, settings, response_cache) if fallback else None
+    for role in ROLES:
+        if fallback_cfg is not None and settings.selector.enabled:
+            from utils.llm_integration.model_selector import ModelSelectorClient, SelectorConfig
+
+            cfg = SelectorConfig(
+                primary=primary_cfg,
+                fallback=fallback_cfg,
+                role=role,
+                may_fall_back=role in settings.selector.fallback_roles,
+                **settings.selector.model_dump(exclude={"enabled", "fallback_roles"}),
+            )
+            desk.clients[role] = ModelSelectorClient(cfg)
+        else:
+            desk.clients[role] = LocalLlamaChatCompletionClient.load_component(primary_cfg)
+    return desk

@@ -1,0 +1,127 @@
+"""Code-enforced guards between the agents' replies and an order.
+
+Whatever the replies say, the order that leaves here respects: long-only unless shorting is
+allowed, the executor's side agrees with the analyst, the risk manager's size is capped by the
+configured position limit, a buy never exceeds that cap given shares held, a sell never exceeds
+shares held, and a limit price far from the last close is refused. Every clip or veto is an
+event with its reason. The risk engine then applies the account-level limits again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from trading_agents.agents.team import TeamOutcome
+from trading_agents.backtest.strategy import OrderIntent, PortfolioView
+from trading_agents.config.settings import RiskSettings
+
+MAX_LIMIT_DEVIATION = 0.10  # a limit price more than 10% from the last close is refused
+
+
+@dataclass(frozen=True)
+class GuardEvent:
+    stage: str  # analyst | risk | executor | team
+    kind: str  # clip | veto | fail_closed | info
+    rule: str
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def outcome_to_intent(
+    outcome: TeamOutcome,
+    ticker: str,
+    portfolio: PortfolioView,
+    risk: RiskSettings,
+    ref_price: float,
+) -> tuple[OrderIntent | None, list[GuardEvent]]:
+    """The order the desk's replies amount to after the guards, and what the guards did."""
+    events: list[GuardEvent] = []
+
+    def stop(stage: str, kind: str, rule: str, detail: str) -> tuple[None, list[GuardEvent]]:
+        events.append(GuardEvent(stage, kind, rule, detail))
+        return None, events
+
+    if outcome.error is not None or outcome.analyst is None:
+        return stop("team", "fail_closed", "no_valid_reply", outcome.error or "analyst gave no reply")
+    report = outcome.analyst
+    if report.action == "HOLD":
+        return None, events
+    held = int(portfolio.positions.get(ticker, 0))
+    if report.action == "SELL" and held <= 0 and not risk.allow_short:
+        return stop("analyst", "veto", "long_only", "SELL with no long position and shorting disabled")
+    verdict = outcome.risk
+    if verdict is None:
+        return stop("risk", "fail_closed", "no_valid_reply", "risk manager gave no reply")
+    if verdict.decision == "reject":
+        return None, events
+    cap_pct = verdict.max_position_pct
+    if cap_pct > risk.max_position_pct:
+        events.append(
+            GuardEvent(
+                "risk", "clip", "max_position_pct", f"{cap_pct:.2f} > limit {risk.max_position_pct:.2f}"
+            )
+        )
+        cap_pct = risk.max_position_pct
+    order = outcome.executor
+    if order is None:
+        return stop("executor", "fail_closed", "no_valid_reply", "executor gave no reply")
+    if order.side == "none":
+        return None, events
+    wanted = "buy" if report.action == "BUY" else "sell"
+    if order.side != wanted:
+        return stop(
+            "executor", "veto", "side_mismatch", f"executor said {order.side}, analyst said {report.action}"
+        )
+    if ref_price <= 0 or not math.isfinite(ref_price):
+        return stop("executor", "veto", "no_price", f"no usable last price for {ticker}")
+
+    if wanted == "buy":
+        room = math.floor(cap_pct * portfolio.equity / ref_price) - max(held, 0)
+        quantity = min(order.quantity, max(room, 0))
+        if quantity < order.quantity:
+            events.append(
+                GuardEvent(
+                    "executor", "clip", "position_cap", f"{order.quantity} shares > room {max(room, 0)}"
+                )
+            )
+    else:
+        limit = held if held > 0 else 0
+        if risk.allow_short and held <= 0:
+            limit = math.floor(cap_pct * portfolio.equity / ref_price) + held
+        quantity = min(order.quantity, max(limit, 0))
+        if quantity < order.quantity:
+            events.append(GuardEvent("executor", "clip", "shares_held", f"{order.quantity} shares > {limit}"))
+    if quantity <= 0:
+        return stop("executor", "veto", "zero_quantity", "nothing left to trade after the caps")
+
+    order_type, limit_price = order.order_type, order.limit_price
+    if order_type == "limit":
+        if limit_price is None:
+            events.append(GuardEvent("executor", "clip", "limit_without_price", "limit order sent as market"))
+            order_type = "market"
+        elif abs(limit_price / ref_price - 1) > MAX_LIMIT_DEVIATION:
+            return stop(
+                "executor",
+                "veto",
+                "limit_far_from_close",
+                f"limit {limit_price:.2f} is more than {MAX_LIMIT_DEVIATION:.0%} from close {ref_price:.2f}",
+            )
+    else:
+        limit_price = None
+    stop_loss = (
+        ref_price * (1 - verdict.stop_loss_pct) if wanted == "buy" and verdict.stop_loss_pct > 0 else None
+    )
+    intent = OrderIntent(
+        ticker=ticker,
+        side=wanted,
+        quantity=int(quantity),
+        order_type=order_type,
+        limit_price=limit_price,
+        time_in_force=order.time_in_force,
+        stop_loss=round(stop_loss, 4) if stop_loss else None,
+        reason=report.rationale[:160],
+    )
+    return intent, events
