@@ -17,6 +17,7 @@ from trading_agents.cli.common import (
     interactive,
     settings_from,
 )
+from trading_agents.cli.status_cmd import status
 from trading_agents.config.settings import Settings
 from trading_agents.errors import ModelFileError, UserInputError
 from trading_agents.models.download import download_model
@@ -223,3 +224,6 @@ def _print_report(report: VerifyReport) -> None:
             f"  [{color}]{check.symbol}[/] {check.name}: {check.detail}", highlight=False, soft_wrap=True
         )
     console.print("[green]ok[/]" if report.ok else "[red]failed[/]")
+
+
+app.command("status")(status)

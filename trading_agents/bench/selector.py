@@ -1,0 +1,226 @@
+"""``trading-agents bench selector``: decision latency under a load ramp, selector on and off.
+
+Concurrent decision loops (threads; 1, 2 and 3 of them) each make a series of structured calls
+with a per-call deadline. Every ramp step runs twice in the same process: ``off`` (every call
+on the primary, answers that arrive after the deadline are misses) and ``on`` (the
+:class:`~utils.llm_integration.model_selector.ModelSelectorClient` with the configured selector
+settings). Per step and mode: p50/p95 call latency, deadline misses, errors, the primary's share
+of the answers, and the routes taken.
+
+The deadline is twice the primary's measured latency for one call on an idle queue: one loop
+alone makes it, several loops sharing the primary do not. Target: with the selector on, no
+misses where the off run misses, and the primary's share as high as the deadline allows.
+
+Models: the configured primary and fallback when both files are downloaded; otherwise the
+embedded SmolLM2-135M as primary and a generated random-weight tiny llama as fallback (valid
+structured replies of no meaning: this measures routing and latency, not answer quality).
+Both then run on one thread each so the two models do not fight over the cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+from autogen_core.models import ChatCompletionClient, UserMessage
+from pydantic import BaseModel, Field
+
+from trading_agents.config.settings import Settings, load_settings
+
+
+class BenchDecision(BaseModel):
+    """A short structured reply, like the desk's verdicts."""
+
+    action: Literal["BUY", "SELL", "HOLD"]
+    conviction: float = Field(ge=0.0, le=1.0)
+
+
+RAMP = (1, 2, 3)
+
+
+def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
+    """Run the ramp; return JSON-safe results (the CLI writes them to selector.json)."""
+    from utils.llm_integration.model_selector import default_probe
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = load_settings()
+    pair = _models(settings, out_dir)
+    if "skipped" in pair:
+        return pair
+    calls = 2 if quick else 6
+    deadline_s = _calibrate(pair)
+    results: dict[str, Any] = {
+        "models": pair["describe"],
+        "selector": settings.selector.model_dump(exclude={"fallback_roles", "enabled"}),
+        "machine_at_start": default_probe().sample().__dict__,
+        "deadline_s": round(deadline_s, 3),
+        "calls_per_loop": calls,
+        "steps": [],
+    }
+    for loops in RAMP:
+        step: dict[str, Any] = {"concurrent_loops": loops}
+        for mode in ("off", "on"):
+            step[mode] = _step(pair, settings, mode, loops, calls, deadline_s)
+        results["steps"].append(step)
+    results["summary"] = _summary(results["steps"])
+    return results
+
+
+def _models(settings: Settings, out_dir: Path) -> dict[str, Any]:
+    """Component configs of the primary and fallback the bench runs on."""
+    from trading_agents.agents.clients import local_client_config
+    from trading_agents.errors import TradingAgentsError
+    from trading_agents.models.registry import embedded_model_path, resolve_model
+    from utils.llm_integration.autogen_integration import AutoGenLLMConfig
+
+    try:
+        primary = resolve_model(settings.llm.primary, settings)
+        fallback = resolve_model(settings.llm.fallback, settings) if settings.llm.fallback else None
+        if not primary.embedded and fallback is not None and not fallback.embedded:
+            return {
+                "primary": local_client_config(primary, settings, None),
+                "fallback": local_client_config(fallback, settings, None),
+                "describe": {"primary": primary.name, "fallback": fallback.name, "synthetic_fallback": False},
+            }
+    except TradingAgentsError:
+        pass  # not downloaded: the embedded pair below
+    try:
+        from tests.gguf_factory import make_tiny_llama
+    except ImportError:
+        return {"skipped": "configured models are not downloaded and tests/gguf_factory.py is not importable"}
+    tiny = make_tiny_llama(out_dir / "bench-fallback.Q8_0.gguf")
+    embedded = embedded_model_path()
+    return {
+        "primary": AutoGenLLMConfig.local(
+            embedded, model_name="smollm2-135m-instruct", n_ctx=2048, n_threads=1, max_tokens=64
+        ),
+        "fallback": AutoGenLLMConfig.local(
+            tiny, model_name="tiny-random-llama", n_ctx=2048, n_threads=1, max_tokens=256
+        ),
+        "describe": {
+            "primary": "smollm2-135m-instruct (embedded, 1 thread)",
+            "fallback": "tiny-random-llama (generated, 1 thread)",
+            "synthetic_fallback": True,
+        },
+    }
+
+
+def _ask(loop: int, i: int) -> list[UserMessage]:
+    price = 100 + 7 * loop + i
+    return [
+        UserMessage(
+            content=f"You are a trading desk analyst. GOOG closed at {price}.{i}, RSI {40 + 3 * i}, "
+            f"volume {1 + loop}.{i}M. Buy, sell or hold? Reply with JSON.",
+            source="desk",
+        )
+    ]
+
+
+def _calibrate(pair: dict[str, Any]) -> float:
+    """Twice the primary's fastest of two calls (after two warm-up calls)."""
+    from utils.llm_integration.autogen_integration import LocalLlamaChatCompletionClient
+
+    client = LocalLlamaChatCompletionClient.load_component(pair["primary"])
+    for i in (0, 1):  # load, and fill llama.cpp's caches: first calls are slower
+        asyncio.run(client.create(_ask(8, i), json_output=BenchDecision))
+    timings = []
+    for i in (1, 2):
+        started = time.monotonic()
+        asyncio.run(client.create(_ask(9, i), json_output=BenchDecision))
+        timings.append(time.monotonic() - started)
+    return 2.0 * min(timings)
+
+
+def _client(pair: dict[str, Any], settings: Settings, mode: str) -> ChatCompletionClient:
+    from utils.llm_integration.autogen_integration import LocalLlamaChatCompletionClient
+    from utils.llm_integration.model_selector import ModelSelectorClient, SelectorConfig, reset_selector_state
+
+    if mode == "off":
+        return LocalLlamaChatCompletionClient.load_component(pair["primary"])
+    reset_selector_state()
+    cfg = SelectorConfig(
+        primary=pair["primary"],
+        fallback=pair["fallback"],
+        role="analyst",
+        **settings.selector.model_dump(exclude={"enabled", "fallback_roles", "deadline_s"}),
+    )
+    return ModelSelectorClient(cfg)
+
+
+def _step(
+    pair: dict[str, Any], settings: Settings, mode: str, loops: int, calls: int, deadline_s: float
+) -> dict[str, Any]:
+    """``loops`` threads, each making ``calls`` decisions in a row; one client per loop (like roles)."""
+    records: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(loops)
+
+    def loop(n: int) -> None:
+        client = _client(pair, settings, mode)
+        barrier.wait()
+
+        async def decide() -> None:
+            for i in range(calls):
+                args = {"deadline_s": deadline_s} if mode == "on" else {}
+                started = time.monotonic()
+                rec: dict[str, Any] = {"loop": n}
+                try:
+                    await client.create(_ask(n, i), json_output=BenchDecision, extra_create_args=args)
+                    route = getattr(client, "last_route", None)
+                    rec["reason"] = route.reason if route is not None else "primary"
+                    rec["primary"] = route is None or route.model == client.primary.spec.display_name  # type: ignore[attr-defined]
+                except Exception as exc:  # a failed decision is a miss
+                    rec["error"] = f"{type(exc).__name__}: {exc}"
+                rec["latency_s"] = time.monotonic() - started
+                with lock:
+                    records.append(rec)
+
+        asyncio.run(decide())
+
+    threads = [threading.Thread(target=loop, args=(n,)) for n in range(loops)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - started
+    latencies = sorted(r["latency_s"] for r in records)
+    answered = [r for r in records if "error" not in r]
+    misses = sum(1 for r in records if "error" in r or r["latency_s"] > deadline_s)
+    return {
+        "calls": len(records),
+        "p50_s": round(statistics.median(latencies), 3),
+        "p95_s": round(_quantile(latencies, 0.95), 3),
+        "max_s": round(latencies[-1], 3),
+        "deadline_misses": misses,
+        "errors": len(records) - len(answered),
+        "primary_share": round(sum(1 for r in answered if r["primary"]) / max(1, len(records)), 3),
+        "routes": dict(Counter(r.get("reason", "failed") for r in records)),
+        "wall_s": round(wall, 2),
+    }
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _summary(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    off_misses = sum(s["off"]["deadline_misses"] for s in steps)
+    on_misses = sum(s["on"]["deadline_misses"] for s in steps)
+    return {
+        "off_deadline_misses": off_misses,
+        "on_deadline_misses": on_misses,
+        "target_met": on_misses == 0 or on_misses < off_misses,
+        "on_primary_share_by_step": [s["on"]["primary_share"] for s in steps],
+    }

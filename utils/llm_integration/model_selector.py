@@ -1,0 +1,927 @@
+"""Pick the primary or the fallback model per call, from signals measured here, and say why.
+
+On a CPU server the primary (Mixtral) takes tens of seconds per decision at best. When the
+machine is busy, the primary's queue is long, or a call has a deadline the primary cannot
+meet, :class:`ModelSelectorClient` answers with the small fallback (TinyLlama) instead and
+records a :class:`Route` with one of these reasons:
+
+``primary``   the primary served (or the role may not fall back).
+``queue``     the primary already has ``max_in_flight + max_queue`` requests in flight or waiting.
+``deadline``  the estimated primary latency (queue wait + uncached prompt / prompt rate +
+              expected reply tokens / generation rate) leaves no time for the fallback before the
+              call's deadline, or the primary was cut mid-generation to leave that time.
+``pressure``  the machine is overloaded (runnable tasks per core, available memory; with
+              hysteresis), or the primary's file plus KV cache does not fit in available RAM
+              (then it is never loaded).
+``cooldown``  the primary failed ``failure_threshold`` times in a row and is benched for
+              ``cooldown_s`` (after that, one more failure benches it again; a success resets).
+``context``   prompt + ``max_tokens`` does not fit the primary's context but fits the fallback's.
+``error``     the primary failed on this call (load error, out of memory, timeout, llama.cpp error).
+
+Failure counts, the bench and the pressure state are shared by every selector of the process
+that has the same primary (the desk's three roles see one bench). A role with
+``may_fall_back=False`` always uses the primary; when no model can answer, an
+:class:`~utils.llm_integration.local_llm.LLMError` is raised (the desk fails closed).
+
+The whole arrangement is one declarative AutoGen component::
+
+    client = load_llm_config("configs/autogen/selector.yaml")      # providers checked first
+    again = ChatCompletionClient.load_component(client.dump_component())
+
+Machine load: the 1-minute load average reacts in minutes, so the decision uses the number of
+runnable tasks sampled from ``/proc/loadavg`` at each call, minus this process's own running
+threads (our own model work is the ``queue`` signal's business), smoothed with a 2-second
+exponential moving average. The 1-minute figure is reported alongside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import struct
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from autogen_core import CancellationToken, Component
+from autogen_core.models import (
+    ChatCompletionClient,
+    CreateResult,
+    LLMMessage,
+    ModelCapabilities,  # type: ignore[attr-defined]
+    ModelInfo,
+    RequestUsage,
+)
+from autogen_core.tools import Tool, ToolSchema
+from pydantic import BaseModel, ConfigDict, Field
+
+from utils.llm_integration.autogen_integration import (
+    CLIENT_PROVIDER,
+    SELECTOR_PROVIDER,
+    LocalLlamaChatCompletionClient,
+    check_providers,
+    to_chat_messages,
+)
+from utils.llm_integration.local_llm import (
+    CallMetrics,
+    DeadlineExceededError,
+    GenerationCancelledError,
+    InvalidOutputError,
+    LLMError,
+    LLMSpec,
+    LocalLLM,
+    OutputTruncatedError,
+    get_local_llm,
+)
+
+Reason = Literal["primary", "queue", "deadline", "pressure", "cooldown", "context", "error"]
+REASONS: tuple[str, ...] = ("primary", "queue", "deadline", "pressure", "cooldown", "context", "error")
+
+# Before the fallback has been measured, the primary may use this share of the time left.
+UNMEASURED_PRIMARY_SHARE = 0.5
+# Safety factor on the fallback's estimated latency when reserving time for it.
+FALLBACK_MARGIN = 1.5
+# Recent replies kept to estimate how many tokens a reply takes.
+_HISTORY = 20
+
+
+class SelectorConfig(BaseModel):
+    """Declarative config of :class:`ModelSelectorClient` (unknown keys are errors).
+
+    ``primary`` and ``fallback`` are :class:`LocalLlamaChatCompletionClient` component configs
+    (``AutoGenLLMConfig.local(...)``); the other fields mean what they mean in the
+    ``selector:`` settings section.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    primary: dict[str, Any]
+    fallback: dict[str, Any] | None = None
+    role: str = ""
+    may_fall_back: bool = True
+    max_in_flight: int = Field(1, ge=1, description="Primary requests in flight before queueing counts.")
+    max_queue: int = Field(1, ge=0, description="Queued primary requests tolerated before falling back.")
+    deadline_s: float | None = Field(None, gt=0.0, description="Per call; null: none.")
+    max_load_per_core: float = Field(1.5, gt=0.0)
+    min_available_mb: int = Field(512, ge=0)
+    failure_threshold: int = Field(3, ge=1, description="Failures before the primary is benched.")
+    cooldown_s: float = Field(30.0, ge=0.0)
+    hysteresis: float = Field(0.2, ge=0.0, lt=1.0, description="Return only below (1-h) x threshold.")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which model served a call and why (``reason`` is one of :data:`REASONS`)."""
+
+    model: str
+    reason: str
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- machine load
+
+
+@dataclass(frozen=True)
+class MachineLoad:
+    """One reading of the machine: runnable tasks per core (1-minute and now) and free memory."""
+
+    cores: int
+    load_per_core_1m: float
+    load_per_core_now: float
+    available_mb: float
+
+
+class LoadProbe:
+    """Measures machine load and memory; the instantaneous run queue is smoothed over ``tau_s``.
+
+    ``load_per_core_now`` counts runnable tasks of *other* processes (``/proc/loadavg``'s
+    running count minus this process's running threads) per logical CPU; where
+    ``/proc/loadavg`` does not exist the 1-minute load average stands in.
+    """
+
+    def __init__(self, tau_s: float = 2.0) -> None:
+        self.tau_s = tau_s
+        self._lock = threading.Lock()
+        self._smoothed: float | None = None
+        self._at = 0.0
+
+    def sample(self) -> MachineLoad:
+        import psutil
+
+        cores = os.cpu_count() or 1
+        one_min = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        raw = _others_running()
+        now_load = one_min if raw is None else raw
+        with self._lock:
+            t = time.monotonic()
+            if self._smoothed is None:
+                self._smoothed = now_load
+            else:
+                alpha = 1.0 - math.exp(-(t - self._at) / self.tau_s) if self.tau_s > 0 else 1.0
+                self._smoothed += alpha * (now_load - self._smoothed)
+            self._at = t
+            smoothed = self._smoothed
+        return MachineLoad(
+            cores=cores,
+            load_per_core_1m=round(one_min / cores, 3),
+            load_per_core_now=round(smoothed / cores, 3),
+            available_mb=round(psutil.virtual_memory().available / 2**20, 1),
+        )
+
+
+def _others_running(reads: int = 3) -> float | None:
+    """Mean runnable tasks on the machine not belonging to this process, or None off Linux."""
+    try:
+        total = 0
+        for _ in range(reads):
+            with open("/proc/loadavg", encoding="ascii") as fh:
+                total += int(fh.read().split()[3].split("/")[0])
+        return max(0.0, total / reads - _own_running())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _own_running() -> int:
+    """This process's threads in state R (the reading thread itself is one of them)."""
+    count = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat", encoding="ascii", errors="replace") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        state = stat[stat.rfind(")") + 2 : stat.rfind(")") + 3]
+        count += state == "R"
+    return max(1, count)
+
+
+_DEFAULT_PROBE = LoadProbe()
+
+
+def default_probe() -> LoadProbe:
+    """The process-wide probe (one smoothing state per process)."""
+    return _DEFAULT_PROBE
+
+
+# --------------------------------------------------------------------------- RAM fit
+
+
+def kv_bytes_per_token(path: Path) -> int | None:
+    """f16 KV cache bytes per context token from the GGUF header, or None if it cannot tell.
+
+    2 (K and V) x layers x KV heads x head dim x 2 bytes, head dim being the key length or
+    ``embedding_length / head_count``. Only the metadata is read (arrays are skipped).
+    """
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _KV_MEMO:
+        _KV_MEMO[key] = _read_kv_bytes(path)
+    return _KV_MEMO[key]
+
+
+_KV_MEMO: dict[tuple[str, int, int], int | None] = {}
+_GGUF_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+
+
+def _read_kv_bytes(path: Path) -> int | None:
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            if fh.read(4) != b"GGUF":
+                return None
+            _version, _n_tensors, n_kv = struct.unpack("<IQQ", fh.read(20))
+            if n_kv > size:
+                return None
+            meta: dict[str, Any] = {}
+
+            def string() -> str:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                if fh.tell() + n > size:  # a corrupt length: never allocate it
+                    raise ValueError("string past the end of the file")
+                return fh.read(n).decode("utf-8", "replace")
+
+            def skip_or_read(vtype: int) -> Any:
+                if vtype in _GGUF_SCALARS:
+                    fmt = _GGUF_SCALARS[vtype]
+                    return struct.unpack(fmt, fh.read(struct.calcsize(fmt)))[0]
+                if vtype == 8:
+                    return string()
+                if vtype == 9:
+                    itype, count = struct.unpack("<IQ", fh.read(12))
+                    if count > size:
+                        raise ValueError("array longer than the file")
+                    if itype in _GGUF_SCALARS:
+                        fh.seek(struct.calcsize(_GGUF_SCALARS[itype]) * count, 1)
+                    else:
+                        for _ in range(count):
+                            skip_or_read(itype)
+                    return None
+                raise ValueError(f"unknown GGUF value type {vtype}")
+
+            for _ in range(n_kv):
+                k = string()
+                (vtype,) = struct.unpack("<I", fh.read(4))
+                meta[k] = skip_or_read(vtype)
+    except (OSError, ValueError, struct.error):
+        return None
+    arch = meta.get("general.architecture")
+
+    def num(name: str) -> int | None:
+        value = meta.get(f"{arch}.{name}")
+        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    layers, heads, kv_heads, embd = (
+        num("block_count"),
+        num("attention.head_count"),
+        num("attention.head_count_kv") or num("attention.head_count"),
+        num("embedding_length"),
+    )
+    k_len = num("attention.key_length") or (embd // heads if embd and heads else None)
+    v_len = num("attention.value_length") or k_len
+    if not (layers and kv_heads and k_len and v_len):
+        return None
+    return layers * kv_heads * (k_len + v_len) * 2
+
+
+def ram_needed_mb(spec: LLMSpec) -> float | None:
+    """File size plus KV cache for ``spec.n_ctx`` tokens, in MiB (None when the file is unreadable)."""
+    try:
+        size = spec.path.stat().st_size
+    except OSError:
+        return None
+    kv = kv_bytes_per_token(spec.path) or 0
+    return round((size + spec.n_ctx * kv) / 2**20, 1)
+
+
+# --------------------------------------------------------------------------- shared primary health
+
+
+@dataclass
+class PrimaryHealth:
+    """What all selectors sharing one primary know about it (guarded by ``lock``)."""
+
+    failures: int = 0
+    benched_until: float = 0.0
+    last_error: str = ""
+    in_pressure: bool = False
+    active: int = 0  # calls routed to the primary and not finished yet
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    replies: deque[int] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def benched_for(self, now: float) -> float:
+        return max(0.0, self.benched_until - now)
+
+    def mean_latency(self) -> float | None:
+        return sum(self.latencies) / len(self.latencies) if self.latencies else None
+
+
+_HEALTH: dict[LLMSpec, PrimaryHealth] = {}
+_HEALTH_LOCK = threading.Lock()
+_FALLBACK_STATS: dict[LLMSpec, PrimaryHealth] = {}
+
+
+def primary_health(spec: LLMSpec) -> PrimaryHealth:
+    """The process-wide health record of the primary loaded with ``spec``."""
+    with _HEALTH_LOCK:
+        return _HEALTH.setdefault(spec, PrimaryHealth())
+
+
+def _fallback_stats(spec: LLMSpec) -> PrimaryHealth:
+    with _HEALTH_LOCK:
+        return _FALLBACK_STATS.setdefault(spec, PrimaryHealth())
+
+
+def reset_selector_state() -> None:
+    """Forget failures, benches, pressure and latency history (tests and long-running servers)."""
+    with _HEALTH_LOCK:
+        _HEALTH.clear()
+        _FALLBACK_STATS.clear()
+
+
+# --------------------------------------------------------------------------- the client
+
+
+@dataclass
+class _Plan:
+    route: Route
+    use_primary: bool
+    primary_deadline: float | None = None  # monotonic cut-off for the primary
+
+
+class ContextOverflowError(LLMError):
+    """Neither model's context holds the prompt plus the reply."""
+
+
+def _is_failure(exc: BaseException) -> bool:
+    """Errors that count against the primary (not the reply's validity, not a cancellation)."""
+    if isinstance(
+        exc, OutputTruncatedError | InvalidOutputError | GenerationCancelledError | ContextOverflowError
+    ):
+        return False
+    return isinstance(exc, LLMError | MemoryError)
+
+
+def _load_nested(config: Mapping[str, Any], what: str) -> LocalLlamaChatCompletionClient:
+    check_providers(config)
+    if config.get("provider") != CLIENT_PROVIDER:
+        raise LLMError(f"selector {what}: provider must be {CLIENT_PROVIDER}, not {config.get('provider')!r}")
+    try:
+        client = LocalLlamaChatCompletionClient.load_component(dict(config))
+    except (ValueError, TypeError) as exc:
+        raise LLMError(f"selector {what}: invalid model config: {str(exc).splitlines()[0]}") from None
+    return client
+
+
+class ModelSelectorClient(ChatCompletionClient, Component[SelectorConfig]):
+    """An AutoGen model client that routes each call to the primary or the fallback.
+
+    Args:
+        config: a :class:`SelectorConfig` (or its fields as keyword arguments).
+        probe: what measures machine load (default: the process-wide :class:`LoadProbe`);
+            anything with a ``sample() -> MachineLoad`` method.
+
+    After each call ``last_route`` says who served and why, ``route_counts()`` counts the
+    reasons, and ``last_metrics`` / ``last_prompt`` are the serving client's.
+    ``extra_create_args`` are those of :class:`LocalLlamaChatCompletionClient`; ``deadline_s``
+    defaults to the config's.
+    """
+
+    component_type = "model"
+    component_config_schema = SelectorConfig
+    component_provider_override = SELECTOR_PROVIDER
+
+    def __init__(
+        self, config: SelectorConfig | None = None, /, *, probe: LoadProbe | None = None, **kwargs: Any
+    ) -> None:
+        self._config = config if config is not None else SelectorConfig(**kwargs)
+        cfg = self._config
+        self._primary = _load_nested(cfg.primary, "primary")
+        self._fallback = _load_nested(cfg.fallback, "fallback") if cfg.fallback is not None else None
+        if self._fallback is not None and not self._fallback.spec.path.is_file():
+            raise LLMError(
+                f"fallback model file {self._fallback.spec.path} does not exist; download it"
+                " (`trading-agents models download NAME`) or set fallback to null"
+            )
+        self._probe = probe or default_probe()
+        self._health = primary_health(self._primary.spec)
+        self._counts: Counter[str] = Counter()
+        self.last_route: Route | None = None
+        self.last_metrics: CallMetrics | None = None
+        self.last_prompt = ""
+        self._actual = RequestUsage(prompt_tokens=0, completion_tokens=0)
+        self._total = RequestUsage(prompt_tokens=0, completion_tokens=0)
+
+    # -- component ----------------------------------------------------------------------------
+
+    def _to_config(self) -> SelectorConfig:
+        return self._config.model_copy(deep=True)
+
+    @classmethod
+    def _from_config(cls, config: SelectorConfig) -> Self:
+        return cls(config)
+
+    # -- properties -----------------------------------------------------------------------------
+
+    @property
+    def config(self) -> SelectorConfig:
+        return self._config
+
+    @property
+    def primary(self) -> LocalLlamaChatCompletionClient:
+        return self._primary
+
+    @property
+    def fallback(self) -> LocalLlamaChatCompletionClient | None:
+        return self._fallback
+
+    @property
+    def health(self) -> PrimaryHealth:
+        return self._health
+
+    def route_counts(self) -> dict[str, int]:
+        """Calls served per reason by this client (every reason present, zeros included)."""
+        return {reason: self._counts.get(reason, 0) for reason in REASONS}
+
+    @property
+    def model_info(self) -> ModelInfo:
+        """The weaker of the two models' capabilities."""
+        infos = [self._primary.model_info] + ([self._fallback.model_info] if self._fallback else [])
+        first = infos[0]
+        return ModelInfo(
+            vision=all(i["vision"] for i in infos),
+            function_calling=all(i["function_calling"] for i in infos),
+            json_output=all(i["json_output"] for i in infos),
+            structured_output=all(i.get("structured_output", False) for i in infos),
+            family=first["family"] if all(i["family"] == first["family"] for i in infos) else "unknown",
+            multiple_system_messages=False,
+        )
+
+    @property
+    def capabilities(self) -> ModelCapabilities:  # type: ignore[override]
+        info = self.model_info
+        return ModelCapabilities(  # type: ignore[typeddict-item]
+            vision=info["vision"], function_calling=info["function_calling"], json_output=info["json_output"]
+        )
+
+    def actual_usage(self) -> RequestUsage:
+        return self._actual
+
+    def total_usage(self) -> RequestUsage:
+        return self._total
+
+    def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()) -> int:
+        """The primary's prompt tokens for ``messages``."""
+        return self._primary.count_tokens(messages, tools=tools)
+
+    def remaining_tokens(
+        self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()
+    ) -> int:
+        return self._primary.remaining_tokens(messages, tools=tools)
+
+    # -- routing ------------------------------------------------------------------------------
+
+    def plan_now(self) -> Route:
+        """The route a typical call would take now, from load, queue, bench and pressure only.
+
+        Nothing is loaded; the prompt-dependent checks (context, deadline) are skipped.
+        """
+        return self._plan(None, 0, None, dry=True).route
+
+    def _signals_route(self, now: float) -> Route | None:
+        """Cooldown, pressure and queue checks; None when they leave the primary eligible.
+
+        On None, one ``active`` slot is reserved on the primary (release it if routed away).
+        """
+        cfg, health, llm = self._config, self._health, self._primary.llm
+        load = self._probe.sample()
+        fit_detail = ""
+        if not llm.loaded:
+            need = ram_needed_mb(llm.spec)
+            if need is not None and need + cfg.min_available_mb > load.available_mb:
+                fit_detail = (
+                    f"{llm.display} needs {need:.0f} MB (file + KV cache) + {cfg.min_available_mb} MB"
+                    f" reserve, {load.available_mb:.0f} MB available"
+                )
+        with health.lock:
+            if health.benched_for(now) > 0:
+                return Route(
+                    self._fallback_name,
+                    "cooldown",
+                    f"primary benched for {health.benched_for(now):.1f}s after {health.failures}"
+                    f" failures: {health.last_error}",
+                )
+            if fit_detail:
+                return Route(self._fallback_name, "pressure", fit_detail)
+            limit_load = cfg.max_load_per_core * ((1 - cfg.hysteresis) if health.in_pressure else 1.0)
+            limit_mem = cfg.min_available_mb * ((1 + cfg.hysteresis) if health.in_pressure else 1.0)
+            health.in_pressure = load.load_per_core_now > limit_load or load.available_mb < limit_mem
+            if health.in_pressure:
+                return Route(
+                    self._fallback_name,
+                    "pressure",
+                    f"load {load.load_per_core_now:.2f}/core (limit {limit_load:.2f}),"
+                    f" {load.available_mb:.0f} MB available (min {limit_mem:.0f})",
+                )
+            busy = max(health.active, llm.in_flight + llm.waiting)
+            if busy >= cfg.max_in_flight + cfg.max_queue:
+                return Route(
+                    self._fallback_name,
+                    "queue",
+                    f"{busy} requests on the primary"
+                    f" (max {cfg.max_in_flight} in flight + {cfg.max_queue} queued)",
+                )
+            health.active += 1
+        return None
+
+    @property
+    def _fallback_name(self) -> str:
+        return self._fallback.spec.display_name if self._fallback else ""
+
+    @property
+    def _primary_name(self) -> str:
+        return self._primary.spec.display_name
+
+    def _plan(
+        self, chat: list[dict[str, str]] | None, max_tokens: int, deadline: float | None, *, dry: bool = False
+    ) -> _Plan:
+        """Choose the model for one call (runs in a worker thread: it may tokenize and load)."""
+        cfg = self._config
+        primary = Route(self._primary_name, "primary")
+        if self._fallback is None or not cfg.may_fall_back:
+            if self._fallback is not None:
+                primary = Route(self._primary_name, "primary", f"role {cfg.role or '?'} may not fall back")
+            return _Plan(primary, True, deadline)
+        now = time.monotonic()
+        away = self._signals_route(now)
+        if away is not None:
+            return _Plan(away, False)
+        if dry or chat is None:
+            with self._health.lock:
+                self._health.active -= 1
+            return _Plan(primary, True)
+        try:
+            plan = self._plan_prompt(chat, max_tokens, deadline)
+        except BaseException as exc:
+            with self._health.lock:
+                self._health.active -= 1
+            if not _is_failure(exc):
+                raise
+            self._record_failure(exc)
+            return _Plan(Route(self._fallback_name, "error", _one_line(exc)), False)
+        if not plan.use_primary:
+            with self._health.lock:
+                self._health.active -= 1
+        return plan
+
+    def _plan_prompt(self, chat: list[dict[str, str]], max_tokens: int, deadline: float | None) -> _Plan:
+        """Context and deadline checks for a primary that passed the load checks."""
+        llm = self._primary.llm
+        tokens = llm.tokenize(llm.render(chat)[0])  # loads the primary: ModelLoadError counts as a failure
+        if len(tokens) + max_tokens > llm.n_ctx:
+            assert self._fallback is not None
+            fb = self._fallback.llm
+            fb_tokens = len(fb.tokenize(fb.render(chat)[0]))
+            fb_max = min(max_tokens, _max_tokens(self._fallback))
+            if fb_tokens + fb_max > fb.n_ctx:
+                raise ContextOverflowError(
+                    f"the prompt ({len(tokens)} tokens) plus {max_tokens} reply tokens fits neither"
+                    f" {llm.display} (context {llm.n_ctx}) nor {fb.display} (context {fb.n_ctx});"
+                    " shorten the prompt or raise llm.n_ctx"
+                )
+            return _Plan(
+                Route(
+                    self._fallback_name,
+                    "context",
+                    f"{len(tokens)} prompt + {max_tokens} reply tokens exceed"
+                    f" {llm.display}'s context {llm.n_ctx}",
+                ),
+                False,
+            )
+        if deadline is None:
+            return _Plan(Route(self._primary_name, "primary"), True)
+        now = time.monotonic()
+        left = deadline - now
+        reserve = self._fallback_reserve(len(tokens), left)
+        estimate = self._primary_estimate(llm, tokens, max_tokens)
+        budget = left - reserve
+        if budget <= 0 or (estimate is not None and estimate > budget):
+            shown = f"{estimate:.2f}s" if estimate is not None else "unknown"
+            return _Plan(
+                Route(
+                    self._fallback_name,
+                    "deadline",
+                    f"primary estimate {shown} > {budget:.2f}s left"
+                    f" after reserving {reserve:.2f}s for the fallback",
+                ),
+                False,
+            )
+        return _Plan(Route(self._primary_name, "primary"), True, now + budget)
+
+    def _primary_estimate(self, llm: LocalLLM, tokens: list[int], max_tokens: int) -> float | None:
+        """Seconds until the primary would finish this call, or None before any measurement."""
+        p_rate, g_rate = llm.rates()
+        health = self._health
+        if g_rate <= 0:
+            return None
+        uncached = len(tokens) - llm.cached_prefix(tokens)
+        prompt_s = uncached / p_rate if p_rate > 0 else 0.0
+        reply_s = self._expected_reply_tokens(health, max_tokens) / g_rate
+        ahead = max(0, llm.in_flight + llm.waiting)
+        wait_s = ahead * (health.mean_latency() or (prompt_s + reply_s))
+        return wait_s + prompt_s + reply_s
+
+    @staticmethod
+    def _expected_reply_tokens(stats: PrimaryHealth, cap: int) -> int:
+        """Reply tokens to plan for: max_tokens, or 1.25 x the longest recent reply.
+
+        Structured replies are bounded by their schema and end long before max_tokens;
+        planning with max_tokens alone would route nearly every call away from a slow primary.
+        """
+        with stats.lock:
+            recent = max(stats.replies) if stats.replies else None
+        return cap if recent is None else min(cap, math.ceil(recent * 1.25) + 1)
+
+    def _fallback_reserve(self, prompt_tokens: int, left: float) -> float:
+        """Seconds kept for the fallback after the primary's cut-off."""
+        assert self._fallback is not None
+        fb = self._fallback.llm
+        p_rate, g_rate = fb.rates()
+        stats = _fallback_stats(fb.spec)
+        if g_rate <= 0 or p_rate <= 0:
+            return left * (1 - UNMEASURED_PRIMARY_SHARE)
+        with stats.lock:
+            recent = max(stats.replies) if stats.replies else _max_tokens(self._fallback)
+            mean = stats.mean_latency()
+        own = prompt_tokens / p_rate + recent / g_rate
+        wait = (fb.in_flight + fb.waiting) * (mean or own)
+        return min(left, FALLBACK_MARGIN * (own + wait))
+
+    def _record_failure(self, exc: BaseException) -> None:
+        cfg, health = self._config, self._health
+        with health.lock:
+            health.failures += 1
+            health.last_error = _one_line(exc)
+            if health.failures >= cfg.failure_threshold:
+                health.benched_until = time.monotonic() + cfg.cooldown_s
+
+    def _record_success(self, metrics: CallMetrics | None, stats: PrimaryHealth, primary: bool) -> None:
+        with stats.lock:
+            if primary:
+                stats.failures = 0
+                stats.benched_until = 0.0
+                stats.last_error = ""
+            if metrics is not None and not metrics.from_response_cache:
+                stats.latencies.append(metrics.latency_s)
+                stats.replies.append(metrics.completion_tokens)
+
+    # -- calls ------------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = (),
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> CreateResult:
+        result: CreateResult | None = None
+        async for item in self.create_stream(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            json_output=json_output,
+            extra_create_args=extra_create_args,
+            cancellation_token=cancellation_token,
+        ):
+            if isinstance(item, CreateResult):
+                result = item
+        assert result is not None
+        return result
+
+    async def create_stream(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = (),
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> AsyncGenerator[str | CreateResult, None]:
+        """Stream from the chosen model. If the primary is cut or fails mid-way, the fallback's
+        stream follows the primary's partial text; the final :class:`CreateResult` is authoritative.
+        """
+        chat = to_chat_messages(messages)
+        args = dict(extra_create_args)
+        deadline_s = args.pop("deadline_s", self._config.deadline_s)
+        deadline = time.monotonic() + float(deadline_s) if deadline_s is not None else None
+        max_tokens = int(args.get("max_tokens", _max_tokens(self._primary)))
+        plan = await asyncio.to_thread(self._plan, chat, max_tokens, deadline)
+        route = plan.route
+        call = {
+            "tools": tools,
+            "tool_choice": tool_choice,
+            "json_output": json_output,
+            "cancellation_token": cancellation_token,
+        }
+        if plan.use_primary:
+            p_args = dict(args)
+            if plan.primary_deadline is not None:
+                p_args["deadline_s"] = max(0.001, plan.primary_deadline - time.monotonic())
+            failure: BaseException | None = None
+            try:
+                async for item in self._primary.create_stream(messages, extra_create_args=p_args, **call):
+                    if isinstance(item, CreateResult):
+                        self._record_success(self._primary.last_metrics, self._health, primary=True)
+                        self._served(route, self._primary, item)
+                    yield item
+                return
+            except BaseException as exc:
+                if not _is_failure(exc) or self._fallback is None or not self._config.may_fall_back:
+                    if _is_failure(exc):
+                        self._record_failure(exc)
+                    self._failed(route)
+                    if isinstance(exc, MemoryError):
+                        raise LLMError(
+                            f"{self._primary_name} ran out of memory; no fallback for this role"
+                        ) from exc
+                    raise
+                failure = exc
+            finally:
+                if self._fallback is not None and self._config.may_fall_back:
+                    with self._health.lock:
+                        self._health.active -= 1
+            self._record_failure(failure)
+            reason = "deadline" if isinstance(failure, DeadlineExceededError) else "error"
+            route = Route(self._fallback_name, reason, f"primary: {_one_line(failure)}")
+        assert self._fallback is not None
+        f_args = dict(args)
+        if deadline is not None:
+            f_args["deadline_s"] = max(0.001, deadline - time.monotonic())
+        try:
+            async for item in self._fallback.create_stream(messages, extra_create_args=f_args, **call):
+                if isinstance(item, CreateResult):
+                    self._record_success(
+                        self._fallback.last_metrics, _fallback_stats(self._fallback.spec), False
+                    )
+                    self._served(route, self._fallback, item)
+                yield item
+        except BaseException:
+            self._failed(route)
+            raise
+
+    def _served(self, route: Route, client: LocalLlamaChatCompletionClient, result: CreateResult) -> None:
+        self.last_route = route
+        self._counts[route.reason] += 1
+        self.last_metrics = client.last_metrics
+        self.last_prompt = client.last_prompt
+        usage = result.usage
+        self._actual = usage
+        self._total = RequestUsage(
+            prompt_tokens=self._total.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=self._total.completion_tokens + usage.completion_tokens,
+        )
+
+    def _failed(self, route: Route) -> None:
+        self.last_route = route
+        self.last_metrics = None
+
+    async def close(self) -> None:
+        await self._primary.close()
+        if self._fallback is not None:
+            await self._fallback.close()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _max_tokens(client: LocalLlamaChatCompletionClient) -> int:
+    return client._to_config().max_tokens
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _model_status(
+    client: LocalLlamaChatCompletionClient | None, load: MachineLoad, reserve_mb: int
+) -> dict[str, Any] | None:
+    if client is None:
+        return None
+    spec = client.spec
+    llm = get_local_llm(spec)  # the process's shared instance; nothing is loaded here
+    need = ram_needed_mb(spec)
+    loaded = bool(llm and llm.loaded)
+    p_rate, g_rate = llm.rates() if llm else (0.0, 0.0)
+    return {
+        "name": spec.display_name,
+        "path": str(spec.path),
+        "file_present": spec.path.is_file(),
+        "n_ctx": spec.n_ctx,
+        "kv_bytes_per_token": kv_bytes_per_token(spec.path),
+        "ram_needed_mb": need,
+        "fits_in_ram": True if loaded else (need is not None and need + reserve_mb <= load.available_mb),
+        "loaded": loaded,
+        "in_flight": llm.in_flight if llm else 0,
+        "waiting": llm.waiting if llm else 0,
+        "prompt_tokens_per_s": round(p_rate, 1),
+        "gen_tokens_per_s": round(g_rate, 1),
+    }
+
+
+def selector_status(
+    config_or_settings: SelectorConfig | Mapping[str, Any] | Any, *, probe: LoadProbe | None = None
+) -> dict[str, Any]:
+    """A live snapshot: models, RAM fit, machine load, queues, bench, and the route a call would take now.
+
+    Accepts a :class:`SelectorConfig`, its dict, or the trading settings (which build the
+    config the way the desk does; with no fallback the selector is reported inactive).
+    """
+    obj = config_or_settings
+    if not isinstance(obj, SelectorConfig | Mapping):
+        from trading_agents.cli.status_cmd import selector_config_from_settings
+
+        cfg, info = selector_config_from_settings(obj)
+        if cfg is None:
+            return {"active": False, **info}
+        return {**selector_status(cfg, probe=probe), **info}
+    cfg = obj if isinstance(obj, SelectorConfig) else SelectorConfig(**dict(obj))
+    probe = probe or default_probe()
+    primary = _load_nested(cfg.primary, "primary")
+    fallback = _load_nested(cfg.fallback, "fallback") if cfg.fallback is not None else None
+    load = probe.sample()
+    health = primary_health(primary.spec)
+    now = time.monotonic()
+    out: dict[str, Any] = {
+        "active": fallback is not None,
+        "role": cfg.role,
+        "primary": _model_status(primary, load, cfg.min_available_mb),
+        "fallback": _model_status(fallback, load, cfg.min_available_mb),
+        "machine": asdict(load),
+        "thresholds": cfg.model_dump(exclude={"primary", "fallback", "role"}),
+        "cooldown": {
+            "failures": health.failures,
+            "benched": health.benched_for(now) > 0,
+            "benched_for_s": round(health.benched_for(now), 1),
+            "last_error": health.last_error,
+        },
+        "in_pressure": health.in_pressure,
+    }
+    if fallback is None:
+        out["route_now"] = Route(primary.spec.display_name, "primary", "no fallback configured").to_dict()
+        out["why_inactive"] = "no fallback model configured"
+        return out
+    if not fallback.spec.path.is_file():
+        out["active"] = False
+        out["why_inactive"] = f"fallback file {fallback.spec.path} does not exist"
+        out["route_now"] = Route(primary.spec.display_name, "primary", out["why_inactive"]).to_dict()
+        return out
+    client = ModelSelectorClient(cfg, probe=_FixedProbe(load))
+    out["route_now"] = client.plan_now().to_dict()
+    out["in_pressure"] = health.in_pressure
+    return out
+
+
+class _FixedProbe(LoadProbe):
+    """Replays one reading (so a status reports one consistent sample)."""
+
+    def __init__(self, load: MachineLoad) -> None:
+        super().__init__()
+        self._load = load
+
+    def sample(self) -> MachineLoad:
+        return self._load
