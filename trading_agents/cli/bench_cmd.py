@@ -1,5 +1,101 @@
-"""Placeholder until the bench commands land."""
+"""``trading-agents bench``: measured speed and memory figures, written as JSON.
+
+Each benchmark writes ``<out>/<name>.json``; ``bench all`` also writes ``<out>/summary.json``
+with the machine's description. Figures, not asserts: the tests never time anything.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from trading_agents.cli.common import console, emit_json, err_console
+from trading_agents.fsutil import atomic_write_json
+
+BENCHES = {
+    "llm": "trading_agents.bench.llm",
+    "session": "trading_agents.bench.session",
+    "selector": "trading_agents.bench.selector",
+    "backtest": "trading_agents.bench.backtest",
+}
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Benchmarks: llm, session, selector, backtest, or all. Results are JSON files under --out.",
+)
+
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Folder for the JSON results.")]
+QuickOption = Annotated[
+    bool, typer.Option("--quick", help="Fewer repetitions and bars (about a minute each).")
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Also print the results as JSON on stdout.")]
+
+
+def machine() -> dict[str, Any]:
+    import psutil
+
+    from utils.llm_integration.local_llm import physical_cores
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "physical_cores": physical_cores(),
+        "logical_cores": psutil.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+    }
+
+
+def _run_one(name: str, out: Path, quick: bool) -> dict[str, Any]:
+    err_console.print(f"[cyan]bench {name}[/] ...")
+    module = importlib.import_module(BENCHES[name])
+    started = time.perf_counter()
+    result = module.run(out, quick=quick)
+    result = {"bench": name, "quick": quick, "wall_s": round(time.perf_counter() - started, 2), **result}
+    atomic_write_json(out / f"{name}.json", result)
+    err_console.print(f"[green]bench {name}[/] -> {out / f'{name}.json'} ({result['wall_s']} s)")
+    return result
+
+
+def _command(name: str) -> Any:
+    def command(
+        out: OutOption = Path("bench-results"), quick: QuickOption = False, json_out: JsonFlag = False
+    ) -> None:
+        result = _run_one(name, out, quick)
+        if json_out:
+            emit_json(result)
+        else:
+            console.print_json(json.dumps(result, default=str))
+
+    command.__doc__ = (
+        f"Run the {name} benchmark.\n\nExample: trading-agents bench {name} --quick --out bench-results"
+    )
+    return command
+
+
+for _name in BENCHES:
+    app.command(_name)(_command(_name))
+
+
+@app.command("all")
+def bench_all(
+    out: OutOption = Path("bench-results"), quick: QuickOption = False, json_out: JsonFlag = False
+) -> None:
+    """Run every benchmark and write summary.json.
+
+    Example: trading-agents bench all --out bench-results
+    """
+    results = {"machine": machine()}
+    for name in BENCHES:
+        results[name] = _run_one(name, out, quick)
+    atomic_write_json(out / "summary.json", results)
+    if json_out:
+        emit_json(results)
+    else:
+        console.print(f"wrote {out / 'summary.json'}")

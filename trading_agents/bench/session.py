@@ -1,0 +1,154 @@
+"""``bench session``: what a decision costs, and what the framework adds to llama.cpp.
+
+A session of N trading days (20, or 5 with ``--quick``) runs the desk on the embedded model
+over bundled GOOG bars. Reported: per-agent latency; prompt and completion tokens per decision
+(TradingAgents spends 11 LLM calls and 20+ tool calls per decision); the share of prompt tokens
+served from the KV cache; and framework overhead: each decision's wall time (snapshot, AutoGen
+team, guards) divided by the time raw llama.cpp takes for the same prompts and outputs, replayed
+on a fresh ``llama_cpp.Llama`` with the same grammar, sampling and RAM cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from trading_agents.agents.schemas import ROLE_SCHEMAS
+from trading_agents.agents.strategy import AgentStrategy, build_agent_strategy
+from trading_agents.backtest.engine import EngineConfig, run_engine
+from trading_agents.backtest.strategy import DecisionContext, StrategyDecision
+from trading_agents.broker.ledger import Ledger
+from trading_agents.config.settings import load_settings
+from trading_agents.market import load_bars
+from utils.llm_integration.local_llm import grammar_schema, load_llama, physical_cores
+
+
+class _Timed:
+    """Wraps a strategy to time each ``decide`` call."""
+
+    def __init__(self, inner: AgentStrategy) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.wall: list[float] = []
+
+    def decide(self, ctx: DecisionContext) -> StrategyDecision:
+        t = time.perf_counter()
+        out = self.inner.decide(ctx)
+        self.wall.append(time.perf_counter() - t)
+        return out
+
+
+def _raw_replay(
+    steps: list[dict[str, Any]], model_path: Path, n_ctx: int, seed: int, cache_mb: int
+) -> dict[str, Any]:
+    from llama_cpp import LlamaGrammar, LlamaRAMCache
+
+    llama = load_llama(model_path, n_ctx, n_threads=physical_cores(), seed=seed)
+    if cache_mb:
+        llama.set_cache(LlamaRAMCache(capacity_bytes=cache_mb << 20))
+    grammars = {
+        role: LlamaGrammar.from_json_schema(json.dumps(grammar_schema(s.model_json_schema())), verbose=False)
+        for role, s in ROLE_SCHEMAS.items()
+    }
+    times: list[float] = []
+    same = 0
+    for step in steps:
+        t = time.perf_counter()
+        out = llama.create_completion(
+            step["prompt"],
+            max_tokens=400,
+            temperature=0.0,
+            top_p=0.95,
+            seed=seed,
+            stop=["<|im_end|>", "<|im_start|>"],
+            grammar=grammars[step["role"]],
+        )
+        times.append(time.perf_counter() - t)
+        text = out["choices"][0]["text"]
+        with contextlib.suppress(ValueError):  # an unparseable reply simply does not count as identical
+            same += (
+                ROLE_SCHEMAS[step["role"]].model_validate_json(text).model_dump(mode="json") == step["output"]
+            )
+    llama.close()
+    return {"times": times, "identical_outputs": same}
+
+
+def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
+    days = 5 if quick else 20
+    with tempfile.TemporaryDirectory() as home:
+        settings = load_settings(overrides={"paths.home": home})
+        bars = load_bars(tickers=["GOOG"])
+        dates = bars["GOOG"].index[-days:]
+        strategy = build_agent_strategy(settings, use_cache=False, stream=True)
+        timed = _Timed(strategy)
+        with Ledger.open(":memory:") as ledger:
+            started = time.perf_counter()
+            run_engine(
+                bars,
+                timed,
+                EngineConfig.from_settings(settings, decide_on_last_bar=True, close_at_end=False),
+                ledger,
+                "bench",
+                kind="session",
+                start=pd.Timestamp(dates[0]),
+                end=pd.Timestamp(dates[-1]),
+            )
+            session_wall = time.perf_counter() - started
+        stats = strategy.llm_stats()
+        steps = [s for o in strategy.outcomes for s in o.steps]
+        records = [s.to_record() for s in steps]
+        primary = strategy.desk.primary
+        strategy.close()
+        raw = _raw_replay(records, primary.path, primary.n_ctx, settings.llm.seed, settings.llm.ram_cache_mb)
+
+    per_role: dict[str, dict[str, float]] = {}
+    for role in ("analyst", "risk", "executor"):
+        lat = [s.latency_s for s in steps if s.role == role]
+        if lat:
+            per_role[role] = {
+                "calls": len(lat),
+                "p50_s": round(statistics.median(lat), 3),
+                "max_s": round(max(lat), 3),
+                "mean_prompt_tokens": round(
+                    statistics.mean(s.prompt_tokens for s in steps if s.role == role), 1
+                ),
+                "mean_completion_tokens": round(
+                    statistics.mean(s.completion_tokens for s in steps if s.role == role), 1
+                ),
+            }
+    decisions = len(timed.wall)
+    total_tokens = stats["prompt_tokens"] + stats["completion_tokens"]
+    framework = sum(timed.wall)
+    raw_total = sum(raw["times"])
+    trades = sum(1 for o in strategy.outcomes if o.executor is not None)
+    return {
+        "model": primary.name,
+        "days": days,
+        "decisions": decisions,
+        "llm_calls": stats["calls"],
+        "calls_per_decision": round(stats["calls"] / decisions, 2) if decisions else None,
+        "decisions_reaching_executor": trades,
+        "per_agent_latency": per_role,
+        "tokens_per_decision": round(total_tokens / decisions, 1) if decisions else None,
+        "tokens_per_decision_target": 3000,
+        "prompt_tokens": stats["prompt_tokens"],
+        "cached_prompt_tokens": stats["cached_prompt_tokens"],
+        "kv_cache_share": round(stats["cached_prompt_tokens"] / stats["prompt_tokens"], 3)
+        if stats["prompt_tokens"]
+        else None,
+        "kv_cache_share_target": 0.60,
+        "decision_wall_s_total": round(framework, 2),
+        "raw_llama_cpp_s_total": round(raw_total, 2),
+        "framework_overhead_ratio": round(framework / raw_total, 3) if raw_total else None,
+        "framework_overhead_target": 1.10,
+        "raw_replay_identical_outputs": f"{raw['identical_outputs']}/{len(records)}",
+        "session_wall_s": round(session_wall, 2),
+        "failed_steps": stats["failed_steps"],
+    }
