@@ -40,6 +40,7 @@ from trading_agents.broker import Ledger
 from trading_agents.broker.ledger import LedgerIntegrityError
 from trading_agents.broker.orders import iso_date
 from trading_agents.config.settings import RiskSettings
+from trading_agents.errors import DataValidationError
 from trading_agents.market import load_bars
 
 REFERENCE = Path(__file__).parent / "data" / "engine_reference.json"
@@ -385,3 +386,32 @@ def test_a_refused_step_in_a_batch_keeps_the_steps_before_it() -> None:
                 ledger.step_count("r")  # any read writes the queue first
         assert ledger.step_count("r") == 3
         assert ledger.account("r").last_step_date == pd.Timestamp("2024-01-04")  # type: ignore[union-attr]
+
+
+def _equity_and_fills(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    with Ledger.open(":memory:") as ledger:
+        res = run_engine({"X": frame}, make_baseline("sma-cross", fast=3, slow=8), BENCH, ledger, "r")
+    return res.equity, res.fills
+
+
+def test_a_prepared_market_is_reused_only_while_its_frames_are_unchanged() -> None:
+    frame = _walk(200, seed=4)
+    first = _equity_and_fills(frame)
+    again = _equity_and_fills(frame)  # same frame object: the prepared market is reused
+    pd.testing.assert_frame_equal(again[0], first[0])
+    pd.testing.assert_frame_equal(again[1], first[1])
+
+    frame.loc[frame.index[50:], ["Open", "High", "Low", "Close"]] *= 1.5  # changed in place
+    changed = _equity_and_fills(frame)
+    fresh = _equity_and_fills(frame.copy())
+    pd.testing.assert_frame_equal(changed[0], fresh[0])
+    pd.testing.assert_frame_equal(changed[1], fresh[1])
+    assert not changed[0]["equity"].equals(first[0]["equity"])
+
+    frame.index = frame.index + pd.Timedelta(days=1)  # new dates, same prices
+    moved = _equity_and_fills(frame)
+    assert moved[0].index[0] == frame.index[0]
+
+    frame.iloc[10, frame.columns.get_loc("Close")] = np.nan  # validation still runs
+    with pytest.raises(DataValidationError, match="missing or non-positive"):
+        _equity_and_fills(frame)

@@ -149,20 +149,21 @@ class SmaCross:
         intents: list[OrderIntent] = []
         signals: list[dict[str, Any]] = []
         bars = ctx.bars
-        column = getattr(bars, "column", None)
-        if not callable(column):
-            column = ctx.column
+        span = getattr(bars, "column_span", None)  # the engine's bars: see _SlicedBars.column_span
         seen_of = self._seen.get
         for ticker in bars:
-            closes = column(ticker, "Close")  # what ctx.column(ticker) returns
-            n = len(closes)
-            if n < self.slow + 1:
+            if span is not None:
+                base, n = span(ticker, "Close")
+                if n < self.slow + 1:
+                    continue
+                seen = seen_of(ticker)
+                if seen is not None and seen[0] is base:
+                    signs = seen[1]
+                    if signs[n - 1] and signs[n - 1] == signs[n - 2]:
+                        continue  # the common case of _cross: no crossing, and no tie to check
+            closes = ctx.column(ticker)
+            if len(closes) < self.slow + 1:
                 continue
-            seen = seen_of(ticker)
-            if seen is not None and seen[0] is closes.base:
-                signs = seen[1]
-                if signs[n - 1] and signs[n - 1] == signs[n - 2]:
-                    continue  # the common case of _cross: no crossing, and no tie to check
             cross = self._cross(ticker, closes)
             if not cross:
                 continue

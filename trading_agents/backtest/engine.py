@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext, suppress
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
 
 PRICE_COLUMNS = ("Open", "High", "Low", "Close")
 _NO_IDS: frozenset[str] = frozenset()
+_NONE: list[Any] = []  # never changed: the loop copies it before handing it on
+_DAY_NS = 86_400_000_000_000
 BAR_COLUMNS = (*PRICE_COLUMNS, "Volume")
 
 
@@ -162,7 +165,7 @@ def _check_bars(bars: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
             raise DataValidationError(f"{ticker}: no bars")
         if not df.index.is_monotonic_increasing or df.index.has_duplicates:
             raise DataValidationError(f"{ticker}: bar dates must be sorted and unique")
-        prices = np.column_stack([df[c].to_numpy(dtype=float) for c in PRICE_COLUMNS])
+        prices = _price_matrix(df)
         bad = ~(prices > 0).all(axis=1)  # NaN > 0 is False: missing prices are caught too
         if bad.any():
             raise DataValidationError(
@@ -218,6 +221,33 @@ class _Market:
         self._columns: dict[tuple[str, str], np.ndarray] = {}
         self._timestamps: list[pd.Timestamp] | None = None
         self._iso: list[str] | None = None
+        self._days: list[int] | None = None
+        self._prices_json: dict[tuple[int, int], list[str]] = {}
+
+    @classmethod
+    def of(cls, bars: Mapping[str, pd.DataFrame]) -> _Market:
+        """``_Market(_check_bars(bars))``, reusing what an earlier call prepared from the same
+        frames when their dates and prices have not changed since (the backtest command runs
+        every baseline on the bars of the main run). Only immutable values are shared: each
+        market gets ``frames`` itself and its own column copies."""
+        frames = {str(t): df for t, df in bars.items()} if bars else {}
+        key = tuple(sorted((t, id(df)) for t, df in frames.items()))
+        cached = _PREPARED.get(key)
+        if cached is not None and len(frames) == len(bars) and cached[1].matches(frames):
+            market = object.__new__(cls)
+            market.__dict__.update(cached[0].__dict__)
+            market.frames, market._columns = frames, {}
+            return market
+        market = cls(_check_bars(bars))
+        if len(market.dates) * len(market.tickers) <= _PREPARED_MAX_CELLS and len(frames) == len(bars):
+            market.timestamps, market.iso, market.days  # noqa: B018 - computed once, shared
+            template = object.__new__(cls)
+            template.__dict__.update(market.__dict__)
+            template.frames, template._columns = {}, {}
+            _PREPARED[key] = (template, _Fingerprint(frames))
+            while len(_PREPARED) > _PREPARED_MAX:
+                _PREPARED.pop(next(iter(_PREPARED)))
+        return market
 
     @property
     def timestamps(self) -> list[pd.Timestamp]:
@@ -237,6 +267,16 @@ class _Market:
             else:
                 self._iso = [iso_date(d) for d in self.timestamps]
         return self._iso
+
+    @property
+    def days(self) -> list[int] | None:
+        """``Timestamp.value // _DAY_NS`` of every date; ``None`` beyond what nanoseconds reach."""
+        if self._days is None:
+            try:
+                self._days = (self.dates.as_unit("ns").asi8 // _DAY_NS).tolist()
+            except (OverflowError, ValueError):
+                return None
+        return self._days
 
     def keys(self, i: int) -> list[str]:
         """Tickers with at least one bar dated <= dates[i]."""
@@ -276,7 +316,20 @@ class _Market:
         return [dict(zip(tickers, row, strict=True)) for row in zip(*columns, strict=True)]
 
     def prices_json(self, lo: int, hi: int) -> list[str]:
-        """The ledger's JSON of :meth:`prices` for bars ``lo..hi``, built column-wise."""
+        """The ledger's JSON of :meth:`prices` for bars ``lo..hi``, built column-wise (the
+        list is shared between runs: read it, never change it)."""
+        texts = self._prices_json.get((lo, hi))
+        if texts is None:
+            texts = self._prices_json[(lo, hi)] = self._encode_prices(lo, hi)
+        return texts
+
+    def _encode_prices(self, lo: int, hi: int) -> list[str]:
+        tickers = self.tickers
+        if len(tickers) == 1 and self.last_idx[tickers[0]][lo] >= 0:  # one ticker, a price every bar
+            head = "{" + json.dumps(tickers[0]) + ":"
+            # json writes floats as _json_float does; one join and split wrap them all
+            texts = json.dumps(self.last_close[tickers[0]][lo : hi + 1])[1:-1].split(", ")
+            return (head + ("}\n" + head).join(texts) + "}").split("\n")
         columns: list[list[str | None]] = []
         for t in self.tickers:
             key = json.dumps(t) + ":"
@@ -295,6 +348,45 @@ class _Market:
         return [
             "{" + ",".join(p for p in parts if p is not None) + "}" for parts in zip(*columns, strict=True)
         ]
+
+
+class _Fingerprint:
+    """What :class:`_Market` reads of each frame (the frame itself, weakly, its dates and
+    prices), to tell whether a prepared market still describes the frames."""
+
+    def __init__(self, frames: Mapping[str, pd.DataFrame]) -> None:
+        self.parts = {
+            t: (weakref.ref(df), df.index.dtype, df.index.asi8.copy(), _price_matrix(df))
+            for t, df in frames.items()
+        }
+
+    def matches(self, frames: Mapping[str, pd.DataFrame]) -> bool:
+        if frames.keys() != self.parts.keys():
+            return False
+        try:
+            for t, df in frames.items():
+                ref, dtype, stamps, prices = self.parts[t]
+                index = df.index
+                if (
+                    ref() is not df
+                    or index.dtype != dtype
+                    or not np.array_equal(index.asi8, stamps)
+                    or not np.array_equal(_price_matrix(df), prices)
+                ):
+                    return False
+        except Exception:  # anything unexpected: prepare afresh (and validate)
+            return False
+        return True
+
+
+def _price_matrix(df: pd.DataFrame) -> np.ndarray:
+    return np.column_stack([df[c].to_numpy(dtype=float) for c in PRICE_COLUMNS])
+
+
+# Markets prepared by _Market.of, by (ticker, id(frame)) pairs, oldest first.
+_PREPARED: dict[tuple[tuple[str, int], ...], tuple[_Market, _Fingerprint]] = {}
+_PREPARED_MAX = 4
+_PREPARED_MAX_CELLS = 2_000_000  # bars x tickers; larger markets are not kept
 
 
 def _json_float(x: float) -> str:
@@ -337,6 +429,18 @@ class _SlicedBars(Mapping[str, pd.DataFrame]):
             raise KeyError(ticker)
         return self._market.column(ticker, name)[: self._market.rows_upto[ticker][self._i]]
 
+    def column_span(self, ticker: str, name: str = "Close") -> tuple[np.ndarray, int]:
+        """``(column.base, len(column))`` of :meth:`column` without building the view: for
+        strategies that keep per-array state and only need a view when it changes. Rows of
+        the array from ``len(column)`` on are dated after ``as_of``: not the strategy's."""
+        if ticker not in self._keys:
+            raise KeyError(ticker)
+        market = self._market
+        values = market._columns.get((ticker, name))  # market.column(ticker, name), without the call
+        if values is None:
+            values = market.column(ticker, name)
+        return values, market.rows_upto[ticker][self._i]
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
 
@@ -374,7 +478,7 @@ def run_engine(
         with Ledger.open(":memory:") as ledger:
             result = run_engine({"GOOG": frame}, SmaCross(10, 20), EngineConfig(), ledger, "bt-1")
     """
-    market = _Market(_check_bars(bars))
+    market = _Market.of(bars)
     lo, hi = _range(market.dates, start, end)
     lock = exclusive_lock(Path(f"{ledger.path}.lock"), "another engine run") if ledger.path else nullcontext()
     with lock:
@@ -483,6 +587,8 @@ class _Runner:
         market, first, hi = self.market, self.first, self.hi
         self.timestamps = market.timestamps
         self.iso = market.iso
+        last = self.risk.last_date
+        self.days = market.days if last is None or last.tzinfo is None else None
         self.prices_at = market.prices_range(first, hi)
         self.prices_json = market.prices_json(first, hi)
         self.positions_json = positions_json(self.broker.positions)
@@ -505,109 +611,139 @@ class _Runner:
         return self.broker.cancel_pending(date, f"cancelled: {risk.state}", only_increasing=True)
 
     def loop(self, on_step: Callable[[StepEvent], None] | None) -> None:
-        """:meth:`step` for every bar of the run, quiet bars inline.
+        """:meth:`step` for every bar of the run, inlined.
 
-        Most bars of a backtest are quiet: nothing pending, no protective stop, the risk state
-        unchanged, no risk event and a decision without intents or record. Such a bar only
-        marks to market, asks the strategy and writes a step row; this loop does exactly what
-        :meth:`step` does for it, without the bookkeeping for orders and fills, and hands any
-        other bar (or the rest of a bar that turns out not to be quiet) to the general code.
+        Most bars of a backtest are quiet: no risk event, a decision without intents or record,
+        and (usually) nothing pending. This loop does exactly what :meth:`step` does for a bar,
+        with the kill switch and the marks inlined and the step row of a quiet bar written
+        without building a record; the last bar, a bar after a halt or resume written by
+        another process, and a bar with a risk event go through the general code.
         """
         broker, risk, market, ledger = self.broker, self.risk, self.market, self.ledger
         run_id, lo, hi, first = self.run_id, self.lo, self.hi, self.first
         timestamps, iso, prices_at, prices_json = self.timestamps, self.iso, self.prices_at, self.prices_json
         decide, commit_quiet, update = self.decide, self.commit_quiet, risk.update
         state_version, step = ledger.state_version, self.step
+        limits, days = risk.settings, self.days
         want = on_step is not None
         for i in range(first, hi + 1):
-            positions = broker.positions
-            quiet = not (broker.pending or i == hi or state_version(run_id) != self.version)
-            if quiet:
-                k = i - first
-                prices = prices_at[k]
-                cash = broker.cash
-                if not positions:
-                    equity = cash + 0  # what PaperBroker.equity gives
-                    gross: float = 0
-                    holdings: dict[str, int] = {}
-                elif len(positions) == 1:  # PaperBroker.idle, equity, gross_value, holdings in one go
-                    for t, p in positions.items():
-                        q = p.quantity
-                        quiet = p.stop_loss is None or q <= 0
-                        close = prices[t]
-                        equity = cash + (0 + q * close)
-                        gross = 0 + abs(q) * close
-                        holdings = {t: q} if q else {}
-                else:
-                    quiet = broker.idle()
-                    equity = broker.equity(prices)
-                    gross = broker.gross_value(prices)
-                    holdings = broker.holdings()
-            if not quiet:
+            if i == hi or state_version(run_id) != self.version:
                 event = step(i, want)
+                if want:
+                    on_step(event)  # type: ignore[misc,arg-type]
+                continue
+            date = timestamps[i]
+            k = i - first
+            prices = prices_at[k]
+            fills: list[Fill] = _NONE  # fresh lists only for a bar that has something
+            touched: list[Order] = _NONE
+            before: frozenset[str] | set[str] = _NO_IDS
+            positions = broker.positions
+            if broker.pending or (positions and not broker.idle()):
+                if broker.pending:
+                    before = {o.client_order_id for o in broker.pending}
+                fills, touched = broker.process_bar(date, market.bar_prices(i))
+                positions = broker.positions
+            cash = broker.cash
+            if not positions:
+                equity = cash + 0  # what PaperBroker.equity gives
+                gross: float = 0
+                holdings: dict[str, int] = {}
+            elif len(positions) == 1:  # PaperBroker.equity, gross_value and holdings in one go
+                for t, p in positions.items():
+                    q = p.quantity
+                    close = prices[t]
+                    equity = cash + (0 + q * close)
+                    gross = 0 + abs(q) * close
+                    holdings = {t: q} if q else {}
             else:
-                date = timestamps[i]
+                equity = broker.equity(prices)
+                gross = broker.gross_value(prices)
+                holdings = broker.holdings()
+            # RiskEngine.update, inlined for the usual case; any other goes through it
+            last, peak, day_start = risk.last_date, risk.peak_equity, risk.day_start_equity
+            if last is None or peak is None or day_start is None or days is None or risk.state == "HALTED":
                 events = update(equity, date)
-                if events:
-                    touched: list[Order] = []
-                    if any(e.kind == "halt" for e in events):
-                        touched += broker.cancel_pending(date, "cancelled: HALTED", only_increasing=True)
-                    event = self._decide_and_finish(
-                        i, date, k, prices, equity, events, touched, [], _NO_IDS, want
-                    )
+            else:
+                if days[i] != last.value // _DAY_NS:  # a new day (both dates are tz-naive)
+                    day_start = risk.last_equity if risk.last_equity is not None else equity
+                if equity > peak:
+                    peak = equity
+                daily = 1.0 - equity / day_start if day_start > 0 else 0.0
+                drawdown = 1.0 - equity / peak if peak > 0 else 0.0
+                if daily > limits.max_daily_loss_pct or drawdown > limits.max_drawdown_pct:
+                    events = update(equity, date)  # trips the kill switch, as it would have
                 else:
-                    peak, day_start = risk.peak_equity, risk.day_start_equity
-                    view = PortfolioView(
-                        cash,
-                        equity,
-                        holdings,
-                        prices,
-                        float(peak or equity),
-                        float(day_start or equity),
-                        risk.state,
-                    )
-                    decision = decide(DecisionContext(date, _SlicedBars(market, i), view, i - lo))
-                    if type(decision) is not StrategyDecision and not isinstance(decision, StrategyDecision):
-                        raise TypeError(
-                            f"{self.strategy_name}.decide returned {type(decision).__name__}, "
-                            "not StrategyDecision"
-                        )
-                    if decision.intents or decision.record is not None:
-                        event = self._finish(
-                            i, date, k, prices, equity, [], [], [], _NO_IDS, decision, view, want
-                        )
-                    else:
-                        exposure = gross / equity if equity > 0 else (0.0 if gross == 0 else math.inf)
-                        peak, day_start = risk.peak_equity, risk.day_start_equity
-                        commit_quiet(
-                            run_id,
-                            i - lo,
-                            iso[i],
-                            equity,
-                            broker.cash,
-                            exposure,
-                            self.positions_json,
-                            prices_json[k],
-                            risk.state,
-                            risk.halt_reason,
-                            self.version,
-                            float(peak if peak is not None else equity),
-                            float(day_start if day_start is not None else equity),
-                        )
-                        if not want:
-                            continue
-                        event = StepEvent(
-                            bar_date=date,
-                            index=i - lo,
-                            total=hi - lo + 1,
-                            decision=decision,
-                            orders=[],
-                            fills=[],
-                            risk_events=events,
-                            equity=equity,
-                            cash=broker.cash,
-                            resumed=self.resumed_steps > 0,
-                        )
+                    risk.day_start_equity, risk.peak_equity = day_start, peak
+                    risk.last_date, risk.last_equity = date, equity
+                    events = []
+            if events:
+                touched = list(touched)
+                if any(e.kind == "halt" for e in events):
+                    touched += broker.cancel_pending(date, "cancelled: HALTED", only_increasing=True)
+                fills = list(fills)
+                event = self._decide_and_finish(
+                    i, date, k, prices, equity, events, touched, fills, before, want
+                )
+                if want:
+                    on_step(event)  # type: ignore[misc,arg-type]
+                continue
+            peak, day_start = risk.peak_equity, risk.day_start_equity
+            view = PortfolioView(
+                cash, equity, holdings, prices, float(peak or equity), float(day_start or equity), risk.state
+            )
+            decision = decide(DecisionContext(date, _SlicedBars(market, i), view, i - lo))
+            if type(decision) is not StrategyDecision and not isinstance(decision, StrategyDecision):
+                raise TypeError(
+                    f"{self.strategy_name}.decide returned {type(decision).__name__}, not StrategyDecision"
+                )
+            if touched or fills or decision.intents or decision.record is not None:
+                event = self._finish(
+                    i,
+                    date,
+                    k,
+                    prices,
+                    equity,
+                    events,
+                    list(touched),
+                    list(fills),
+                    before,
+                    decision,
+                    view,
+                    want,
+                )
+            else:  # a quiet bar: nothing but the marks
+                exposure = gross / equity if equity > 0 else (0.0 if gross == 0 else math.inf)
+                peak, day_start = risk.peak_equity, risk.day_start_equity
+                commit_quiet(
+                    run_id,
+                    i - lo,
+                    iso[i],
+                    equity,
+                    cash,
+                    exposure,
+                    self.positions_json,
+                    prices_json[k],
+                    risk.state,
+                    risk.halt_reason,
+                    self.version,
+                    float(peak if peak is not None else equity),
+                    float(day_start if day_start is not None else equity),
+                )
+                if not want:
+                    continue
+                event = StepEvent(
+                    bar_date=date,
+                    index=i - lo,
+                    total=hi - lo + 1,
+                    decision=decision,
+                    orders=[],
+                    fills=[],
+                    risk_events=events,
+                    equity=equity,
+                    cash=cash,
+                    resumed=self.resumed_steps > 0,
+                )
             if want:
                 on_step(event)  # type: ignore[misc,arg-type]
 
@@ -871,23 +1007,31 @@ def build_result(
         columns[f"pos_{t}"] = np.array([quantity[text] for text in texts], dtype=np.int64)
     equity = pd.DataFrame(columns, index=index)
     fills = ledger.fills(run_id)
+    # Rows as tuples: the frame pandas builds from them is the one it builds from the
+    # as_dict() of each fill and order, without a dict per row.
     fills_df = pd.DataFrame(
-        [f.as_dict() for f in fills],
-        columns=[
-            "order_id",
-            "ticker",
-            "side",
-            "quantity",
-            "price",
-            "commission",
-            "slippage_cost",
-            "filled_at",
-            "reason",
+        [
+            (
+                f.order_id,
+                f.ticker,
+                f.side,
+                f.quantity,
+                f.price,
+                f.commission,
+                f.slippage_cost,
+                iso_date(f.filled_at),
+                f.reason,
+            )
+            for f in fills
         ],
+        columns=FILL_COLUMNS,
     )
     fills_df["filled_at"] = _to_datetime(fills_df["filled_at"])
     order_cols = list(Order.__dataclass_fields__)
-    orders_df = pd.DataFrame(ledger.order_dicts(run_id), columns=order_cols)
+    keys, rows = ledger.order_rows(run_id)
+    if list(keys) != order_cols:
+        rows = [tuple(dict(zip(keys, row, strict=True))[c] for c in order_cols) for row in rows]
+    orders_df = pd.DataFrame(rows, columns=order_cols)
     for col in ("created_at", "updated_at"):
         orders_df[col] = _to_datetime(orders_df[col])
     return EngineResult(
@@ -916,6 +1060,17 @@ def build_result(
     )
 
 
+FILL_COLUMNS = [
+    "order_id",
+    "ticker",
+    "side",
+    "quantity",
+    "price",
+    "commission",
+    "slippage_cost",
+    "filled_at",
+    "reason",
+]
 TRADE_COLUMNS = [
     "ticker",
     "size",

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class OrderIntent:
     """What a strategy wants; the risk engine decides what it gets.
 
@@ -38,10 +38,33 @@ class OrderIntent:
     stop_loss: float | None = None
     reason: str = ""
 
+    def __init__(  # the generated __init__, filling the instance dict at once (see below)
+        self,
+        ticker: str,
+        side: Literal["buy", "sell"],
+        quantity: int | None = None,
+        order_type: Literal["market", "limit"] = "market",
+        limit_price: float | None = None,
+        time_in_force: Literal["day", "gtc"] = "day",
+        stop_loss: float | None = None,
+        reason: str = "",
+    ) -> None:
+        self.__dict__.update(
+            ticker=ticker,
+            side=side,
+            quantity=quantity,
+            order_type=order_type,
+            limit_price=limit_price,
+            time_in_force=time_in_force,
+            stop_loss=stop_loss,
+            reason=reason,
+        )
 
-# PortfolioView and DecisionContext are built at every bar of every run. Their __init__ fills
-# the instance dict in one update: a frozen dataclass's generated __init__ goes through
-# object.__setattr__ once per field, which costs more than the rest of a quiet bar step.
+
+# PortfolioView and DecisionContext are built at every bar of every run (and OrderIntent for
+# every order). Their __init__ fills the instance dict in one update: a frozen dataclass's
+# generated __init__ goes through object.__setattr__ once per field, which costs more than the
+# rest of a quiet bar step.
 
 
 @dataclass(frozen=True, init=False)

@@ -274,6 +274,13 @@ def _opt_float(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
+@lru_cache(maxsize=4096)
+def _timestamp(value: str) -> pd.Timestamp:
+    """``pd.Timestamp(value)`` for a stored date (a run has few distinct ones; Timestamps are
+    immutable, so sharing one is safe)."""
+    return pd.Timestamp(value)
+
+
 def _ts(value: str | None) -> pd.Timestamp | None:
     return None if value is None else pd.Timestamp(value)
 
@@ -591,32 +598,41 @@ class Ledger:
 
     def order_dicts(self, run_id: str) -> list[dict[str, Any]]:
         """``[o.as_dict() for o in self.orders(run_id)]`` without building the orders."""
+        keys, rows = self.order_rows(run_id)
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def order_rows(self, run_id: str) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """:meth:`order_dicts` as its keys and one tuple of values per order (in id order)."""
         cur = self._db.cursor()
         cur.row_factory = None
         rows = cur.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE run_id = ? ORDER BY id", (run_id,))
-        keys = _ORDER_KEYS
-        out = []
-        for row in rows:
-            d = dict(zip(keys, row, strict=True))
-            d["created_at"] = d["created_at"] or None  # as orders() reads it
-            out.append(d)
-        return out
+        at = _ORDER_KEYS.index("created_at")
+        return _ORDER_KEYS, [
+            (*row[:at], row[at] or None, *row[at + 1 :]) if not row[at] else row  # as orders() reads it
+            for row in rows
+        ]
 
     def fills(self, run_id: str) -> list[Fill]:
-        rows = self._db.execute("SELECT * FROM fills WHERE run_id = ? ORDER BY id", (run_id,))
+        cur = self._db.cursor()
+        cur.row_factory = None
+        rows = cur.execute(
+            "SELECT client_order_id, ticker, side, quantity, price, commission, slippage_cost, filled_at,"
+            " reason FROM fills WHERE run_id = ? ORDER BY id",
+            (run_id,),
+        )
         return [
             Fill(
-                order_id=r["client_order_id"],
-                ticker=r["ticker"],
-                side=r["side"],
-                quantity=r["quantity"],
-                price=r["price"],
-                commission=r["commission"],
-                slippage_cost=r["slippage_cost"],
-                filled_at=pd.Timestamp(r["filled_at"]),
-                reason=r["reason"],
+                order_id=order_id,
+                ticker=ticker,
+                side=side,
+                quantity=quantity,
+                price=price,
+                commission=commission,
+                slippage_cost=slippage_cost,
+                filled_at=_timestamp(filled_at),
+                reason=reason,
             )
-            for r in rows
+            for order_id, ticker, side, quantity, price, commission, slippage_cost, filled_at, reason in rows
         ]
 
     def step_table(self, run_id: str) -> dict[str, list[Any]]:
@@ -690,15 +706,18 @@ class Ledger:
             args.append(int(limit))
         else:
             sql += " ORDER BY id"
+        cur = self._db.cursor()
+        cur.row_factory = None
+        loads = json.loads
         return [
             {
-                "bar_date": r["bar_date"],
-                "ticker": r["ticker"],
-                "strategy": r["strategy"],
-                "record": json.loads(r["record_json"]),
-                "created_at": r["created_at"],
+                "bar_date": bar,
+                "ticker": ticker,
+                "strategy": strategy,
+                "record": loads(record),
+                "created_at": at,
             }
-            for r in self._db.execute(sql, args)
+            for bar, ticker, strategy, record, at in cur.execute(sql, args)
         ]
 
     def risk_events(self, run_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:

@@ -79,7 +79,7 @@ class Order:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Fill:
     """One execution. ``price`` already includes slippage; ``commission`` is charged on top."""
 
@@ -92,6 +92,32 @@ class Fill:
     slippage_cost: float
     filled_at: pd.Timestamp
     reason: str = ""
+
+    def __init__(
+        self,
+        order_id: str,
+        ticker: str,
+        side: Side,
+        quantity: int,
+        price: float,
+        commission: float,
+        slippage_cost: float,
+        filled_at: pd.Timestamp,
+        reason: str = "",
+    ) -> None:
+        # The generated __init__ of a frozen dataclass sets each field through
+        # object.__setattr__; one update of the instance dict does the same, faster.
+        self.__dict__.update(
+            order_id=order_id,
+            ticker=ticker,
+            side=side,
+            quantity=quantity,
+            price=price,
+            commission=commission,
+            slippage_cost=slippage_cost,
+            filled_at=filled_at,
+            reason=reason,
+        )
 
     @property
     def client_order_id(self) -> str:

@@ -25,7 +25,7 @@ import pandas as pd
 from trading_agents.broker.orders import Fill, Order, Position, client_order_id
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class BarPrices:
     """One bar of one ticker."""
 
@@ -33,6 +33,10 @@ class BarPrices:
     high: float
     low: float
     close: float
+
+    def __init__(self, open: float, high: float, low: float, close: float) -> None:
+        # What the generated __init__ does, in one update instead of a setattr per field.
+        self.__dict__.update(open=open, high=high, low=low, close=close)
 
 
 class PaperBroker:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -164,7 +163,8 @@ class RiskEngine:
             return veto("invalid_intent", f"resolved quantity is {qty}: nothing to trade")
 
         reducing = (intent.side == "sell" and qty <= held) or (intent.side == "buy" and qty <= -held)
-        state = max(self.state, portfolio.risk_state, key=lambda s: _SEVERITY.get(s, 2))
+        mine, theirs = self.state, portfolio.risk_state  # the more severe, ours on a tie (as max gives)
+        state = mine if _SEVERITY.get(mine, 2) >= _SEVERITY.get(theirs, 2) else theirs
         if state != "ACTIVE" and not reducing:
             return veto("risk_state", f"account is {state}: only orders that reduce a position are allowed")
         if reducing:
@@ -172,48 +172,38 @@ class RiskEngine:
 
         sign = 1 if intent.side == "buy" else -1
         equity = float(portfolio.equity)
-        # (rule, cap, reason): reasons are formatted only for a clip or veto.
-        caps: list[tuple[str, int, Callable[[], str]]] = []
         s = self.settings
-        caps.append(
-            (
-                "max_order_notional",
-                math.floor(s.max_order_notional / ref_price),
-                lambda: f"order value above {s.max_order_notional:,.2f}",
-            )
-        )
+        # (rule, cap) in order; a reason is formatted only for a clip or veto.
+        caps = [("max_order_notional", math.floor(s.max_order_notional / ref_price))]
         # Room left on this side for the position after the order: |held + sign*q| * price <= pct * equity.
         pos_cap = math.floor(s.max_position_pct * equity / ref_price + 1e-9)
-        caps.append(
-            (
-                "max_position_pct",
-                pos_cap - held * sign if held * sign >= 0 else pos_cap + abs(held),
-                lambda: f"{ticker} position above {s.max_position_pct:.0%} of equity {equity:,.2f}",
-            )
-        )
+        caps.append(("max_position_pct", pos_cap - held * sign if held * sign >= 0 else pos_cap + abs(held)))
         gross = sum(abs(q) * portfolio.prices.get(t, 0.0) for t, q in portfolio.positions.items())
         room = s.max_gross_exposure_pct * equity - gross
         # Reducing part of a flip frees |held| of exposure before adding.
         freed = abs(held) if held * sign < 0 else 0
-        caps.append(
-            (
-                "max_gross_exposure_pct",
-                math.floor(max(room, 0.0) / ref_price + 1e-9) + 2 * freed,
-                lambda: f"gross exposure above {s.max_gross_exposure_pct:.0%} of equity",
-            )
-        )
+        caps.append(("max_gross_exposure_pct", math.floor(max(room, 0.0) / ref_price + 1e-9) + 2 * freed))
         if intent.side == "buy":
-            caps.append(
-                ("cash", self._cash_limit(portfolio.cash, ref_price), lambda: f"cash {portfolio.cash:,.2f}")
-            )
-        for rule, cap, why in caps:
+            caps.append(("cash", self._cash_limit(portfolio.cash, ref_price)))
+        for rule, cap in caps:
             cap = max(cap, 0)
             if qty > cap:
+                why = self._cap_reason(rule, ticker, equity, portfolio.cash)
                 if cap == 0:
-                    return veto(rule, f"quantity {qty} -> 0: {why()}")
-                events.append(RiskEvent("clip", rule, f"quantity {qty} -> {cap}: {why()}", ticker))
+                    return veto(rule, f"quantity {qty} -> 0: {why}")
+                events.append(RiskEvent("clip", rule, f"quantity {qty} -> {cap}: {why}", ticker))
                 qty = cap
         return RiskCheck(qty, False, events)
+
+    def _cap_reason(self, rule: str, ticker: str, equity: float, cash: float) -> str:
+        s = self.settings
+        if rule == "max_order_notional":
+            return f"order value above {s.max_order_notional:,.2f}"
+        if rule == "max_position_pct":
+            return f"{ticker} position above {s.max_position_pct:.0%} of equity {equity:,.2f}"
+        if rule == "max_gross_exposure_pct":
+            return f"gross exposure above {s.max_gross_exposure_pct:.0%} of equity"
+        return f"cash {cash:,.2f}"
 
     # -- kill switch -----------------------------------------------------------------------------
 
