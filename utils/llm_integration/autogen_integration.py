@@ -149,7 +149,36 @@ def to_chat_messages(messages: Sequence[LLMMessage]) -> list[dict[str, str]]:
     return out
 
 
-class LocalLlamaChatCompletionClient(ChatCompletionClient, Component[LocalLlamaConfig]):
+class StreamingChatCompletionClient(ChatCompletionClient):
+    """A model client whose ``create`` is its ``create_stream`` collected: one code path."""
+
+    async def create(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = (),
+        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
+        json_output: bool | type[BaseModel] | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> CreateResult:
+        """Run :meth:`create_stream` and return its final :class:`CreateResult`."""
+        result: CreateResult | None = None
+        async for item in self.create_stream(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            json_output=json_output,
+            extra_create_args=extra_create_args,
+            cancellation_token=cancellation_token,
+        ):
+            if isinstance(item, CreateResult):
+                result = item
+        assert result is not None
+        return result
+
+
+class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[LocalLlamaConfig]):
     """AutoGen model client over :class:`LocalLLM`: ``create``, real ``create_stream``, token counts.
 
     ``extra_create_args`` accepts ``max_tokens``, ``temperature``, ``top_p``, ``seed`` and
@@ -281,30 +310,6 @@ class LocalLlamaChatCompletionClient(ChatCompletionClient, Component[LocalLlamaC
         return CreateResult(
             finish_reason=finish, content=completion.text, usage=usage, cached=m.from_response_cache
         )
-
-    async def create(
-        self,
-        messages: Sequence[LLMMessage],
-        *,
-        tools: Sequence[Tool | ToolSchema] = (),
-        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
-        json_output: bool | type[BaseModel] | None = None,
-        extra_create_args: Mapping[str, Any] = {},
-        cancellation_token: CancellationToken | None = None,
-    ) -> CreateResult:
-        result: CreateResult | None = None
-        async for item in self.create_stream(
-            messages,
-            tools=tools,
-            tool_choice=tool_choice,
-            json_output=json_output,
-            extra_create_args=extra_create_args,
-            cancellation_token=cancellation_token,
-        ):
-            if isinstance(item, CreateResult):
-                result = item
-        assert result is not None
-        return result
 
     async def create_stream(
         self,

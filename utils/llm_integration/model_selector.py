@@ -50,7 +50,6 @@ from typing import Any, Literal, Self
 
 from autogen_core import CancellationToken, Component
 from autogen_core.models import (
-    ChatCompletionClient,
     CreateResult,
     LLMMessage,
     ModelCapabilities,  # type: ignore[attr-defined]
@@ -64,6 +63,7 @@ from utils.llm_integration.autogen_integration import (
     CLIENT_PROVIDER,
     SELECTOR_PROVIDER,
     LocalLlamaChatCompletionClient,
+    StreamingChatCompletionClient,
     check_providers,
     to_chat_messages,
 )
@@ -400,7 +400,7 @@ def _load_nested(config: Mapping[str, Any], what: str) -> LocalLlamaChatCompleti
     return client
 
 
-class ModelSelectorClient(ChatCompletionClient, Component[SelectorConfig]):
+class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfig]):
     """An AutoGen model client that routes each call to the primary or the fallback.
 
     Args:
@@ -703,30 +703,6 @@ class ModelSelectorClient(ChatCompletionClient, Component[SelectorConfig]):
                 stats.replies.append(metrics.completion_tokens)
 
     # -- calls ------------------------------------------------------------------------------------
-
-    async def create(
-        self,
-        messages: Sequence[LLMMessage],
-        *,
-        tools: Sequence[Tool | ToolSchema] = (),
-        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
-        json_output: bool | type[BaseModel] | None = None,
-        extra_create_args: Mapping[str, Any] = {},
-        cancellation_token: CancellationToken | None = None,
-    ) -> CreateResult:
-        result: CreateResult | None = None
-        async for item in self.create_stream(
-            messages,
-            tools=tools,
-            tool_choice=tool_choice,
-            json_output=json_output,
-            extra_create_args=extra_create_args,
-            cancellation_token=cancellation_token,
-        ):
-            if isinstance(item, CreateResult):
-                result = item
-        assert result is not None
-        return result
 
     async def create_stream(
         self,
