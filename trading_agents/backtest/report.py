@@ -106,7 +106,6 @@ def write_results(
     }
     paths = {name.split(".")[0]: out_dir / name for name in RESULT_FILES}
 
-    atomic_write_json(paths["summary"], _json_ready(summary))
     trades = result.trades if result.trades is not None else pd.DataFrame()
     atomic_write_text(paths["trades"], trades.to_csv(index=False))
     equity = result.equity
@@ -114,6 +113,8 @@ def write_results(
     atomic_write_text(paths["decisions"], decisions_jsonl(result.decisions or []))
     page = render_html(result, summary, bars=bars, baseline_equity=baseline_equity or {})
     atomic_write_bytes(paths["report"], page.encode("utf-8"))
+    # written last: a summary.json means the folder is complete (a full disk stops before it)
+    atomic_write_json(paths["summary"], _json_ready(summary))
     return paths
 
 

@@ -265,6 +265,8 @@ def ensure_writable(out_dir: Path) -> bool:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
             pass
+        for stale in out_dir.glob(".*.tmp*"):  # left by a run killed mid-write; we hold the lock
+            stale.unlink(missing_ok=True)
     except OSError as exc:
         raise ResourceError(
             f"cannot write results to {out_dir}: {exc.strerror or exc}; pass a writable --out folder"

@@ -12,6 +12,7 @@ import sys
 import click
 import typer
 from rich.markup import escape
+from typer.exceptions import TyperException
 
 from trading_agents.cli import backtest_cmd, bench_cmd, ledger_cmd, models_cmd, run_cmd, schedule_cmd
 from trading_agents.cli.common import err_console, quiet_libraries
@@ -45,22 +46,27 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user mistakes end as one ``error:`` line and a documented exit code."""
     quiet_libraries()
     try:
-        app(args=argv, standalone_mode=False, prog_name="trading-agents")
+        code = app(args=argv, standalone_mode=False, prog_name="trading-agents")
     except TradingAgentsError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
+        _error_line(exc.message)
         sys.exit(exc.exit_code)
     except LLMError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
+        _error_line(exc.message)
         sys.exit(3)
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
+    except (click.ClickException, TyperException) as exc:  # typer >= 0.25 raises its own click's
+        _error_line(f"{exc.format_message()} (see `trading-agents --help`)")
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
         sys.exit(130)
-    sys.exit(0)
+    # without standalone mode, a command's `raise typer.Exit(n)` comes back as the return value
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _error_line(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

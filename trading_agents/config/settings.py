@@ -16,13 +16,14 @@ Secrets (the Hugging Face token) are ``SecretStr``: printed as ``**********``.
 from __future__ import annotations
 
 import os
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from trading_agents.errors import ConfigError
 
@@ -206,6 +207,12 @@ def read_yaml_config(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections (llm:, risk:, ...)")
+    for section, body in data.items():
+        keys = [section, *(body if isinstance(body, dict) else ())]
+        bad = next((k for k in keys if not isinstance(k, str)), None)
+        if any(not isinstance(k, str) for k in keys):
+            where = "" if bad == section else f"{section}."
+            raise ConfigError(f"{path}: {where}{bad!r}: keys must be names like n_ctx, not numbers or null")
     return data
 
 
@@ -219,6 +226,8 @@ def load_settings(config: Path | str | None = None, overrides: dict[str, Any] | 
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path, data, overrides)) from None
+    except SettingsError as exc:  # an environment variable holding a list or mapping that is not JSON
+        raise ConfigError(_describe_env_error(exc)) from None
     finally:
         _PENDING_YAML.pop("data", None)
     settings._source_file = path
@@ -244,16 +253,29 @@ def _describe(exc: ValidationError, path: Path | None, data: dict[str, Any], fla
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+    env_name = ENV_PREFIX + "__".join(p.upper() for p in loc)
+    env_keys = {k.upper() for k in os.environ}
+    # the layers from the top down: flags override the environment, which overrides the file
     if _has(flags, loc):
         source = "command-line flag"
+    elif env_name in env_keys:
+        source = "environment variable " + env_name
     elif _has(data, loc):
         source = str(path)
-    elif any(k.upper().startswith(ENV_PREFIX + loc[0].upper()) for k in os.environ):
-        source = "environment variable " + ENV_PREFIX + "__".join(p.upper() for p in loc)
+    elif any(k.startswith(ENV_PREFIX + loc[0].upper()) for k in env_keys):
+        source = "environment variable " + env_name
     else:
         source = str(path) if path else "settings"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{source}: {key}: {msg}{more}; see configs/default.yaml for valid keys"
+
+
+def _describe_env_error(exc: SettingsError) -> str:
+    match = re.search(r'field "(\w+)"', str(exc))
+    section = match.group(1).upper() if match else ""
+    names = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX + section)) if section else []
+    where = "environment variable " + (names[0] if names else ENV_PREFIX + "...")
+    return f"{where}: a list or mapping value must be JSON, e.g. '[\"analyst\", \"risk\"]'"
 
 
 def _has(tree: Any, loc: list[str]) -> bool:

@@ -30,6 +30,7 @@ Replay
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -186,6 +187,25 @@ def llama_model_params_patch(**fields: Any) -> Iterator[None]:
         yield
     finally:
         lib.llama_model_default_params = original
+
+
+def ram_state_cache(capacity_bytes: int) -> Any:
+    """A ``LlamaRAMCache`` that counts what a saved state really holds.
+
+    llama-cpp-python counts only the KV bytes of a state, but each one also copies the logits
+    buffer (about 100 MB for a 49k vocabulary), so its capacity let memory grow far past the
+    setting. Counting scores and input ids keeps resident memory within ``capacity_bytes``.
+    """
+    from llama_cpp import LlamaRAMCache
+
+    class _HonestRAMCache(LlamaRAMCache):
+        @property
+        def cache_size(self) -> int:
+            return sum(
+                s.llama_state_size + s.scores.nbytes + s.input_ids.nbytes for s in self.cache_state.values()
+            )
+
+    return _HonestRAMCache(capacity_bytes=capacity_bytes)
 
 
 _LOAD_LOCK = threading.Lock()
@@ -454,7 +474,7 @@ class LocalLLM:
         if path.stat().st_size == 0:
             raise ModelLoadError(f"model file {path} is empty; download it again")
         try:
-            from llama_cpp import LlamaRAMCache
+            import llama_cpp  # noqa: F401
         except ImportError as exc:  # pragma: no cover - install problem
             raise ModelLoadError(f"llama-cpp-python is not importable ({exc}); run `make install`") from None
         try:
@@ -470,7 +490,7 @@ class LocalLLM:
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(f"llama.cpp could not load {path}: {exc}") from None
         if self.spec.ram_cache_mb > 0:
-            llama.set_cache(LlamaRAMCache(capacity_bytes=self.spec.ram_cache_mb << 20))
+            llama.set_cache(ram_state_cache(self.spec.ram_cache_mb << 20))
         self._setup_format(llama)
         return llama
 
@@ -800,8 +820,12 @@ def get_local_llm(spec: LLMSpec, *, hash_cache_dir: Path | None = None) -> Local
 
 
 def release_all() -> None:
-    """Close every shared model (tests and long-running servers use this)."""
+    """Close every shared model (tests, long-running servers and interpreter exit use this)."""
     with _REGISTRY_LOCK:
         for llm in _REGISTRY.values():
             llm.close()
         _REGISTRY.clear()
+
+
+# Closing models before interpreter teardown avoids llama-cpp-python's noisy Llama.__del__.
+atexit.register(release_all)
