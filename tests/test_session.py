@@ -137,7 +137,7 @@ def test_session_killed_mid_run_resumes_without_duplicate_orders(isolated_state:
         "trading_agents.cli.app",
         "run",
         "--start",
-        "2013-02-25",
+        "2013-02-26",
         "--end",
         "2013-02-28",
     ]
