@@ -91,9 +91,10 @@ def _models(settings: Settings, out_dir: Path) -> dict[str, Any]:
     except TradingAgentsError:
         pass  # not downloaded: the embedded pair below
     try:
-        from tests.gguf_factory import make_tiny_llama
-    except ImportError:
-        return {"skipped": "configured models are not downloaded and tests/gguf_factory.py is not importable"}
+        make_tiny_llama = _checkout_gguf_factory().make_tiny_llama
+    except (ImportError, FileNotFoundError, AttributeError):
+        reason = "configured models are not downloaded and tests/gguf_factory.py is not in this checkout"
+        return {"skipped": reason}
     tiny = make_tiny_llama(out_dir / "bench-fallback.Q8_0.gguf")
     embedded = embedded_model_path()
     return {
@@ -224,3 +225,19 @@ def _summary(steps: list[dict[str, Any]]) -> dict[str, Any]:
         "target_met": on_misses == 0 or on_misses < off_misses,
         "on_primary_share_by_step": [s["on"]["primary_share"] for s in steps],
     }
+
+
+def _checkout_gguf_factory() -> Any:
+    """``tests/gguf_factory.py`` of this checkout, loaded by path (the console script's
+    ``sys.path`` does not hold the checkout root, and ``tests`` is not an installed package)."""
+    import importlib.util
+
+    from trading_agents.config.settings import project_root
+
+    path = project_root() / "tests" / "gguf_factory.py"
+    spec = importlib.util.spec_from_file_location("trading_agents_bench_gguf_factory", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise FileNotFoundError(path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -27,7 +27,7 @@ from trading_agents.backtest.strategy import DecisionContext, StrategyDecision
 from trading_agents.broker.ledger import Ledger
 from trading_agents.config.settings import load_settings
 from trading_agents.market import load_bars
-from utils.llm_integration.local_llm import grammar_schema, load_llama, physical_cores
+from utils.llm_integration.local_llm import grammar_schema, load_llama, physical_cores, ram_state_cache
 
 
 class _Timed:
@@ -48,11 +48,11 @@ class _Timed:
 def _raw_replay(
     steps: list[dict[str, Any]], model_path: Path, n_ctx: int, seed: int, cache_mb: int
 ) -> dict[str, Any]:
-    from llama_cpp import LlamaGrammar, LlamaRAMCache
+    from llama_cpp import LlamaGrammar
 
     llama = load_llama(model_path, n_ctx, n_threads=physical_cores(), seed=seed)
     if cache_mb:
-        llama.set_cache(LlamaRAMCache(capacity_bytes=cache_mb << 20))
+        llama.set_cache(ram_state_cache(cache_mb << 20))  # the same state cache the framework uses
     grammars = {
         role: LlamaGrammar.from_json_schema(json.dumps(grammar_schema(s.model_json_schema())), verbose=False)
         for role, s in ROLE_SCHEMAS.items()
