@@ -228,3 +228,14 @@ def test_mixtral_shaped_model_runs_with_the_system_folding_format(tmp_path: Path
     assert isinstance(out.parsed, OrderProposal)  # gibberish weights, but the grammar holds
     assert out.metrics.prompt_tokens == len(llm.tokenize(prompt))
     llm.close()
+
+
+def test_json_strings_cannot_hold_raw_control_characters(llm: LocalLLM) -> None:
+    """Strict JSON parsers (AutoGen's structured output among them) reject raw newlines in strings."""
+    from trading_agents.agents.schemas import AnalystReport as Report
+
+    grammar = llm._grammar(Report.model_json_schema())
+    assert '[^"\\\\\\x7F\\x00-\\x1F]' in grammar._grammar
+    msgs = [{"role": "user", "content": "Write a rationale with several lines and tabs, as JSON."}]
+    out = llm.complete(msgs, schema=Report, sampling=SamplingParams(max_tokens=400))
+    Report.model_validate_json(out.text)  # strict parsing, as AssistantAgent does

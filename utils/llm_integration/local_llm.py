@@ -209,6 +209,8 @@ def ram_state_cache(capacity_bytes: int) -> Any:
 
 
 _LOAD_LOCK = threading.Lock()
+_LOOSE_CHAR_RULE = 'char ::= [^"\\\\] |'
+_STRICT_CHAR_RULE = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 
 
 def load_llama(path: Path, n_ctx: int, *, extra_buffers: bool | None = None, **kwargs: Any) -> Any:
@@ -752,6 +754,9 @@ class LocalLLM:
         if cached is not None:
             return cached
         grammar = LlamaGrammar.from_json_schema(json.dumps(grammar_schema(schema_json)), verbose=False)
+        # llama-cpp-python's port lets raw control characters into JSON strings (llama.cpp's own
+        # converter excludes them); strict JSON parsers, AutoGen's included, then reject the reply
+        grammar._grammar = grammar._grammar.replace(_LOOSE_CHAR_RULE, _STRICT_CHAR_RULE)
         vocab = self.llama._model.vocab
         with suppress_stdout_stderr(disable=False):  # llama.cpp prints the whole grammar on failure
             probe = llama_cpp.llama_sampler_init_grammar(
