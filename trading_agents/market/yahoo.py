@@ -73,6 +73,12 @@ def yfinance_history(ticker: str, state_dir: Path | None = None) -> pd.DataFrame
     if state_dir is not None:
         state_dir.mkdir(parents=True, exist_ok=True)
         yf.set_tz_cache_location(str(state_dir))
+    config = getattr(yf, "config", None)
+    if config is not None:  # yfinance >= 1.x: errors are hidden (an empty frame) unless asked for
+        config.debug.hide_exceptions = False
+        return yf.Ticker(ticker).history(
+            period="max", interval="1d", auto_adjust=False, actions=True, timeout=15
+        )
     return yf.Ticker(ticker).history(
         period="max", interval="1d", auto_adjust=False, actions=True, raise_errors=True, timeout=15
     )
