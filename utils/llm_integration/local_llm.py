@@ -337,6 +337,18 @@ _SHA_LOCK = threading.Lock()
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}
 
 
+def json_schema_grammar(schema_json: Mapping[str, Any]) -> Any:
+    """The ``LlamaGrammar`` that constrains a reply to ``schema_json`` (bounded by
+    :func:`grammar_schema`); not yet checked by llama.cpp (``LocalLLM`` does that once)."""
+    from llama_cpp import LlamaGrammar
+
+    grammar = LlamaGrammar.from_json_schema(json.dumps(grammar_schema(schema_json)), verbose=False)
+    # llama-cpp-python's port lets raw control characters into JSON strings (llama.cpp's own
+    # converter excludes them); strict JSON parsers, AutoGen's included, then reject the reply
+    grammar._grammar = grammar._grammar.replace(_LOOSE_CHAR_RULE, _STRICT_CHAR_RULE)
+    return grammar
+
+
 def file_sha256(path: Path, cache_dir: Path | None = None) -> str:
     """sha256 of a (possibly 26 GB) file, remembered by path, size and mtime.
 
@@ -746,17 +758,14 @@ class LocalLLM:
     def _grammar(self, schema_json: Mapping[str, Any]) -> Any:
         """The llama.cpp grammar for a schema, checked once: a grammar llama.cpp cannot parse
         would crash the process when sampling starts, so it is refused here instead."""
-        from llama_cpp import LlamaGrammar, llama_cpp
+        from llama_cpp import llama_cpp
         from llama_cpp._utils import suppress_stdout_stderr
 
         key = json.dumps(schema_json, sort_keys=True)
         cached = self._grammars.get(key)
         if cached is not None:
             return cached
-        grammar = LlamaGrammar.from_json_schema(json.dumps(grammar_schema(schema_json)), verbose=False)
-        # llama-cpp-python's port lets raw control characters into JSON strings (llama.cpp's own
-        # converter excludes them); strict JSON parsers, AutoGen's included, then reject the reply
-        grammar._grammar = grammar._grammar.replace(_LOOSE_CHAR_RULE, _STRICT_CHAR_RULE)
+        grammar = json_schema_grammar(schema_json)
         vocab = self.llama._model.vocab
         with suppress_stdout_stderr(disable=False):  # llama.cpp prints the whole grammar on failure
             probe = llama_cpp.llama_sampler_init_grammar(
