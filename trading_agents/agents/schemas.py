@@ -12,8 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-Signal = Annotated[str, StringConstraints(max_length=48)]
-Reason = Annotated[str, StringConstraints(max_length=80)]
+Signal = Annotated[str, StringConstraints(max_length=40)]
+Reason = Annotated[str, StringConstraints(max_length=60)]
 
 
 class _Reply(BaseModel):
@@ -27,7 +27,7 @@ class AnalystReport(_Reply):
     conviction: float = Field(ge=0.0, le=1.0, description="0 = none, 1 = certain")
     horizon_days: int = Field(ge=1, le=20, description="expected holding period in trading days")
     key_signals: list[Signal] = Field(max_length=3)
-    rationale: str = Field(max_length=160)
+    rationale: str = Field(max_length=120)
 
 
 class RiskVerdict(_Reply):
