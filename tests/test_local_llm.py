@@ -239,3 +239,49 @@ def test_json_strings_cannot_hold_raw_control_characters(llm: LocalLLM) -> None:
     msgs = [{"role": "user", "content": "Write a rationale with several lines and tabs, as JSON."}]
     out = llm.complete(msgs, schema=Report, sampling=SamplingParams(max_tokens=400))
     Report.model_validate_json(out.text)  # strict parsing, as AssistantAgent does
+
+
+def test_grammar_check_waits_while_a_model_load_silences_output(llm: LocalLLM) -> None:
+    """llama-cpp-python silences a load by swapping sys.stdout and fds 1-2; a grammar check that
+    swapped them too, in another thread, at the same time, would leave the CLI silent for good."""
+    import sys
+    import threading
+
+    from utils.llm_integration import local_llm
+
+    schema = {"title": "Probe", "type": "object", "properties": {"n": {"type": "integer"}}}
+    stdout = sys.stdout
+    done = threading.Event()
+    assert llm.llama is not None  # loaded first: only the grammar check is left to wait
+    with local_llm._STDIO_LOCK:  # as load_llama holds it
+        worker = threading.Thread(target=lambda: (llm._grammar(schema), done.set()))
+        worker.start()
+        assert not done.wait(0.5), "the grammar check ran while a load held the output"
+        assert sys.stdout is stdout
+    worker.join(30)
+    assert done.is_set() and sys.stdout is stdout
+
+
+def test_a_call_whose_deadline_passes_in_the_queue_does_not_start(llm: LocalLLM) -> None:
+    """A caller that waited past its deadline for the model is told so at once: generating
+    then would only delay the fallback that must answer instead."""
+    import threading
+
+    calls = llm.calls
+    errors: list[BaseException] = []
+
+    def late() -> None:
+        try:
+            llm.complete(MESSAGES, sampling=SamplingParams(max_tokens=8), deadline=time.monotonic() + 0.2)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with llm._slot():  # another call holds the model past the deadline
+        worker = threading.Thread(target=late)
+        worker.start()
+        time.sleep(0.5)
+        assert llm.waiting == 1
+    worker.join(30)
+    assert len(errors) == 1 and isinstance(errors[0], DeadlineExceededError)
+    assert "waiting for the model" in str(errors[0])
+    assert llm.calls == calls  # nothing was generated

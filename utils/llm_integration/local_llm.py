@@ -208,7 +208,10 @@ def ram_state_cache(capacity_bytes: int) -> Any:
     return _HonestRAMCache(capacity_bytes=capacity_bytes)
 
 
-_LOAD_LOCK = threading.Lock()
+# llama-cpp-python silences llama.cpp by swapping the process's stdout/stderr (sys.stdout and
+# fds 1 and 2) around model loads; two such sections overlapping in threads leave the swap in
+# place for good, and the CLI's output with it. Every such section in this process holds this.
+_STDIO_LOCK = threading.Lock()
 _LOOSE_CHAR_RULE = 'char ::= [^"\\\\] |'
 _STRICT_CHAR_RULE = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 
@@ -224,7 +227,7 @@ def load_llama(path: Path, n_ctx: int, *, extra_buffers: bool | None = None, **k
     if extra_buffers is None:
         extra_buffers = not llama_has_amx_kernels()
     kwargs.setdefault("verbose", False)
-    with _LOAD_LOCK, llama_model_params_patch(use_extra_bufts=extra_buffers):
+    with _STDIO_LOCK, llama_model_params_patch(use_extra_bufts=extra_buffers):
         return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, **kwargs)
 
 
@@ -458,6 +461,7 @@ class LocalLLM:
         self._count_lock = threading.Lock()
         self.in_flight = 0
         self.waiting = 0
+        self.busy_since = 0.0  # time.monotonic() when the call in flight took the model
         self.calls = 0
         self._prompt_rate = 0.0  # tokens/s, exponential moving average
         self._gen_rate = 0.0
@@ -589,7 +593,7 @@ class LocalLLM:
         return len(self.tokenize(self.render(messages)[0]))
 
     def rates(self) -> tuple[float, float]:
-        """Rolling (prompt tokens/s, generation tokens/s); 0 before the first call."""
+        """Rolling (prompt tokens/s, reply tokens/s by the wall clock); 0 before the first call."""
         return self._prompt_rate, self._gen_rate
 
     # -- generation ------------------------------------------------------------------------
@@ -607,6 +611,7 @@ class LocalLLM:
         try:
             with self._count_lock:
                 self.in_flight += 1
+                self.busy_since = time.monotonic()
             yield
         finally:
             with self._count_lock:
@@ -690,6 +695,8 @@ class LocalLLM:
         pieces: list[str] = []
         finish = "stop"
         with self._slot():
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceededError(f"{self.display} passed its deadline waiting for the model")
             llama = self.llama
             llama_cpp.llama_perf_context_reset(llama._ctx.ctx)
             start = time.monotonic()
@@ -732,7 +739,10 @@ class LocalLLM:
         generated = max(n_gen, int(perf.n_eval))
         p_rate = perf.n_p_eval / (perf.t_p_eval_ms / 1e3) if perf.t_p_eval_ms > 0 else 0.0
         g_rate = perf.n_eval / (perf.t_eval_ms / 1e3) if perf.t_eval_ms > 0 else 0.0
-        self._update_rates(p_rate, g_rate)
+        # the router plans with what a reply token really costs: sampling under a grammar and
+        # streaming take as long as the forward pass on small models, and llama.cpp counts neither
+        wall_rate = (generated - 1) / (latency - ttft) if generated > 1 and latency > ttft > 0 else 0.0
+        self._update_rates(p_rate, wall_rate or g_rate)
         self.calls += 1
         metrics = CallMetrics(
             model=self.display,
@@ -767,7 +777,8 @@ class LocalLLM:
             return cached
         grammar = json_schema_grammar(schema_json)
         vocab = self.llama._model.vocab
-        with suppress_stdout_stderr(disable=False):  # llama.cpp prints the whole grammar on failure
+        # llama.cpp prints the whole grammar on failure
+        with _STDIO_LOCK, suppress_stdout_stderr(disable=False):
             probe = llama_cpp.llama_sampler_init_grammar(
                 vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
             )
