@@ -285,6 +285,44 @@ def test_slow_primary_is_cut_mid_generation_and_the_fallback_still_answers(
     assert client.health.failures == 1
 
 
+def test_a_reply_kind_the_primary_has_not_answered_is_tried_with_a_cut_off(
+    embedded_model: Path, tiny: Path
+) -> None:
+    """Rates alone say nothing about how long a new kind of reply is: rather than assume
+    max_tokens (and never try the primary again), the selector tries it, cut where the
+    fallback's reserve begins, and plans the next call of that kind from what it measured."""
+    client = ModelSelectorClient(
+        primary=primary_cfg(embedded_model, max_tokens=200), fallback=fallback_cfg(tiny), **QUIET
+    )
+    run(client.create(ASK, json_output=Decision))  # rates measured, on a short reply kind
+    generous = {"deadline_s": 60.0}
+    ask = [UserMessage(content="GOOG's daily direction, last 20 days?", source="desk")]
+    run(client.create(ask, json_output=Month, extra_create_args=generous))
+    route = client.last_route
+    assert route is not None and route.reason == "primary", route
+    assert route.detail.startswith("not yet measured for this reply; cut at")
+    run(client.create(ask, json_output=Month, extra_create_args=generous))
+    assert client.last_route is not None and client.last_route.reason == "primary"
+    assert client.last_route.detail == ""  # planned from Month's measured length this time
+
+
+def test_reply_lengths_are_remembered_per_kind() -> None:
+    """A long report's length must not make a short order look too slow for the primary."""
+    from collections import deque
+
+    from trading_agents.agents.schemas import OrderProposal
+    from utils.llm_integration.model_selector import PrimaryHealth, reply_kind
+
+    report, order = reply_kind(AnalystReport), reply_kind(OrderProposal)
+    assert len({report, order, reply_kind(True), reply_kind(None)}) == 4
+    health = PrimaryHealth(replies={report: deque([120, 250]), order: deque([50, 48])})
+    expected = ModelSelectorClient._expected_reply_tokens
+    assert expected(health, order, 400) == 51
+    assert expected(health, report, 400) == 251
+    assert expected(health, report, 200) == 200  # never beyond max_tokens
+    assert expected(health, reply_kind(True), 400) is None  # not measured: no guess
+
+
 def test_context_too_long_for_the_primary_goes_to_the_fallback_or_fails_closed(
     embedded_model: Path, tiny: Path
 ) -> None:

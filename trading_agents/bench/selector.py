@@ -140,11 +140,10 @@ def _calibrate(pair: dict[str, Any]) -> float:
 
 def _client(pair: dict[str, Any], settings: Settings, mode: str) -> ChatCompletionClient:
     from utils.llm_integration.autogen_integration import LocalLlamaChatCompletionClient
-    from utils.llm_integration.model_selector import ModelSelectorClient, SelectorConfig, reset_selector_state
+    from utils.llm_integration.model_selector import ModelSelectorClient, SelectorConfig
 
     if mode == "off":
         return LocalLlamaChatCompletionClient.load_component(pair["primary"])
-    reset_selector_state()
     cfg = SelectorConfig(
         primary=pair["primary"],
         fallback=pair["fallback"],
@@ -157,14 +156,20 @@ def _client(pair: dict[str, Any], settings: Settings, mode: str) -> ChatCompleti
 def _step(
     pair: dict[str, Any], settings: Settings, mode: str, loops: int, calls: int, deadline_s: float
 ) -> dict[str, Any]:
-    """``loops`` threads, each making ``calls`` decisions in a row; one client per loop (like roles)."""
+    """``loops`` threads, each making ``calls`` decisions in a row; one client per loop (like roles).
+
+    The selector's shared state is reset once, before the clients are built: all loops' clients
+    then share one view of the primary's queue and history, as a desk's roles do.
+    """
+    from utils.llm_integration.model_selector import reset_selector_state
+
     records: list[dict[str, Any]] = []
     lock = threading.Lock()
-    barrier = threading.Barrier(loops)
+    reset_selector_state()
+    clients = [_client(pair, settings, mode) for _ in range(loops)]
 
     def loop(n: int) -> None:
-        client = _client(pair, settings, mode)
-        barrier.wait()
+        client = clients[n]
 
         async def decide() -> None:
             for i in range(calls):

@@ -86,6 +86,10 @@ REASONS: tuple[str, ...] = ("primary", "queue", "deadline", "pressure", "cooldow
 UNMEASURED_PRIMARY_SHARE = 0.5
 # Safety factor on the fallback's estimated latency when reserving time for it.
 FALLBACK_MARGIN = 1.5
+# The fallback's reserve is at least this share of the time left: the primary's cut is checked
+# token by token and its reply still has to be parsed, so a reserve of a few milliseconds for a
+# fast fallback would be eaten by that tail and the fallback cut in turn.
+RESERVE_FLOOR_SHARE = 0.1
 # Recent replies kept to estimate how many tokens a reply takes.
 _HISTORY = 20
 
@@ -333,7 +337,7 @@ class PrimaryHealth:
     in_pressure: bool = False
     active: int = 0  # calls routed to the primary and not finished yet
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=_HISTORY))
-    replies: deque[int] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    replies: dict[str, deque[int]] = field(default_factory=dict)  # reply tokens per reply kind
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def benched_for(self, now: float) -> float:
@@ -341,6 +345,21 @@ class PrimaryHealth:
 
     def mean_latency(self) -> float | None:
         return sum(self.latencies) / len(self.latencies) if self.latencies else None
+
+    def longest_reply(self, kind: str) -> int | None:
+        """The longest of the recent replies of ``kind`` (call with ``lock`` held), or None."""
+        recent = self.replies.get(kind)
+        return max(recent) if recent else None
+
+
+def reply_kind(json_output: bool | type[BaseModel] | None) -> str:
+    """What a reply's length depends on: its schema (a desk role's verdict, say) or free text.
+
+    Reply lengths are remembered per kind, so a short order is not planned like a long report.
+    """
+    if isinstance(json_output, type):
+        return f"schema:{json_output.__module__}.{json_output.__qualname__}"
+    return "json" if json_output else "text"
 
 
 _HEALTH: dict[LLMSpec, PrimaryHealth] = {}
@@ -513,7 +532,7 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
 
         Nothing is loaded; the prompt-dependent checks (context, deadline) are skipped.
         """
-        return self._plan(None, 0, None, dry=True).route
+        return self._plan(None, 0, None, "text", dry=True).route
 
     def _signals_route(self, now: float) -> Route | None:
         """Cooldown, pressure and queue checks; None when they leave the primary eligible.
@@ -570,7 +589,13 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
         return self._primary.spec.display_name
 
     def _plan(
-        self, chat: list[dict[str, str]] | None, max_tokens: int, deadline: float | None, *, dry: bool = False
+        self,
+        chat: list[dict[str, str]] | None,
+        max_tokens: int,
+        deadline: float | None,
+        kind: str,
+        *,
+        dry: bool = False,
     ) -> _Plan:
         """Choose the model for one call (runs in a worker thread: it may tokenize and load)."""
         cfg = self._config
@@ -588,7 +613,7 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
                 self._health.active -= 1
             return _Plan(primary, True)
         try:
-            plan = self._plan_prompt(chat, max_tokens, deadline)
+            plan = self._plan_prompt(chat, max_tokens, deadline, kind)
         except BaseException as exc:
             with self._health.lock:
                 self._health.active -= 1
@@ -601,8 +626,16 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
                 self._health.active -= 1
         return plan
 
-    def _plan_prompt(self, chat: list[dict[str, str]], max_tokens: int, deadline: float | None) -> _Plan:
-        """Context and deadline checks for a primary that passed the load checks."""
+    def _plan_prompt(
+        self, chat: list[dict[str, str]], max_tokens: int, deadline: float | None, kind: str
+    ) -> _Plan:
+        """Context and deadline checks for a primary that passed the load checks.
+
+        With a deadline, the primary is chosen when its estimate fits the time left after the
+        fallback's reserve, and is cut at that point if it runs late. Before the primary has
+        answered a call of this kind there is no honest estimate, so it is tried: the cut-off
+        and the reserve still guarantee the deadline, and the call measures what comes next.
+        """
         llm = self._primary.llm
         tokens = llm.tokenize(llm.render(chat)[0])  # loads the primary: ModelLoadError counts as a failure
         if len(tokens) + max_tokens > llm.n_ctx:
@@ -629,8 +662,9 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
             return _Plan(Route(self._primary_name, "primary"), True)
         now = time.monotonic()
         left = deadline - now
-        reserve = self._fallback_reserve(len(tokens), left)
-        estimate = self._primary_estimate(llm, tokens, max_tokens)
+        reserve = self._fallback_reserve(len(tokens), left, kind)
+        expected = self._expected_reply_tokens(self._health, kind, max_tokens)
+        estimate = self._primary_estimate(llm, tokens, expected) if expected is not None else None
         budget = left - reserve
         if budget <= 0 or (estimate is not None and estimate > budget):
             shown = f"{estimate:.2f}s" if estimate is not None else "unknown"
@@ -643,9 +677,10 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
                 ),
                 False,
             )
-        return _Plan(Route(self._primary_name, "primary"), True, now + budget)
+        detail = "" if estimate is not None else f"not yet measured for this reply; cut at {budget:.2f}s"
+        return _Plan(Route(self._primary_name, "primary", detail), True, now + budget)
 
-    def _primary_estimate(self, llm: LocalLLM, tokens: list[int], max_tokens: int) -> float | None:
+    def _primary_estimate(self, llm: LocalLLM, tokens: list[int], reply_tokens: int) -> float | None:
         """Seconds until the primary would finish this call, or None before any measurement."""
         p_rate, g_rate = llm.rates()
         health = self._health
@@ -653,23 +688,24 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
             return None
         uncached = len(tokens) - llm.cached_prefix(tokens)
         prompt_s = uncached / p_rate if p_rate > 0 else 0.0
-        reply_s = self._expected_reply_tokens(health, max_tokens) / g_rate
-        ahead = max(0, llm.in_flight + llm.waiting)
-        wait_s = ahead * (health.mean_latency() or (prompt_s + reply_s))
-        return wait_s + prompt_s + reply_s
+        reply_s = reply_tokens / g_rate
+        per_call = health.mean_latency() or (prompt_s + reply_s)
+        running = max(0.0, per_call - (time.monotonic() - llm.busy_since)) if llm.in_flight else 0.0
+        return running + llm.waiting * per_call + prompt_s + reply_s
 
     @staticmethod
-    def _expected_reply_tokens(stats: PrimaryHealth, cap: int) -> int:
-        """Reply tokens to plan for: max_tokens, or 1.25 x the longest recent reply.
+    def _expected_reply_tokens(stats: PrimaryHealth, kind: str, cap: int) -> int | None:
+        """Reply tokens to plan for: the longest recent reply of this kind (at most max_tokens),
+        or None before the model has given one.
 
         Structured replies are bounded by their schema and end long before max_tokens;
-        planning with max_tokens alone would route nearly every call away from a slow primary.
+        planning with max_tokens would route nearly every call away from a slow primary.
         """
         with stats.lock:
-            recent = max(stats.replies) if stats.replies else None
-        return cap if recent is None else min(cap, math.ceil(recent * 1.25) + 1)
+            recent = stats.longest_reply(kind)
+        return None if recent is None else min(cap, recent + 1)
 
-    def _fallback_reserve(self, prompt_tokens: int, left: float) -> float:
+    def _fallback_reserve(self, prompt_tokens: int, left: float, kind: str) -> float:
         """Seconds kept for the fallback after the primary's cut-off."""
         assert self._fallback is not None
         fb = self._fallback.llm
@@ -678,11 +714,11 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
         if g_rate <= 0 or p_rate <= 0:
             return left * (1 - UNMEASURED_PRIMARY_SHARE)
         with stats.lock:
-            recent = max(stats.replies) if stats.replies else _max_tokens(self._fallback)
+            recent = stats.longest_reply(kind) or _max_tokens(self._fallback)
             mean = stats.mean_latency()
         own = prompt_tokens / p_rate + recent / g_rate
         wait = (fb.in_flight + fb.waiting) * (mean or own)
-        return min(left, FALLBACK_MARGIN * (own + wait))
+        return min(left, max(RESERVE_FLOOR_SHARE * left, FALLBACK_MARGIN * (own + wait)))
 
     def _record_failure(self, exc: BaseException) -> None:
         cfg, health = self._config, self._health
@@ -692,7 +728,9 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
             if health.failures >= cfg.failure_threshold:
                 health.benched_until = time.monotonic() + cfg.cooldown_s
 
-    def _record_success(self, metrics: CallMetrics | None, stats: PrimaryHealth, primary: bool) -> None:
+    def _record_success(
+        self, metrics: CallMetrics | None, stats: PrimaryHealth, primary: bool, kind: str
+    ) -> None:
         with stats.lock:
             if primary:
                 stats.failures = 0
@@ -700,7 +738,7 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
                 stats.last_error = ""
             if metrics is not None and not metrics.from_response_cache:
                 stats.latencies.append(metrics.latency_s)
-                stats.replies.append(metrics.completion_tokens)
+                stats.replies.setdefault(kind, deque(maxlen=_HISTORY)).append(metrics.completion_tokens)
 
     # -- calls ------------------------------------------------------------------------------------
 
@@ -722,7 +760,8 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
         deadline_s = args.pop("deadline_s", self._config.deadline_s)
         deadline = time.monotonic() + float(deadline_s) if deadline_s is not None else None
         max_tokens = int(args.get("max_tokens", _max_tokens(self._primary)))
-        plan = await asyncio.to_thread(self._plan, chat, max_tokens, deadline)
+        kind = reply_kind(json_output)
+        plan = await asyncio.to_thread(self._plan, chat, max_tokens, deadline, kind)
         route = plan.route
         call = {
             "tools": tools,
@@ -738,7 +777,7 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
             try:
                 async for item in self._primary.create_stream(messages, extra_create_args=p_args, **call):
                     if isinstance(item, CreateResult):
-                        self._record_success(self._primary.last_metrics, self._health, primary=True)
+                        self._record_success(self._primary.last_metrics, self._health, True, kind)
                         self._served(route, self._primary, item)
                     yield item
                 return
@@ -768,7 +807,7 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
             async for item in self._fallback.create_stream(messages, extra_create_args=f_args, **call):
                 if isinstance(item, CreateResult):
                     self._record_success(
-                        self._fallback.last_metrics, _fallback_stats(self._fallback.spec), False
+                        self._fallback.last_metrics, _fallback_stats(self._fallback.spec), False, kind
                     )
                     self._served(route, self._fallback, item)
                 yield item
