@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from trading_agents.errors import ConfigError
+from utils.llm_integration.selector_limits import SelectorLimits
 
 ENV_PREFIX = "TRADING_AGENTS_"
 CONFIG_ENV = "TRADING_AGENTS_CONFIG"
@@ -98,16 +99,11 @@ class BrokerSettings(Section):
     slippage_bps: float = Field(5.0, ge=0.0, le=1000.0)
 
 
-class SelectorSettings(Section):
-    enabled: bool = True
-    max_in_flight: int = Field(1, ge=1, description="Primary requests in flight before queueing counts.")
-    max_queue: int = Field(1, ge=0, description="Queued primary requests tolerated before falling back.")
-    deadline_s: float | None = Field(None, gt=0.0, description="Per agent step; null: none.")
-    max_load_per_core: float = Field(1.5, gt=0.0)
-    min_available_mb: int = Field(512, ge=0)
-    failure_threshold: int = Field(3, ge=1, description="Failures before the primary is benched.")
-    cooldown_s: float = Field(30.0, ge=0.0)
-    hysteresis: float = Field(0.2, ge=0.0, lt=1.0, description="Return only below (1-h) x threshold.")
+class _SelectorSwitch(Section):
+    enabled: bool = True  # a base so that it comes before the limits in dumps and error lists
+
+
+class SelectorSettings(SelectorLimits, _SelectorSwitch):
     fallback_roles: list[Literal["analyst", "risk", "executor"]] = Field(
         default_factory=lambda: ["analyst", "risk", "executor"]
     )
@@ -275,7 +271,7 @@ def _describe_env_error(exc: SettingsError) -> str:
     section = match.group(1).upper() if match else ""
     names = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX + section)) if section else []
     where = "environment variable " + (names[0] if names else ENV_PREFIX + "...")
-    return f"{where}: a list or mapping value must be JSON, e.g. '[\"analyst\", \"risk\"]'"
+    return f'{where}: a list or mapping value must be JSON, e.g. \'["analyst", "risk"]\''
 
 
 def _has(tree: Any, loc: list[str]) -> bool:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import struct
 import threading
 import time
 from collections import Counter, deque
@@ -57,7 +56,7 @@ from autogen_core.models import (
     RequestUsage,
 )
 from autogen_core.tools import Tool, ToolSchema
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from utils.llm_integration.autogen_integration import (
     CLIENT_PROVIDER,
@@ -67,6 +66,7 @@ from utils.llm_integration.autogen_integration import (
     check_providers,
     to_chat_messages,
 )
+from utils.llm_integration.gguf_header import GGUFHeaderError, GGUFInfo, read_gguf_info
 from utils.llm_integration.local_llm import (
     CallMetrics,
     DeadlineExceededError,
@@ -78,6 +78,7 @@ from utils.llm_integration.local_llm import (
     OutputTruncatedError,
     get_local_llm,
 )
+from utils.llm_integration.selector_limits import SelectorLimits
 
 Reason = Literal["primary", "queue", "deadline", "pressure", "cooldown", "context", "error"]
 REASONS: tuple[str, ...] = ("primary", "queue", "deadline", "pressure", "cooldown", "context", "error")
@@ -94,28 +95,24 @@ RESERVE_FLOOR_SHARE = 0.1
 _HISTORY = 20
 
 
-class SelectorConfig(BaseModel):
-    """Declarative config of :class:`ModelSelectorClient` (unknown keys are errors).
-
-    ``primary`` and ``fallback`` are :class:`LocalLlamaChatCompletionClient` component configs
-    (``AutoGenLLMConfig.local(...)``); the other fields mean what they mean in the
-    ``selector:`` settings section.
-    """
-
-    model_config = ConfigDict(extra="forbid")
+class _SelectorModels(BaseModel):
+    """The models to choose between and the role served (a base so that they come first in dumps)."""
 
     primary: dict[str, Any]
     fallback: dict[str, Any] | None = None
     role: str = ""
     may_fall_back: bool = True
-    max_in_flight: int = Field(1, ge=1, description="Primary requests in flight before queueing counts.")
-    max_queue: int = Field(1, ge=0, description="Queued primary requests tolerated before falling back.")
-    deadline_s: float | None = Field(None, gt=0.0, description="Per call; null: none.")
-    max_load_per_core: float = Field(1.5, gt=0.0)
-    min_available_mb: int = Field(512, ge=0)
-    failure_threshold: int = Field(3, ge=1, description="Failures before the primary is benched.")
-    cooldown_s: float = Field(30.0, ge=0.0)
-    hysteresis: float = Field(0.2, ge=0.0, lt=1.0, description="Return only below (1-h) x threshold.")
+
+
+class SelectorConfig(SelectorLimits, _SelectorModels):
+    """Declarative config of :class:`ModelSelectorClient` (unknown keys are errors).
+
+    ``primary`` and ``fallback`` are :class:`LocalLlamaChatCompletionClient` component configs
+    (``AutoGenLLMConfig.local(...)``); the other fields are the :class:`SelectorLimits` and mean
+    what they mean in the ``selector:`` settings section.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)
@@ -225,8 +222,8 @@ def default_probe() -> LoadProbe:
 def kv_bytes_per_token(path: Path) -> int | None:
     """f16 KV cache bytes per context token from the GGUF header, or None if it cannot tell.
 
-    2 (K and V) x layers x KV heads x head dim x 2 bytes, head dim being the key length or
-    ``embedding_length / head_count``. Only the metadata is read (arrays are skipped).
+    See :attr:`~utils.llm_integration.gguf_header.GGUFInfo.kv_bytes_per_token`. Only the header
+    is read; a file whose tensor data is cut short still has a usable header.
     """
     try:
         st = path.stat()
@@ -234,84 +231,15 @@ def kv_bytes_per_token(path: Path) -> int | None:
         return None
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _KV_MEMO:
-        _KV_MEMO[key] = _read_kv_bytes(path)
+        try:
+            info: GGUFInfo | None = read_gguf_info(path)
+        except GGUFHeaderError as exc:
+            info = exc.info  # set when only the tensor data is missing
+        _KV_MEMO[key] = info.kv_bytes_per_token if info else None
     return _KV_MEMO[key]
 
 
 _KV_MEMO: dict[tuple[str, int, int], int | None] = {}
-_GGUF_SCALARS = {
-    0: "<B",
-    1: "<b",
-    2: "<H",
-    3: "<h",
-    4: "<I",
-    5: "<i",
-    6: "<f",
-    7: "<?",
-    10: "<Q",
-    11: "<q",
-    12: "<d",
-}
-
-
-def _read_kv_bytes(path: Path) -> int | None:
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            if fh.read(4) != b"GGUF":
-                return None
-            _version, _n_tensors, n_kv = struct.unpack("<IQQ", fh.read(20))
-            if n_kv > size:
-                return None
-            meta: dict[str, Any] = {}
-
-            def string() -> str:
-                (n,) = struct.unpack("<Q", fh.read(8))
-                if fh.tell() + n > size:  # a corrupt length: never allocate it
-                    raise ValueError("string past the end of the file")
-                return fh.read(n).decode("utf-8", "replace")
-
-            def skip_or_read(vtype: int) -> Any:
-                if vtype in _GGUF_SCALARS:
-                    fmt = _GGUF_SCALARS[vtype]
-                    return struct.unpack(fmt, fh.read(struct.calcsize(fmt)))[0]
-                if vtype == 8:
-                    return string()
-                if vtype == 9:
-                    itype, count = struct.unpack("<IQ", fh.read(12))
-                    if count > size:
-                        raise ValueError("array longer than the file")
-                    if itype in _GGUF_SCALARS:
-                        fh.seek(struct.calcsize(_GGUF_SCALARS[itype]) * count, 1)
-                    else:
-                        for _ in range(count):
-                            skip_or_read(itype)
-                    return None
-                raise ValueError(f"unknown GGUF value type {vtype}")
-
-            for _ in range(n_kv):
-                k = string()
-                (vtype,) = struct.unpack("<I", fh.read(4))
-                meta[k] = skip_or_read(vtype)
-    except (OSError, ValueError, struct.error):
-        return None
-    arch = meta.get("general.architecture")
-
-    def num(name: str) -> int | None:
-        value = meta.get(f"{arch}.{name}")
-        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-    layers, heads, kv_heads, embd = (
-        num("block_count"),
-        num("attention.head_count"),
-        num("attention.head_count_kv") or num("attention.head_count"),
-        num("embedding_length"),
-    )
-    k_len = num("attention.key_length") or (embd // heads if embd and heads else None)
-    v_len = num("attention.value_length") or k_len
-    if not (layers and kv_heads and k_len and v_len):
-        return None
-    return layers * kv_heads * (k_len + v_len) * 2
 
 
 def ram_needed_mb(spec: LLMSpec) -> float | None:
