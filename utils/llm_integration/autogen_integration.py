@@ -150,7 +150,26 @@ def to_chat_messages(messages: Sequence[LLMMessage]) -> list[dict[str, str]]:
 
 
 class StreamingChatCompletionClient(ChatCompletionClient):
-    """A model client whose ``create`` is its ``create_stream`` collected: one code path."""
+    """A model client whose ``create`` is its ``create_stream`` collected: one code path.
+
+    It also keeps the usage AutoGen asks for: the last call's and the running total.
+    """
+
+    _actual = RequestUsage(prompt_tokens=0, completion_tokens=0)  # replaced, never mutated
+    _total = RequestUsage(prompt_tokens=0, completion_tokens=0)
+
+    def actual_usage(self) -> RequestUsage:
+        return self._actual
+
+    def total_usage(self) -> RequestUsage:
+        return self._total
+
+    def _add_usage(self, usage: RequestUsage) -> None:
+        self._actual = usage
+        self._total = RequestUsage(
+            prompt_tokens=self._total.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=self._total.completion_tokens + usage.completion_tokens,
+        )
 
     async def create(
         self,
@@ -207,8 +226,6 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
             ram_cache_mb=cfg.ram_cache_mb,
         )
         self._cache = ResponseCache(Path(cfg.response_cache)) if cfg.response_cache else None
-        self._actual = RequestUsage(prompt_tokens=0, completion_tokens=0)
-        self._total = RequestUsage(prompt_tokens=0, completion_tokens=0)
         self.last_metrics: CallMetrics | None = None
         self.last_prompt = ""
         self.call_log: list[CallMetrics] = []
@@ -252,12 +269,6 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
     def capabilities(self) -> ModelCapabilities:  # type: ignore[override]
         return ModelCapabilities(vision=False, function_calling=False, json_output=True)  # type: ignore[typeddict-item]
 
-    def actual_usage(self) -> RequestUsage:
-        return self._actual
-
-    def total_usage(self) -> RequestUsage:
-        return self._total
-
     def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()) -> int:
         """Prompt tokens with the model's real tokenizer and chat template."""
         return self.llm.count_tokens(to_chat_messages(messages))
@@ -298,11 +309,7 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
     def _result(self, completion: Completion) -> CreateResult:
         m = completion.metrics
         usage = RequestUsage(prompt_tokens=m.prompt_tokens, completion_tokens=m.completion_tokens)
-        self._actual = usage
-        self._total = RequestUsage(
-            prompt_tokens=self._total.prompt_tokens + usage.prompt_tokens,
-            completion_tokens=self._total.completion_tokens + usage.completion_tokens,
-        )
+        self._add_usage(usage)
         self.last_metrics = m
         self.last_prompt = completion.prompt
         self.call_log.append(m)

@@ -53,7 +53,6 @@ from autogen_core.models import (
     LLMMessage,
     ModelCapabilities,  # type: ignore[attr-defined]
     ModelInfo,
-    RequestUsage,
 )
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, ConfigDict
@@ -383,8 +382,6 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
         self.last_route: Route | None = None
         self.last_metrics: CallMetrics | None = None
         self.last_prompt = ""
-        self._actual = RequestUsage(prompt_tokens=0, completion_tokens=0)
-        self._total = RequestUsage(prompt_tokens=0, completion_tokens=0)
 
     # -- component ----------------------------------------------------------------------------
 
@@ -437,12 +434,6 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
         return ModelCapabilities(  # type: ignore[typeddict-item]
             vision=info["vision"], function_calling=info["function_calling"], json_output=info["json_output"]
         )
-
-    def actual_usage(self) -> RequestUsage:
-        return self._actual
-
-    def total_usage(self) -> RequestUsage:
-        return self._total
 
     def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()) -> int:
         """The primary's prompt tokens for ``messages``."""
@@ -748,12 +739,7 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
         self._counts[route.reason] += 1
         self.last_metrics = client.last_metrics
         self.last_prompt = client.last_prompt
-        usage = result.usage
-        self._actual = usage
-        self._total = RequestUsage(
-            prompt_tokens=self._total.prompt_tokens + usage.prompt_tokens,
-            completion_tokens=self._total.completion_tokens + usage.completion_tokens,
-        )
+        self._add_usage(result.usage)
 
     def _failed(self, route: Route) -> None:
         self.last_route = route
