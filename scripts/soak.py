@@ -111,7 +111,7 @@ def run_soak(
             result = run_engine(
                 bars,
                 strategy,
-                EngineConfig.from_settings(settings, decide_on_last_bar=True, close_at_end=False),
+                EngineConfig.for_session(settings),
                 ledger,
                 "soak",
                 kind="session",

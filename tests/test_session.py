@@ -109,7 +109,7 @@ def test_a_reply_asking_for_ten_times_the_limit_is_clipped(tmp_path: Path) -> No
         result = run_engine(
             bars,
             strategy,
-            EngineConfig.from_settings(settings, decide_on_last_bar=True, close_at_end=False),
+            EngineConfig.for_session(settings),
             ledger,
             "paper",
             kind="session",

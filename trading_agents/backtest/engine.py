@@ -88,6 +88,12 @@ class EngineConfig:
         )
         return replace(base, **overrides)
 
+    @classmethod
+    def for_session(cls, settings: Settings) -> EngineConfig:
+        """A paper session's config: the last bar is decided too (its order waits for the next
+        bar) and positions stay open at the end, unlike a backtest's."""
+        return cls.from_settings(settings, decide_on_last_bar=True, close_at_end=False)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "cash": self.cash,

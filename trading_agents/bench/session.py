@@ -28,6 +28,7 @@ from trading_agents.broker.ledger import Ledger
 from trading_agents.config.settings import load_settings
 from trading_agents.market import load_bars
 from utils.llm_integration.local_llm import (
+    LocalLLM,
     SamplingParams,
     json_schema_grammar,
     load_llama,
@@ -40,11 +41,19 @@ class _RawReplay:
     """Raw llama.cpp on its own ``Llama`` instance of the same file, with the same grammar,
     sampling and RAM state cache as the framework: the baseline of the overhead ratio."""
 
-    def __init__(self, model_path: Path, n_ctx: int, seed: int, cache_mb: int) -> None:
-        self.seed = seed
-        self.llama = load_llama(model_path, n_ctx, n_threads=physical_cores(), seed=seed)
-        if cache_mb:
-            self.llama.set_cache(ram_state_cache(cache_mb << 20))
+    def __init__(self, llm: LocalLLM, sampling: SamplingParams) -> None:
+        spec = llm.spec
+        self.sampling = sampling
+        self.stops = llm.render([{"role": "user", "content": ""}])[1]  # the chat format's stop strings
+        self.llama = load_llama(
+            spec.path,
+            spec.n_ctx,
+            n_threads=spec.n_threads or physical_cores(),
+            n_batch=spec.n_batch,
+            seed=spec.seed,
+        )
+        if spec.ram_cache_mb:
+            self.llama.set_cache(ram_state_cache(spec.ram_cache_mb << 20))
         self.grammars = {role: json_schema_grammar(s.model_json_schema()) for role, s in ROLE_SCHEMAS.items()}
         self.times: list[float] = []
         self.identical = 0
@@ -56,11 +65,11 @@ class _RawReplay:
             t = time.perf_counter()
             out = self.llama.create_completion(
                 step["prompt"],
-                max_tokens=400,
-                temperature=0.0,
-                top_p=0.95,
-                seed=self.seed,
-                stop=["<|im_end|>", "<|im_start|>"],
+                max_tokens=self.sampling.max_tokens,
+                temperature=self.sampling.temperature,
+                top_p=self.sampling.top_p,
+                seed=self.sampling.seed,
+                stop=self.stops,
                 grammar=self.grammars[step["role"]],
             )
             took = time.perf_counter() - t
@@ -106,19 +115,22 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         dates = bars["GOOG"].index[-days:]
         strategy = build_agent_strategy(settings, use_cache=False, stream=True)
         primary = strategy.desk.primary
-        raw = _RawReplay(primary.path, primary.n_ctx, settings.llm.seed, settings.llm.ram_cache_mb)
+        llm: LocalLLM = strategy.desk.clients["analyst"].llm  # type: ignore[attr-defined]
+        cfg = settings.llm
+        sampling = SamplingParams(
+            cfg.max_tokens, cfg.temperature, cfg.top_p, cfg.seed
+        )  # as the desk's clients
+        raw = _RawReplay(llm, sampling)
         timed = _Interleaved(strategy, raw)
         # one-time costs (first touch of buffers, thread pools) are paid before timing, on both sides
-        strategy.desk.clients["analyst"].llm.complete(  # type: ignore[attr-defined]
-            [{"role": "user", "content": "Reply OK."}], sampling=SamplingParams(max_tokens=4)
-        )
+        llm.complete([{"role": "user", "content": "Reply OK."}], sampling=SamplingParams(max_tokens=4))
         raw.llama.create_completion("Reply OK.", max_tokens=4, temperature=0.0)
         with Ledger.open(":memory:") as ledger:
             started = time.perf_counter()
             run_engine(
                 bars,
                 timed,
-                EngineConfig.from_settings(settings, decide_on_last_bar=True, close_at_end=False),
+                EngineConfig.for_session(settings),
                 ledger,
                 "bench",
                 kind="session",
