@@ -4,6 +4,7 @@ directory and with no network: Hugging Face and Yahoo are unreachable here by de
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,21 @@ def embedded_model() -> Path:
     from trading_agents.models.registry import embedded_model_path
 
     return embedded_model_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated tiny llama GGUF (random weights, Q8_0): a real second model, fast to load."""
+    from tests.gguf_factory import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("gguf") / "tiny-llama.Q8_0.gguf")
+
+
+@pytest.fixture
+def fresh_selector_state() -> Iterator[None]:
+    """Selector tests start and end with no shared primary health, benches or history."""
+    from utils.llm_integration.model_selector import reset_selector_state
+
+    reset_selector_state()
+    yield
+    reset_selector_state()

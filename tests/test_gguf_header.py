@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from gguf import GGUFReader
 
-from tests.gguf_factory import make_tiny_llama
 from trading_agents.errors import ModelFileError
 from trading_agents.models import gguf_info
 from utils.llm_integration.gguf_header import GGUFHeaderError, GGUFInfo, read_gguf_info
@@ -16,11 +15,6 @@ from utils.llm_integration.local_llm import LLMSpec
 from utils.llm_integration.model_selector import kv_bytes_per_token, ram_needed_mb
 
 REDOWNLOAD = "delete it and download it again (`trading-agents models download NAME`)"
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("gguf") / "tiny-llama.Q8_0.gguf")
 
 
 def _metadata(path: Path) -> dict[str, int]:

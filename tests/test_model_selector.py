@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +19,6 @@ from autogen_core.models import ChatCompletionClient, UserMessage
 from pydantic import BaseModel, Field
 from typer.testing import CliRunner
 
-from tests.gguf_factory import make_tiny_llama
 from trading_agents.agents.schemas import AnalystReport
 from trading_agents.config.settings import load_settings, project_root
 from utils.llm_integration.autogen_integration import (
@@ -37,7 +35,6 @@ from utils.llm_integration.model_selector import (
     ModelSelectorClient,
     SelectorConfig,
     kv_bytes_per_token,
-    reset_selector_state,
     selector_status,
 )
 
@@ -63,16 +60,7 @@ QUIET = {"max_load_per_core": 1000.0, "min_available_mb": 0}  # no pressure from
 ASK = [UserMessage(content="GOOG rose 2% on volume; RSI 61. Buy, sell or hold?", source="desk")]
 
 
-@pytest.fixture(autouse=True)
-def fresh_selector_state() -> Iterator[None]:
-    reset_selector_state()
-    yield
-    reset_selector_state()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-fallback.Q8_0.gguf")
+pytestmark = pytest.mark.usefixtures("fresh_selector_state")
 
 
 def primary_cfg(path: Path, **options: Any) -> dict[str, Any]:
@@ -104,9 +92,9 @@ class ScriptedProbe(LoadProbe):
 # ----------------------------------------------------------------------------- declarative config
 
 
-def test_component_round_trip_nested_configs_and_model_info(embedded_model: Path, tiny: Path) -> None:
+def test_component_round_trip_nested_configs_and_model_info(embedded_model: Path, tiny_llama: Path) -> None:
     cfg = SelectorConfig(
-        primary=primary_cfg(embedded_model), fallback=fallback_cfg(tiny), role="risk", **QUIET
+        primary=primary_cfg(embedded_model), fallback=fallback_cfg(tiny_llama), role="risk", **QUIET
     )
     client = load_llm_config(ModelSelectorClient(cfg).dump_component().model_dump())
     assert isinstance(client, ModelSelectorClient)
@@ -144,23 +132,23 @@ def test_nested_providers_are_checked_and_a_missing_fallback_fails_clearly(
         load_llm_config(example)
 
 
-def test_kv_bytes_per_token_is_read_from_the_gguf_header(embedded_model: Path, tiny: Path) -> None:
+def test_kv_bytes_per_token_is_read_from_the_gguf_header(embedded_model: Path, tiny_llama: Path) -> None:
     assert kv_bytes_per_token(embedded_model) == 30 * 3 * 64 * 2 * 2  # as in configs/models.yaml
-    assert kv_bytes_per_token(tiny) == 2 * 4 * 64 * 2 * 2
-    assert kv_bytes_per_token(tiny.with_name("nope.gguf")) is None
+    assert kv_bytes_per_token(tiny_llama) == 2 * 4 * 64 * 2 * 2
+    assert kv_bytes_per_token(tiny_llama.with_name("nope.gguf")) is None
 
 
 # ----------------------------------------------------------------------------- failures and cooldown
 
 
 def test_corrupt_primary_errors_then_cooldown_then_returns_after_cooldown(
-    embedded_model: Path, tiny: Path, tmp_path: Path
+    embedded_model: Path, tiny_llama: Path, tmp_path: Path
 ) -> None:
     broken = tmp_path / "primary.gguf"
     broken.write_bytes(b"GGUF" + os.urandom(4096))
     cfg = SelectorConfig(
         primary=primary_cfg(broken),
-        fallback=fallback_cfg(tiny),
+        fallback=fallback_cfg(tiny_llama),
         failure_threshold=2,
         cooldown_s=1.0,
         **QUIET,
@@ -189,11 +177,11 @@ def test_corrupt_primary_errors_then_cooldown_then_returns_after_cooldown(
 
 
 def test_missing_primary_through_a_desk_agent_gives_structured_output_from_the_fallback(
-    tiny: Path, tmp_path: Path
+    tiny_llama: Path, tmp_path: Path
 ) -> None:
     client = ModelSelectorClient(
         primary=primary_cfg(tmp_path / "not-downloaded.gguf"),
-        fallback=fallback_cfg(tiny),
+        fallback=fallback_cfg(tiny_llama),
         role="analyst",
         **QUIET,
     )
@@ -212,10 +200,10 @@ def test_missing_primary_through_a_desk_agent_gives_structured_output_from_the_f
     assert client.last_metrics is not None and client.last_metrics.model == "tiny-fallback"
 
 
-def test_role_that_may_not_fall_back_fails_closed(tiny: Path, tmp_path: Path) -> None:
+def test_role_that_may_not_fall_back_fails_closed(tiny_llama: Path, tmp_path: Path) -> None:
     client = ModelSelectorClient(
         primary=primary_cfg(tmp_path / "absent.gguf"),
-        fallback=fallback_cfg(tiny),
+        fallback=fallback_cfg(tiny_llama),
         may_fall_back=False,
         **QUIET,
     )
@@ -228,9 +216,9 @@ def test_role_that_may_not_fall_back_fails_closed(tiny: Path, tmp_path: Path) ->
 # ----------------------------------------------------------------------------- the real primary
 
 
-def test_desk_agent_runs_through_the_selector_on_the_primary(embedded_model: Path, tiny: Path) -> None:
+def test_desk_agent_runs_through_the_selector_on_the_primary(embedded_model: Path, tiny_llama: Path) -> None:
     client = ModelSelectorClient(
-        primary=primary_cfg(embedded_model, max_tokens=256), fallback=fallback_cfg(tiny), **QUIET
+        primary=primary_cfg(embedded_model, max_tokens=256), fallback=fallback_cfg(tiny_llama), **QUIET
     )
     agent = AssistantAgent(
         "analyst",
@@ -247,9 +235,9 @@ def test_desk_agent_runs_through_the_selector_on_the_primary(embedded_model: Pat
     assert client.count_tokens(ASK) == client.primary.count_tokens(ASK)
 
 
-def test_short_deadline_is_routed_to_the_fallback_by_estimate(embedded_model: Path, tiny: Path) -> None:
+def test_short_deadline_is_routed_to_the_fallback_by_estimate(embedded_model: Path, tiny_llama: Path) -> None:
     client = ModelSelectorClient(
-        primary=primary_cfg(embedded_model, max_tokens=200), fallback=fallback_cfg(tiny), **QUIET
+        primary=primary_cfg(embedded_model, max_tokens=200), fallback=fallback_cfg(tiny_llama), **QUIET
     )
     ask = [UserMessage(content="GOOG's daily direction, last 20 days?", source="desk")]
     run(client.create(ask, json_output=Month))  # measures the primary's rates
@@ -266,12 +254,12 @@ def test_short_deadline_is_routed_to_the_fallback_by_estimate(embedded_model: Pa
 
 
 def test_slow_primary_is_cut_mid_generation_and_the_fallback_still_answers(
-    embedded_model: Path, tiny: Path
+    embedded_model: Path, tiny_llama: Path
 ) -> None:
     """Neither model measured yet: the primary may use half the time left (4 of 8 s), then it is cut."""
     client = ModelSelectorClient(
         primary=primary_cfg(embedded_model, model_name="slow-primary", max_tokens=900),
-        fallback=fallback_cfg(tiny, model_name="fresh-fallback", max_tokens=1500),
+        fallback=fallback_cfg(tiny_llama, model_name="fresh-fallback", max_tokens=1500),
         **QUIET,
     )
     assert client.primary.llm.llama and client.fallback and client.fallback.llm.llama  # loaded, not measured
@@ -286,13 +274,13 @@ def test_slow_primary_is_cut_mid_generation_and_the_fallback_still_answers(
 
 
 def test_a_reply_kind_the_primary_has_not_answered_is_tried_with_a_cut_off(
-    embedded_model: Path, tiny: Path
+    embedded_model: Path, tiny_llama: Path
 ) -> None:
     """Rates alone say nothing about how long a new kind of reply is: rather than assume
     max_tokens (and never try the primary again), the selector tries it, cut where the
     fallback's reserve begins, and plans the next call of that kind from what it measured."""
     client = ModelSelectorClient(
-        primary=primary_cfg(embedded_model, max_tokens=200), fallback=fallback_cfg(tiny), **QUIET
+        primary=primary_cfg(embedded_model, max_tokens=200), fallback=fallback_cfg(tiny_llama), **QUIET
     )
     run(client.create(ASK, json_output=Decision))  # rates measured, on a short reply kind
     generous = {"deadline_s": 60.0}
@@ -324,18 +312,18 @@ def test_reply_lengths_are_remembered_per_kind() -> None:
 
 
 def test_context_too_long_for_the_primary_goes_to_the_fallback_or_fails_closed(
-    embedded_model: Path, tiny: Path
+    embedded_model: Path, tiny_llama: Path
 ) -> None:
     long_ask = [UserMessage(content="Market notes: " + "prices up, volume up. " * 60, source="desk")]
     client = ModelSelectorClient(
-        primary=primary_cfg(embedded_model, n_ctx=256), fallback=fallback_cfg(tiny), **QUIET
+        primary=primary_cfg(embedded_model, n_ctx=256), fallback=fallback_cfg(tiny_llama), **QUIET
     )
     run(client.create(long_ask, json_output=Decision, extra_create_args={"max_tokens": 64}))
     assert client.last_route is not None and client.last_route.reason == "context"
     assert client.health.failures == 0
     small = ModelSelectorClient(
         primary=primary_cfg(embedded_model, n_ctx=256),
-        fallback=fallback_cfg(tiny, model_name="tiny-256", n_ctx=256),
+        fallback=fallback_cfg(tiny_llama, model_name="tiny-256", n_ctx=256),
         **QUIET,
     )
     with pytest.raises(ContextOverflowError, match="fits neither"):
@@ -346,14 +334,16 @@ def test_context_too_long_for_the_primary_goes_to_the_fallback_or_fails_closed(
 # ----------------------------------------------------------------------------- pressure logic
 
 
-def test_oscillating_load_inside_the_hysteresis_band_does_not_flap(embedded_model: Path, tiny: Path) -> None:
+def test_oscillating_load_inside_the_hysteresis_band_does_not_flap(
+    embedded_model: Path, tiny_llama: Path
+) -> None:
     # Threshold 1.5 per core, hysteresis 0.2: enter above 1.5, leave only below 1.2.
     loads = [0.5, 1.6, 1.4, 1.3, 1.45, 1.25, 1.35, 1.1, 1.4, 1.45, 1.6]
     probe = ScriptedProbe(loads)
     client = ModelSelectorClient(
         SelectorConfig(
             primary=primary_cfg(embedded_model),
-            fallback=fallback_cfg(tiny),
+            fallback=fallback_cfg(tiny_llama),
             max_load_per_core=1.5,
             hysteresis=0.2,
             min_available_mb=0,
@@ -368,14 +358,14 @@ def test_oscillating_load_inside_the_hysteresis_band_does_not_flap(embedded_mode
     assert client.last_route.model == "tiny-fallback"
 
 
-def test_primary_too_big_for_ram_is_never_loaded(embedded_model: Path, tiny: Path) -> None:
+def test_primary_too_big_for_ram_is_never_loaded(embedded_model: Path, tiny_llama: Path) -> None:
     class LowMemory(LoadProbe):
         def sample(self) -> MachineLoad:
             return MachineLoad(cores=2, load_per_core_1m=0.0, load_per_core_now=0.0, available_mb=100.0)
 
     client = ModelSelectorClient(
         primary=primary_cfg(embedded_model, model_name="too-big", n_ctx=4096),
-        fallback=fallback_cfg(tiny),
+        fallback=fallback_cfg(tiny_llama),
         min_available_mb=10,
         probe=LowMemory(),
     )
@@ -388,10 +378,10 @@ def test_primary_too_big_for_ram_is_never_loaded(embedded_model: Path, tiny: Pat
 # ----------------------------------------------------------------------------- status and CLI
 
 
-def _settings_file(tmp_path: Path, tiny: Path, fallback: str | None) -> Path:
+def _settings_file(tmp_path: Path, tiny_llama: Path, fallback: str | None) -> Path:
     models = tmp_path / "models"
     models.mkdir(exist_ok=True)
-    (models / tiny.name).write_bytes(tiny.read_bytes())
+    (models / tiny_llama.name).write_bytes(tiny_llama.read_bytes())
     data = {
         "paths": {"models_dir": str(models)},
         "llm": {"primary": "smollm2", "fallback": fallback},
@@ -402,10 +392,10 @@ def _settings_file(tmp_path: Path, tiny: Path, fallback: str | None) -> Path:
     return path
 
 
-def test_status_snapshot_and_cli(tiny: Path, tmp_path: Path) -> None:
+def test_status_snapshot_and_cli(tiny_llama: Path, tmp_path: Path) -> None:
     from trading_agents.cli.status_cmd import status
 
-    config = _settings_file(tmp_path, tiny, tiny.name)
+    config = _settings_file(tmp_path, tiny_llama, tiny_llama.name)
     snap = selector_status(load_settings(config))
     assert snap["active"] is True
     assert snap["primary"]["name"] == "smollm2-135m-instruct" and snap["primary"]["fits_in_ram"] is True
@@ -423,7 +413,7 @@ def test_status_snapshot_and_cli(tiny: Path, tmp_path: Path) -> None:
     assert table.exit_code == 0 and "route now" in table.stdout
 
     (tmp_path / "b").mkdir()
-    inactive = _settings_file(tmp_path / "b", tiny, None)
+    inactive = _settings_file(tmp_path / "b", tiny_llama, None)
     shown = CliRunner().invoke(app, ["status", "--config", str(inactive), "--json"])
     data = json.loads(shown.stdout)
     assert data["active"] is False and "no fallback" in data["why_inactive"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gguf_factory import make_tiny_llama, make_tiny_mixtral
+from tests.gguf_factory import make_tiny_mixtral
 from trading_agents.config.settings import Settings, load_settings, project_root
 from trading_agents.errors import ModelFileError
 from trading_agents.models.gguf_info import read_gguf_info
@@ -21,11 +21,6 @@ MIXTRAL_FILE = Registry.load(project_root() / "configs" / "models.yaml").get("mi
 @pytest.fixture(scope="session")
 def tiny_mixtral(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_mixtral(tmp_path_factory.mktemp("gguf") / "tiny-mixtral.Q4_K_M.gguf")
-
-
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("gguf") / "tiny-llama.Q8_0.gguf")
 
 
 def _settings(models_dir: Path) -> Settings:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,9 +19,8 @@ import pytest
 from autogen_core.models import UserMessage
 from pydantic import BaseModel, Field
 
-from tests.gguf_factory import make_tiny_llama
 from utils.llm_integration.autogen_integration import AutoGenLLMConfig
-from utils.llm_integration.model_selector import LoadProbe, ModelSelectorClient, reset_selector_state
+from utils.llm_integration.model_selector import LoadProbe, ModelSelectorClient
 
 BURNERS = 4  # on 2 CPUs: +2 runnable tasks per core
 BURN_LIMIT_S = 20.0  # a burner ends itself even if this process dies
@@ -35,25 +34,16 @@ class Decision(BaseModel):
 ASK = [UserMessage(content="GOOG rose 2% on volume; RSI 61. Buy, sell or hold?", source="desk")]
 
 
-@pytest.fixture(autouse=True)
-def fresh_selector_state() -> Iterator[None]:
-    reset_selector_state()
-    yield
-    reset_selector_state()
+pytestmark = pytest.mark.usefixtures("fresh_selector_state")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-load.Q8_0.gguf")
-
-
-def make_client(embedded_model: Path, tiny: Path, **options: Any) -> ModelSelectorClient:
+def make_client(embedded_model: Path, tiny_llama: Path, **options: Any) -> ModelSelectorClient:
     return ModelSelectorClient(
         primary=AutoGenLLMConfig.local(
             embedded_model, model_name="smol-load", n_ctx=1024, n_threads=1, max_tokens=64
         ),
         fallback=AutoGenLLMConfig.local(
-            tiny, model_name="tiny-load", n_ctx=2048, n_threads=1, max_tokens=256
+            tiny_llama, model_name="tiny-load", n_ctx=2048, n_threads=1, max_tokens=256
         ),
         **options,
     )
@@ -68,8 +58,10 @@ def wait_for(condition: Callable[[], bool], limit_s: float, step_s: float = 0.2)
     return condition()
 
 
-def test_concurrent_callers_beyond_the_queue_go_to_the_fallback(embedded_model: Path, tiny: Path) -> None:
-    client = make_client(embedded_model, tiny, max_in_flight=1, max_queue=1, max_load_per_core=1000.0)
+def test_concurrent_callers_beyond_the_queue_go_to_the_fallback(
+    embedded_model: Path, tiny_llama: Path
+) -> None:
+    client = make_client(embedded_model, tiny_llama, max_in_flight=1, max_queue=1, max_load_per_core=1000.0)
     asyncio.run(client.create(ASK, json_output=Decision))  # load before the race
     errors: list[BaseException] = []
     start = threading.Barrier(4)
@@ -96,7 +88,7 @@ def test_concurrent_callers_beyond_the_queue_go_to_the_fallback(embedded_model: 
     assert client.last_route is not None and client.last_route.reason == "primary"
 
 
-def test_cpu_burn_switches_to_the_fallback_and_back(embedded_model: Path, tiny: Path) -> None:
+def test_cpu_burn_switches_to_the_fallback_and_back(embedded_model: Path, tiny_llama: Path) -> None:
     probe = LoadProbe(tau_s=0.5)
     baseline = 0.0
     for _ in range(5):
@@ -104,7 +96,7 @@ def test_cpu_burn_switches_to_the_fallback_and_back(embedded_model: Path, tiny: 
         time.sleep(0.1)
     limit = baseline + 1.0
     client = make_client(
-        embedded_model, tiny, max_load_per_core=limit, hysteresis=0.2, min_available_mb=0, probe=probe
+        embedded_model, tiny_llama, max_load_per_core=limit, hysteresis=0.2, min_available_mb=0, probe=probe
     )
     assert client.plan_now().reason == "primary"
     burn = f"import time\nend = time.monotonic() + {BURN_LIMIT_S}\nwhile time.monotonic() < end: pass"
