@@ -58,6 +58,8 @@ def test_session_on_the_embedded_model_decides_fills_records_and_resumes(
         orders_before = db.execute("SELECT COUNT(*) FROM orders").fetchone()[0]
         record = json.loads(db.execute("SELECT record_json FROM decisions LIMIT 1").fetchone()[0])
     assert decisions == 3
+    ids = [o["client_order_id"] for o in summary["orders"]]
+    assert len(ids) == len(set(ids)) == orders_before  # each order once, placed then filled or not
     prompt = record["tickers"]["GOOG"]["agents"][0]["prompt"]
     assert "Desk rules" in prompt and "You are the analyst" in prompt  # each agent's prompt is kept
 

@@ -190,7 +190,10 @@ def _summary(
                     "skipped": rec.get("skipped"),
                 }
             )
-    orders = [_plain(o) for e in events for o in e.orders]
+    # a step reports every order it touched, so one order appears when placed and again when
+    # filled or cancelled; the summary lists each once, in its latest state
+    latest = {o.client_order_id: o for e in events for o in e.orders}
+    orders = [_plain(o) for o in latest.values()]
     fills = [_plain(f) for e in events for f in e.fills]
     return {
         "account": _plain(account_state)
