@@ -48,8 +48,8 @@ def session_child(ledger_path: str, seed: int, sleep_ms: float, start: str, end:
     import pandas as pd
 
     from trading_agents.backtest.baselines import make_baseline
-    from trading_agents.backtest.engine import EngineConfig, run_engine
-    from trading_agents.broker.ledger import Ledger
+    from trading_agents.core import EngineConfig, run_engine
+    from trading_agents.journal import Ledger
     from trading_agents.market import load_bars
 
     inner = make_baseline("random", seed=seed, p_trade=0.3)
@@ -97,7 +97,7 @@ def _session_cmd(ledger: Path, seed: int, sleep_ms: float, start: str, end: str)
 
 def ledger_snapshot(path: Path, run_id: str = "paper") -> dict[str, Any]:
     """Orders, fills, steps, cash and positions of ``run_id``, without wall-clock fields."""
-    from trading_agents.broker.ledger import Ledger
+    from trading_agents.journal import Ledger
 
     with Ledger.open(path) as ledger:
         orders = [

@@ -51,13 +51,10 @@ def run_soak(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Run ``decisions`` session bars and return the report (see the module docstring)."""
-    import pandas as pd
 
-    from trading_agents.agents.strategy import build_agent_strategy
-    from trading_agents.backtest.engine import EngineConfig, run_engine
-    from trading_agents.broker.ledger import Ledger
     from trading_agents.config.settings import load_settings
     from trading_agents.market import load_bars
+    from trading_agents.session import run_session
 
     if decisions < 2:
         raise SystemExit("--decisions must be at least 2")
@@ -79,7 +76,6 @@ def run_soak(
         raise SystemExit(f"--decisions at most {len(dates) - 60} (bundled GOOG bars after 60 of history)")
     start, end = dates[-decisions], dates[-1]
 
-    strategy = build_agent_strategy(settings, use_cache=False, stream=True)
     samples: list[dict[str, Any]] = []
     invalid: list[dict[str, Any]] = []
     state = {"n": 0, "began": time.monotonic()}
@@ -105,24 +101,8 @@ def run_soak(
             samples.append({"decision": state["n"], "rss_mb": round(rss / 2**20, 2), "fds": fds,
                             "elapsed_s": round(time.monotonic() - state["began"], 1)})  # fmt: skip
 
-    ledger_path = workdir / "ledger.sqlite"
-    try:
-        with Ledger.open(ledger_path) as ledger:
-            result = run_engine(
-                bars,
-                strategy,
-                EngineConfig.for_session(settings),
-                ledger,
-                "soak",
-                kind="session",
-                start=pd.Timestamp(start),
-                end=pd.Timestamp(end),
-                on_step=on_step,
-            )
-            problems = ledger.reconcile("soak")
-    finally:
-        stats = strategy.llm_stats()
-        strategy.close()
+    outcome = run_session(settings, bars, start, end, account="soak", on_step=on_step)  # <home>/ledger.sqlite
+    result, problems, stats = outcome.result, outcome.problems, outcome.strategy.llm_stats()
     rss, fds = _usage()
     wall = time.monotonic() - state["began"]
     return {

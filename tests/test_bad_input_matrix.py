@@ -467,9 +467,8 @@ def test_a_session_that_ends_halted_exits_5(
     """The session ledger already holds the bar (no model call needed); halted, `run` exits 5."""
     import pandas as pd
 
-    from trading_agents.backtest.engine import EngineConfig, run_engine
-    from trading_agents.backtest.strategy import StrategyDecision
-    from trading_agents.broker.ledger import Ledger
+    from trading_agents.core import EngineConfig, StrategyDecision, run_engine
+    from trading_agents.journal import Ledger
     from trading_agents.market import load_bars
 
     class QuietDesk:

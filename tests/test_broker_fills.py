@@ -5,9 +5,20 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from trading_agents.backtest import DecisionContext, EngineConfig, OrderIntent, StrategyDecision, run_engine
-from trading_agents.broker import BarPrices, Ledger, Order, PaperBroker, Position, client_order_id
 from trading_agents.config.settings import RiskSettings
+from trading_agents.core import (
+    BarPrices,
+    DecisionContext,
+    EngineConfig,
+    Order,
+    OrderIntent,
+    PaperBroker,
+    Position,
+    StrategyDecision,
+    client_order_id,
+    run_engine,
+)
+from trading_agents.journal import Ledger
 
 DATES = pd.DatetimeIndex(
     pd.to_datetime(["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05", "2024-01-08"])

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trading_agents.backtest import EngineConfig, run_engine
 from trading_agents.backtest.baselines import make_baseline
-from trading_agents.broker import Ledger
-from trading_agents.broker.ledger import MIGRATIONS
 from trading_agents.config.settings import RiskSettings, load_settings
+from trading_agents.core import EngineConfig, run_engine
 from trading_agents.errors import UserInputError
+from trading_agents.journal import Ledger, MemoryJournal, export_run
+from trading_agents.journal.migrations import MIGRATIONS
 
 CFG = EngineConfig(cash=10_000.0, risk=RiskSettings(max_position_pct=1.0, max_order_notional=1e9))
 
@@ -68,10 +68,10 @@ def test_reconcile_is_clean_and_catches_tampering(tmp_path: Path) -> None:
     assert any(p.startswith("X: position") for p in problems)
 
 
-def test_memory_ledger_backup_to_file(tmp_path: Path) -> None:
-    with Ledger.open(":memory:") as ledger:
-        res = run_engine({"X": walk()}, make_baseline("sma-cross", fast=3, slow=8), CFG, ledger, "bt")
-        ledger.backup(tmp_path / "copy.sqlite")
+def test_memory_journal_export_to_file(tmp_path: Path) -> None:
+    journal = MemoryJournal()
+    res = run_engine({"X": walk()}, make_baseline("sma-cross", fast=3, slow=8), CFG, journal, "bt")
+    export_run(journal, "bt", tmp_path / "copy.sqlite")
     with Ledger.open(tmp_path / "copy.sqlite") as copy:
         assert copy.reconcile("bt") == []
         assert copy.step_count("bt") == len(res.equity)

@@ -3,8 +3,9 @@
 ``tests/data/engine_reference.json`` holds digests of every result frame and every ledger
 table (wall-clock columns left out) for a set of runs over the bundled data: baselines on
 GOOG, several tickers with a stale one, a session, a scripted strategy with limit orders,
-stops, clips and vetoes, and a tripped kill switch. Each run is checked on an in-memory
-ledger (batched writes) and on a file ledger (one transaction per bar).
+stops, clips and vetoes, and a tripped kill switch. Each run is checked on the in-memory
+journal (its tables as written by the export) and on a file ledger (one transaction per
+bar): the two stores must give identical results and identical ledger rows.
 
 Regenerate the reference only for an intended behaviour change:
 ``python tests/test_engine_perf_equivalence.py --write``.
@@ -25,22 +26,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trading_agents.backtest import (
+from trading_agents.backtest.baselines import SmaCross, _mean, make_baseline
+from trading_agents.config.settings import RiskSettings
+from trading_agents.core import (
+    AlignedMarket,
     DecisionContext,
     EngineConfig,
     EngineResult,
+    Journal,
+    LedgerIntegrityError,
     OrderIntent,
+    SlicedBars,
     StepEvent,
+    StepRecord,
     StrategyDecision,
     run_engine,
 )
-from trading_agents.backtest.baselines import SmaCross, _mean, make_baseline
-from trading_agents.backtest.engine import _Market, _SlicedBars
-from trading_agents.broker import Ledger
-from trading_agents.broker.ledger import LedgerIntegrityError
-from trading_agents.broker.orders import iso_date
-from trading_agents.config.settings import RiskSettings
 from trading_agents.errors import DataValidationError
+from trading_agents.journal import Ledger, MemoryJournal, export_run
 from trading_agents.market import load_bars
 
 REFERENCE = Path(__file__).parent / "data" / "engine_reference.json"
@@ -159,10 +162,13 @@ def _frame(df: pd.DataFrame) -> str:
     return _canonical(data)
 
 
-def _ledger_tables(ledger: Ledger) -> dict[str, str]:
+def _ledger_tables(journal: Journal, run_id: str) -> dict[str, str]:
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "copy.sqlite"
-        ledger.backup(copy)
+        if isinstance(journal, MemoryJournal):
+            export_run(journal, run_id, copy)
+        else:
+            copy.write_bytes(journal.serialize())  # type: ignore[attr-defined]
         db = sqlite3.connect(copy)
         try:
             names = [
@@ -180,7 +186,7 @@ def _ledger_tables(ledger: Ledger) -> dict[str, str]:
     return out
 
 
-def _texts(result: EngineResult, ledger: Ledger) -> dict[str, str]:
+def _texts(result: EngineResult, journal: Journal) -> dict[str, str]:
     texts = {
         "equity": _frame(result.equity),
         "trades": _frame(result.trades),
@@ -203,25 +209,29 @@ def _texts(result: EngineResult, ledger: Ledger) -> dict[str, str]:
             ]
         ),
     }
-    texts.update(_ledger_tables(ledger))
+    texts.update(_ledger_tables(journal, result.run_id))
     return texts
 
 
-def snapshot(name: str, ledger_path: Path | str = ":memory:") -> dict[str, Any]:
-    """Digests of everything the run ``name`` produced, plus a readable summary."""
+def snapshot(name: str, ledger_path: Path | None = None) -> dict[str, Any]:
+    """Digests of everything the run ``name`` produced, plus a readable summary: on a
+    :class:`MemoryJournal`, or on the SQLite ledger at ``ledger_path``."""
     spec = RUNS[name]()
-    with Ledger.open(ledger_path) as ledger:
+    journal: Journal = MemoryJournal() if ledger_path is None else Ledger.open(ledger_path)
+    try:
         result = run_engine(
             spec["bars"],
             spec["strategy"],
             spec["config"],
-            ledger,
+            journal,
             "eq",
             kind=spec.get("kind", "backtest"),
             start=spec.get("start"),
             end=spec.get("end"),
         )
-        texts = _texts(result, ledger)
+        texts = _texts(result, journal)
+    finally:
+        journal.close()  # type: ignore[attr-defined]
     return {
         "summary": {
             "steps": len(result.equity),
@@ -252,7 +262,7 @@ def test_in_memory_run_matches_the_reference(name: str, reference: dict[str, Any
     assert set(got["digests"]) == set(want["digests"])
 
 
-@pytest.mark.parametrize("name", ["scripted", "macd-kill-switch", "buyhold-session"])
+@pytest.mark.parametrize("name", sorted(RUNS))
 def test_file_ledger_run_matches_the_reference(name: str, reference: dict[str, Any], tmp_path: Path) -> None:
     got = snapshot(name, tmp_path / "ledger.sqlite")
     want = reference[name]
@@ -263,8 +273,9 @@ def test_file_ledger_run_matches_the_reference(name: str, reference: dict[str, A
 def test_reference_runs_exercise_every_path(reference: dict[str, Any]) -> None:
     """The reference is only worth something if the runs hit clips, vetoes, stops and halts."""
     spec = RUNS["scripted"]()
-    with Ledger.open(":memory:") as ledger:
-        res = run_engine(spec["bars"], spec["strategy"], spec["config"], ledger, "x", start=spec["start"])
+    res = run_engine(
+        spec["bars"], spec["strategy"], spec["config"], MemoryJournal(), "x", start=spec["start"]
+    )
     rules = {e["rule"] for e in res.risk_events}
     assert {"long_only", "unknown_ticker", "invalid_intent", "max_position_pct"} <= rules
     assert set(res.orders["order_type"]) == {"market", "limit", "stop"}
@@ -304,11 +315,11 @@ def test_mean_helper_is_numpy_mean() -> None:
 @pytest.mark.parametrize(("fast", "slow", "flat"), [(10, 20, 0), (2, 4, 3), (5, 30, 7), (1, 2, 0)])
 def test_sma_fast_cross_equals_the_numpy_definition(fast: int, slow: int, flat: int) -> None:
     frame = _walk(600, seed=fast * 100 + slow, flat_every=flat)
-    market = _Market({"X": frame})
+    market = AlignedMarket({"X": frame})
     fast_path, exact = SmaCross(fast, slow), SmaCross(fast, slow)
     crosses = 0
     for i in range(slow, len(frame)):
-        closes = _SlicedBars(market, i).column("X")
+        closes = SlicedBars(market, i).column("X")
         got = fast_path._cross("X", closes)
         assert got == exact.cross(closes), i
         crosses += got != 0
@@ -317,8 +328,8 @@ def test_sma_fast_cross_equals_the_numpy_definition(fast: int, slow: int, flat: 
 
 def test_column_views_are_read_only_prefixes_of_one_array() -> None:
     frame = _walk(50, seed=1)
-    market = _Market({"X": frame})
-    a, b = _SlicedBars(market, 10).column("X"), _SlicedBars(market, 20).column("X")
+    market = AlignedMarket({"X": frame})
+    a, b = SlicedBars(market, 10).column("X"), SlicedBars(market, 20).column("X")
     assert a.base is b.base and len(a) == 11 and len(b) == 21
     assert np.array_equal(b[:11], a) and np.array_equal(b, frame["Close"].to_numpy()[:21])
     with pytest.raises(ValueError, match="read-only"):
@@ -327,23 +338,31 @@ def test_column_views_are_read_only_prefixes_of_one_array() -> None:
     plain = ctx.column("X")
     assert plain.base is None and not plain.flags.writeable and len(plain) == 6
     with pytest.raises(KeyError):
-        _SlicedBars(market, 10).column("Y")
+        SlicedBars(market, 10).column("Y")
 
 
-def test_memory_ledger_batches_steps_but_every_read_sees_them() -> None:
+def test_every_read_of_the_memory_journal_sees_the_steps_committed_so_far() -> None:
     frame = _walk(120, seed=2)
     seen: list[tuple[int, int]] = []
-    with Ledger.open(":memory:") as ledger:
+    journal = MemoryJournal()
 
-        def on_step(event: StepEvent) -> None:
-            seen.append((event.index, ledger.step_count("r")))
+    def on_step(event: StepEvent) -> None:
+        seen.append((event.index, journal.step_count("r")))
 
-        res = run_engine(
-            {"X": frame}, make_baseline("sma-cross", fast=3, slow=8), BENCH, ledger, "r", on_step=on_step
-        )
-        assert ledger.reconcile("r") == []
+    res = run_engine(
+        {"X": frame}, make_baseline("sma-cross", fast=3, slow=8), BENCH, journal, "r", on_step=on_step
+    )
+    assert _reconcile(journal, "r") == []
     assert seen == [(k, k + 1) for k in range(120)]
     assert len(res.fills) > 4
+
+
+def _reconcile(journal: MemoryJournal, run_id: str) -> list[str]:
+    """The ledger's consistency check, on the run as the export writes it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_run(journal, run_id, Path(tmp) / "check.sqlite")
+        with Ledger.open(path) as ledger:
+            return ledger.reconcile(run_id)
 
 
 class _CrashAt:
@@ -356,16 +375,16 @@ class _CrashAt:
         return self.inner.decide(ctx)
 
 
-def test_memory_ledger_crash_keeps_the_steps_before_it_and_resumes_identically() -> None:
+def test_memory_journal_crash_keeps_the_steps_before_it_and_resumes_identically() -> None:
     frame = _walk(300, seed=3)
-    with Ledger.open(":memory:") as ledger:
-        clean = run_engine({"X": frame}, make_baseline("macd"), DEFAULT, ledger, "clean")
-        with pytest.raises(RuntimeError, match="boom"):
-            run_engine({"X": frame}, _CrashAt(150), DEFAULT, ledger, "r")
-        assert ledger.step_count("r") == 150
-        assert ledger.get_run("r").status == "failed"  # type: ignore[union-attr]
-        assert ledger.reconcile("r") == []
-        resumed = run_engine({"X": frame}, make_baseline("macd"), DEFAULT, ledger, "r")
+    journal = MemoryJournal()
+    clean = run_engine({"X": frame}, make_baseline("macd"), DEFAULT, journal, "clean")
+    with pytest.raises(RuntimeError, match="boom"):
+        run_engine({"X": frame}, _CrashAt(150), DEFAULT, journal, "r")
+    assert journal.step_count("r") == 150
+    assert journal.get_run("r").status == "failed"  # type: ignore[union-attr]
+    assert _reconcile(journal, "r") == []
+    resumed = run_engine({"X": frame}, make_baseline("macd"), DEFAULT, journal, "r")
     assert resumed.resumed_steps == 150 and len(clean.fills) >= 4
     pd.testing.assert_frame_equal(resumed.equity, clean.equity)
     pd.testing.assert_frame_equal(
@@ -373,24 +392,24 @@ def test_memory_ledger_crash_keeps_the_steps_before_it_and_resumes_identically()
     )
 
 
-def test_a_refused_step_in_a_batch_keeps_the_steps_before_it() -> None:
-    with Ledger.open(":memory:") as ledger:
-        ledger.create_run("r", kind="backtest", strategy="s", starting_cash=100.0)
-        with ledger.deferred_steps():
-            for k, offset in enumerate([0, 1, 2, 2, 3]):  # the 4th step repeats the 3rd's bar
-                bar = iso_date(pd.Timestamp("2024-01-02") + pd.Timedelta(days=offset))
-                ledger.commit_quiet_step(
-                    "r", k, bar, 100.0, 100.0, 0.0, "{}", "{}", "ACTIVE", "", 0, 100.0, 100.0
-                )
+@pytest.mark.parametrize("store", ["memory", "file"])
+def test_a_refused_step_keeps_the_steps_before_it(store: str, tmp_path: Path) -> None:
+    journal: Journal = MemoryJournal() if store == "memory" else Ledger.open(tmp_path / "l.sqlite")
+    journal.create_run("r", kind="backtest", strategy="s", starting_cash=100.0)
+    for k, offset in enumerate([0, 1, 2, 2, 3]):  # the 4th step repeats the 3rd's bar
+        bar = pd.Timestamp("2024-01-02") + pd.Timedelta(days=offset)
+        rec = StepRecord("r", bar, k, 100.0, 100.0, 0.0, {}, {}, "ACTIVE", "", 0, 100.0, 100.0)
+        if k == 3:
             with pytest.raises(LedgerIntegrityError, match="step 2024-01-04"):
-                ledger.step_count("r")  # any read writes the queue first
-        assert ledger.step_count("r") == 3
-        assert ledger.account("r").last_step_date == pd.Timestamp("2024-01-04")  # type: ignore[union-attr]
+                journal.commit_step(rec)
+            break
+        journal.commit_step(rec)
+    assert journal.step_count("r") == 3  # type: ignore[attr-defined]
+    assert journal.account("r").last_step_date == pd.Timestamp("2024-01-04")  # type: ignore[union-attr]
 
 
 def _equity_and_fills(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    with Ledger.open(":memory:") as ledger:
-        res = run_engine({"X": frame}, make_baseline("sma-cross", fast=3, slow=8), BENCH, ledger, "r")
+    res = run_engine({"X": frame}, make_baseline("sma-cross", fast=3, slow=8), BENCH, MemoryJournal(), "r")
     return res.equity, res.fills
 
 

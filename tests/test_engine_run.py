@@ -11,18 +11,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trading_agents.backtest import (
+from trading_agents.backtest.baselines import BASELINES, MacdStrategy, SmaCross, make_baseline
+from trading_agents.config.settings import RiskSettings
+from trading_agents.core import (
     DecisionContext,
     EngineConfig,
+    LedgerIntegrityError,
     OrderIntent,
     StrategyDecision,
     run_engine,
 )
-from trading_agents.backtest.baselines import BASELINES, MacdStrategy, SmaCross, make_baseline
-from trading_agents.broker import Ledger
-from trading_agents.broker.ledger import LedgerIntegrityError
-from trading_agents.config.settings import RiskSettings
 from trading_agents.errors import DataValidationError, LockBusyError, UserInputError
+from trading_agents.journal import Ledger
 
 LOOSE = RiskSettings(
     max_position_pct=1.0, max_order_notional=1e9, max_daily_loss_pct=1.0, max_drawdown_pct=1.0
@@ -137,7 +137,7 @@ def test_committing_a_bar_twice_is_refused_by_unique_ids(tmp_path: Path) -> None
         res = run_engine({"X": df}, make_baseline("buy-hold"), CFG, ledger, "r")
         again = run_engine({"X": df}, make_baseline("buy-hold"), CFG, ledger, "r")  # nothing left to do
         assert again.resumed_steps == 30 and again.orders.equals(res.orders)
-        from trading_agents.broker.ledger import StepRecord
+        from trading_agents.core import StepRecord
 
         order = ledger.orders("r")[0]
         acct = ledger.account("r")
@@ -168,9 +168,9 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     import pandas as pd
-    from trading_agents.backtest import EngineConfig, run_engine
+    from trading_agents.core import EngineConfig, run_engine
     from trading_agents.backtest.baselines import make_baseline
-    from trading_agents.broker import Ledger
+    from trading_agents.journal import Ledger
     from trading_agents.config.settings import RiskSettings
 
     path, frame, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from trading_agents.agents.guards import outcome_to_intent
 from trading_agents.agents.schemas import AnalystReport, OrderProposal, RiskVerdict
 from trading_agents.agents.team import TeamOutcome
-from trading_agents.backtest.strategy import PortfolioView
 from trading_agents.config.settings import RiskSettings, load_settings
+from trading_agents.core import PortfolioView
 from trading_agents.errors import ConfigError, DataValidationError, TradingAgentsError, UserInputError
 from trading_agents.market import load_bars
 from utils.llm_integration.local_llm import (

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from trading_agents.backtest import DecisionContext, EngineConfig, OrderIntent, StrategyDecision, run_engine
-from trading_agents.broker import Ledger
 from trading_agents.cli.app import main
 from trading_agents.config.settings import RiskSettings
+from trading_agents.core import DecisionContext, EngineConfig, OrderIntent, StrategyDecision, run_engine
+from trading_agents.journal import Ledger
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -200,9 +200,9 @@ def test_engine_matches_backtesting_py_on_sma_cross(goog, commission: float) -> 
     0.3% to 0.6% of the return over 8.5 years).
     """
     from trading_agents.backtest.baselines import make_baseline
-    from trading_agents.backtest.engine import EngineConfig, run_engine
-    from trading_agents.broker.ledger import Ledger
     from trading_agents.config.settings import RiskSettings
+    from trading_agents.core import EngineConfig, run_engine
+    from trading_agents.journal import Ledger
 
     risk = RiskSettings(
         max_position_pct=1.0, max_order_notional=1e12, max_daily_loss_pct=1.0, max_drawdown_pct=1.0

@@ -7,17 +7,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from trading_agents.backtest import (
+from trading_agents.config.settings import RiskSettings
+from trading_agents.core import (
     DecisionContext,
     EngineConfig,
     OrderIntent,
     PortfolioView,
+    RiskEngine,
     StrategyDecision,
     run_engine,
 )
-from trading_agents.broker import Ledger
-from trading_agents.config.settings import RiskSettings
-from trading_agents.risk import RiskEngine
+from trading_agents.journal import Ledger
 
 DAY = pd.Timestamp("2024-03-01")
 

@@ -17,12 +17,12 @@ import pytest
 from tests.scripted_client import ScriptedClient
 from trading_agents.agents.clients import DeskModels
 from trading_agents.agents.strategy import AgentStrategy
-from trading_agents.backtest.engine import EngineConfig, run_engine
-from trading_agents.broker.ledger import Ledger
 from trading_agents.cli.app import main
 from trading_agents.config import load_settings
+from trading_agents.journal import Ledger
 from trading_agents.market import load_bars
 from trading_agents.models.registry import resolve_llm_pair
+from trading_agents.session import run_session
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -108,17 +108,11 @@ def test_a_reply_asking_for_ten_times_the_limit_is_clipped(tmp_path: Path) -> No
     bars = load_bars(tickers=["GOOG"])
     day = pd.Timestamp("2013-02-27")
     with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
-        result = run_engine(
-            bars,
-            strategy,
-            EngineConfig.for_session(settings),
-            ledger,
-            "paper",
-            kind="session",
-            start=day,
-            end=pd.Timestamp("2013-02-28"),
+        outcome = run_session(
+            settings, bars, day, pd.Timestamp("2013-02-28"), journal=ledger, strategy=strategy
         )
-        assert ledger.reconcile("paper") == []
+        assert outcome.problems == [] and ledger.reconcile("paper") == []
+    result = outcome.result
     strategy.close()
     first = result.orders.iloc[0]
     close = float(bars["GOOG"].loc[day, "Close"])

@@ -13,8 +13,9 @@ import math
 from dataclasses import asdict, dataclass
 
 from trading_agents.agents.team import TeamOutcome
-from trading_agents.backtest.strategy import OrderIntent, PortfolioView
 from trading_agents.config.settings import RiskSettings
+from trading_agents.core.decision import OrderIntent, PortfolioView
+from trading_agents.core.risk import position_room
 
 MAX_LIMIT_DEVIATION = 0.10  # a limit price more than 10% from the last close is refused
 
@@ -79,7 +80,7 @@ def outcome_to_intent(
         return stop("executor", "veto", "no_price", f"no usable last price for {ticker}")
 
     if wanted == "buy":
-        room = math.floor(cap_pct * portfolio.equity / ref_price) - max(held, 0)
+        room = position_room(cap_pct, portfolio.equity, ref_price, held, "buy")
         quantity = min(order.quantity, max(room, 0))
         if quantity < order.quantity:
             events.append(
@@ -90,7 +91,7 @@ def outcome_to_intent(
     else:
         limit = held if held > 0 else 0
         if risk.allow_short and held <= 0:
-            limit = math.floor(cap_pct * portfolio.equity / ref_price) + held
+            limit = position_room(cap_pct, portfolio.equity, ref_price, held, "sell")
         quantity = min(order.quantity, max(limit, 0))
         if quantity < order.quantity:
             events.append(GuardEvent("executor", "clip", "shares_held", f"{order.quantity} shares > {limit}"))

@@ -16,8 +16,8 @@ say so, and hard limits are enforced in code whatever a reply says.
 
 from __future__ import annotations
 
-from trading_agents.backtest.strategy import PortfolioView
 from trading_agents.config.settings import RiskSettings
+from trading_agents.core import PortfolioView
 
 DESK_RULES = """You work on a systematic desk trading liquid US equities and indices on daily \
 bars. The analyst proposes BUY, SELL or HOLD; the risk manager approves, reduces or rejects it \

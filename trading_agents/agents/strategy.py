@@ -18,8 +18,8 @@ from trading_agents.agents.clients import DeskModels, build_desk_models
 from trading_agents.agents.guards import outcome_to_intent
 from trading_agents.agents.prompts import render_task
 from trading_agents.agents.team import TeamOutcome, TradingTeam
-from trading_agents.backtest.strategy import DecisionContext, OrderIntent, StrategyDecision
 from trading_agents.config.settings import Settings
+from trading_agents.core import DecisionContext, OrderIntent, StrategyDecision
 from trading_agents.market.snapshot import build_snapshot, snapshot_to_prompt
 
 BLIND_LABEL = "ASSET"

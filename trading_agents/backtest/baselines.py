@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trading_agents.backtest.strategy import DecisionContext, OrderIntent, Strategy, StrategyDecision
+from trading_agents.core import DecisionContext, OrderIntent, Strategy, StrategyDecision
 from trading_agents.errors import UserInputError
 
 State = tuple[float, ...]

@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
 import hashlib
 import logging
-import os
-import sqlite3
 import sys
 import tempfile
 import time
@@ -146,8 +143,8 @@ def run_backtest(
     ``warn`` receives each warning line (default: the log). Errors are
     :mod:`trading_agents.errors` exceptions.
     """
-    from trading_agents.backtest.engine import EngineConfig, run_engine
-    from trading_agents.broker.ledger import Ledger
+    from trading_agents.core import EngineConfig, run_engine
+    from trading_agents.journal import MemoryJournal
 
     request.validate_inputs()
     warn = warn or log.warning
@@ -170,13 +167,13 @@ def run_backtest(
     out_dir = Path(request.out or default_out_dir(request.strategy, tickers))
     created = ensure_writable(out_dir)  # before the run: an LLM backtest can take hours
     strategy = build_strategy(request.strategy, request, settings)
-    ledger = Ledger.open(":memory:")
+    journal = MemoryJournal()
     try:
         result = run_engine(
             bars,
             strategy,
             config,
-            ledger,
+            journal,
             run_id,
             kind="backtest",
             start=start,
@@ -185,14 +182,13 @@ def run_backtest(
             record_config=settings.public_dict(),
         )
         llm = _llm_stats(strategy)
-        ledger_file = save_ledger(ledger, out_dir)
+        ledger_file = save_ledger(journal, run_id, out_dir)
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
                 out_dir.rmdir()  # only if still empty
         raise
     finally:
-        _close(ledger)
         _close(strategy)
 
     metrics = compute_metrics(result, bars)
@@ -274,28 +270,14 @@ def ensure_writable(out_dir: Path) -> bool:
     return created
 
 
-def save_ledger(ledger: Any, out_dir: Path) -> Path:
-    """Copy the run's in-memory ledger to ``<out_dir>/ledger.sqlite`` (temporary file, then rename).
+def save_ledger(journal: Any, run_id: str, out_dir: Path) -> Path:
+    """Write the run's in-memory journal to ``<out_dir>/ledger.sqlite`` (atomically).
 
-    The copy holds every order, fill, step and decision of the run, for audits with SQL.
+    The file holds every order, fill, step and decision of the run, for audits with SQL.
     """
-    from trading_agents.errors import ResourceError
+    from trading_agents.journal import LEDGER_FILENAME, export_run
 
-    target = Path(out_dir) / "ledger.sqlite"
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.unlink(missing_ok=True)
-        ledger.backup(tmp)
-        os.replace(tmp, target)
-    except (OSError, sqlite3.Error) as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        full = getattr(exc, "errno", None) == errno.ENOSPC or "full" in str(exc)
-        hint = "free some disk space" if full else "choose a writable folder"
-        reason = getattr(exc, "strerror", None) or exc
-        raise ResourceError(f"cannot write {target}: {reason}; {hint}") from None
-    return target
+    return export_run(journal, run_id, Path(out_dir) / LEDGER_FILENAME)
 
 
 def load_request_bars(request: BacktestRequest) -> dict[str, pd.DataFrame]:
@@ -387,24 +369,20 @@ def run_baseline(
     start: dt.date,
     end: dt.date,
 ) -> Any:
-    """Run baseline ``name`` on the same bars, window and costs in a throw-away ledger."""
-    from trading_agents.backtest.engine import run_engine
-    from trading_agents.broker.ledger import Ledger
+    """Run baseline ``name`` on the same bars, window and costs in a throw-away journal."""
+    from trading_agents.core import run_engine
+    from trading_agents.journal import MemoryJournal
 
-    ledger = Ledger.open(":memory:")
-    try:
-        return run_engine(
-            dict(bars),
-            build_strategy(name, request, settings),
-            config,
-            ledger,
-            make_run_id(name, list(bars), start, end),
-            kind="backtest",
-            start=start,
-            end=end,
-        )
-    finally:
-        _close(ledger)
+    return run_engine(
+        dict(bars),
+        build_strategy(name, request, settings),
+        config,
+        MemoryJournal(),
+        make_run_id(name, list(bars), start, end),
+        kind="backtest",
+        start=start,
+        end=end,
+    )
 
 
 def strategy_params(request: BacktestRequest, settings: Settings) -> dict[str, Any]:

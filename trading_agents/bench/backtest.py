@@ -6,8 +6,8 @@ Two measurements, both on the bundled GOOG daily bars:
     Bar-steps per second of our engine running SMA crossover (10/20) over every bar,
     against backtesting.py running the same strategy on the same frame in the same process
     (median of several repetitions each; ``ratio`` is ours / theirs, above 1 when ours is
-    faster). Our engine does more per bar (risk checks, an in-memory SQLite ledger with steps
-    written in batches, decision records). Repetitions reuse the prepared market of the same
+    faster). Our engine does more per bar (risk checks, an in-memory journal with steps
+    appended column by column, decision records). Repetitions reuse the prepared market of the same
     unchanged frames, as a backtest and its baselines do; backtesting.py likewise prepares its
     data in ``Backtest(...)``, outside the timed region.
 ``agents_replay``
@@ -58,9 +58,9 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
 def engine_speed(goog: pd.DataFrame, repeats: int = 5) -> dict[str, Any]:
     """Median bar-steps/s of our engine and of backtesting.py on SMA crossover over ``goog``."""
     from trading_agents.backtest.baselines import make_baseline
-    from trading_agents.backtest.engine import EngineConfig, run_engine
-    from trading_agents.broker.ledger import Ledger
     from trading_agents.config.settings import RiskSettings
+    from trading_agents.core import EngineConfig, run_engine
+    from trading_agents.journal import MemoryJournal
 
     config = EngineConfig(
         cash=100_000.0,
@@ -73,12 +73,15 @@ def engine_speed(goog: pd.DataFrame, repeats: int = 5) -> dict[str, Any]:
     ours: list[float] = []
     trades = 0
     for i in range(repeats):
-        with Ledger.open(":memory:") as ledger:
-            began = time.perf_counter()
-            result = run_engine(
-                {TICKER: goog}, make_baseline("sma-cross", fast=FAST, slow=SLOW), config, ledger, f"bench-{i}"
-            )
-            ours.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        result = run_engine(
+            {TICKER: goog},
+            make_baseline("sma-cross", fast=FAST, slow=SLOW),
+            config,
+            MemoryJournal(),
+            f"bench-{i}",
+        )
+        ours.append(time.perf_counter() - began)
         trades = len(result.trades)
 
     theirs: list[float] = []
@@ -185,9 +188,9 @@ def agents_replay_inline(out_dir: Path, bars: int = 20) -> dict[str, Any]:
         from trading_agents.agents.strategy import build_agent_strategy
     except ImportError as exc:
         return {"skipped": f"agent strategy not importable: {exc}"}
-    from trading_agents.backtest.engine import EngineConfig, run_engine
-    from trading_agents.broker.ledger import Ledger
     from trading_agents.config.settings import load_settings
+    from trading_agents.core import EngineConfig, run_engine
+    from trading_agents.journal import MemoryJournal
     from trading_agents.market import load_bars
 
     home = out_dir / "agents-replay-home"
@@ -202,17 +205,16 @@ def agents_replay_inline(out_dir: Path, bars: int = 20) -> dict[str, Any]:
         for attempt in ("first", "replay"):
             strategy = build_agent_strategy(settings, use_cache=True, cache_path=cache)
             try:
-                with Ledger.open(":memory:") as ledger:
-                    began = time.perf_counter()
-                    run_engine(
-                        {TICKER: frame},
-                        strategy,
-                        EngineConfig.from_settings(settings),
-                        ledger,
-                        f"bench-agents-{attempt}",
-                        start=start,
-                    )
-                    wall = time.perf_counter() - began
+                began = time.perf_counter()
+                run_engine(
+                    {TICKER: frame},
+                    strategy,
+                    EngineConfig.from_settings(settings),
+                    MemoryJournal(),
+                    f"bench-agents-{attempt}",
+                    start=start,
+                )
+                wall = time.perf_counter() - began
                 stats = strategy.llm_stats()
             finally:
                 strategy.close()

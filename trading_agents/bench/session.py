@@ -18,15 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from trading_agents.agents.schemas import ROLE_SCHEMAS
 from trading_agents.agents.strategy import AgentStrategy, build_agent_strategy
-from trading_agents.backtest.engine import EngineConfig, run_engine
-from trading_agents.backtest.strategy import DecisionContext, StrategyDecision
-from trading_agents.broker.ledger import Ledger
 from trading_agents.config.settings import load_settings
+from trading_agents.core import DecisionContext, StrategyDecision
+from trading_agents.journal import MemoryJournal
 from trading_agents.market import load_bars
+from trading_agents.session import run_session
 from utils.llm_integration.local_llm import (
     LocalLLM,
     SamplingParams,
@@ -125,19 +123,9 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         # one-time costs (first touch of buffers, thread pools) are paid before timing, on both sides
         llm.complete([{"role": "user", "content": "Reply OK."}], sampling=SamplingParams(max_tokens=4))
         raw.llama.create_completion("Reply OK.", max_tokens=4, temperature=0.0)
-        with Ledger.open(":memory:") as ledger:
-            started = time.perf_counter()
-            run_engine(
-                bars,
-                timed,
-                EngineConfig.for_session(settings),
-                ledger,
-                "bench",
-                kind="session",
-                start=pd.Timestamp(dates[0]),
-                end=pd.Timestamp(dates[-1]),
-            )
-            session_wall = time.perf_counter() - started
+        started = time.perf_counter()
+        run_session(settings, bars, dates[0], dates[-1], journal=MemoryJournal(), strategy=timed)
+        session_wall = time.perf_counter() - started
         stats = strategy.llm_stats()
         steps = [s for o in strategy.outcomes for s in o.steps]
         strategy.close()

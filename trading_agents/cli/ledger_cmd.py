@@ -12,9 +12,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from trading_agents.broker.ledger import Ledger, RiskStateChange, RunInfo, default_ledger_path
 from trading_agents.cli.common import ConfigOption, JsonOption, console, emit_json, settings_from
+from trading_agents.core import RunInfo
 from trading_agents.errors import UserInputError
+from trading_agents.journal import Ledger, RiskStateChange, default_ledger_path
 
 NO_LEDGER = "no ledger yet; run `trading-agents run`"
 

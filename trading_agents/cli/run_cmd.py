@@ -79,10 +79,8 @@ def run(
     Exit codes: 0 ok, 2 bad input, 3 model failure, 4 data unavailable, 5 the account ended
     HALTED (kill switch), 6 another session holds the ledger.
     """
-    from trading_agents.agents.strategy import build_agent_strategy
-    from trading_agents.backtest.engine import EngineConfig, run_engine
-    from trading_agents.broker.ledger import Ledger, default_ledger_path
     from trading_agents.market import load_bars
+    from trading_agents.session import run_session
 
     if ticker and data is not None:
         raise UserInputError("--ticker and --data are exclusive; pass tickers or a CSV file, not both")
@@ -99,49 +97,30 @@ def run(
     bars = load_bars(data_file=data) if data is not None else load_bars(tickers=tickers)
     window = _window(bars, first, last, settings.session.days, exact_date=date is not None)
 
-    strategy = build_agent_strategy(settings, use_cache=False)
-    try:
-        strategy.desk.preload()  # a model that cannot load stops the run before any bar is recorded
-    except BaseException:
-        strategy.close()
-        raise
-    for note in strategy.desk.notes:
-        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
-    ledger_path = default_ledger_path(settings.paths.home)
     view = _LiveView(enabled=interactive() and not json_out, plain=not json_out)
-    strategy.on_event = view.agent_event
-    strategy.on_ticker = view.ticker_started
+
+    def hook(strategy: Any) -> None:
+        strategy.on_event = view.agent_event
+        strategy.on_ticker = view.ticker_started
+
     started = time.monotonic()
-    try:
-        with Ledger.open(ledger_path) as ledger, view.running():
-            result = run_engine(
-                bars,
-                strategy,
-                EngineConfig.for_session(settings),
-                ledger,
-                account,
-                kind="session",
-                start=pd.Timestamp(window[0]),
-                end=pd.Timestamp(window[1]),
-                on_step=view.step,
-                record_config=settings.public_dict(),
-            )
-            account_state = ledger.account(account)
-            positions = ledger.positions(account)
-    finally:
-        strategy.close()
-    summary = _summary(
-        view.events, result, strategy, account, account_state, positions, window, time.monotonic() - started
-    )
+    with view.running():
+        outcome = run_session(
+            settings,
+            bars,
+            window[0],
+            window[1],
+            account=account,
+            on_step=view.step,
+            on_note=lambda note: err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True),
+            prepare=hook,
+        )
+    summary = _summary(view.events, outcome, account, window, time.monotonic() - started)
     if json_out:
         emit_json(summary)
     else:
         _print_summary(summary)
-    if str(summary["account"].get("risk_state", "ACTIVE")) == "HALTED":
-        err_console.print(
-            "[red]account is HALTED[/]: only reducing orders are allowed; `trading-agents resume`"
-        )
-        raise typer.Exit(5)
+    outcome.raise_if_halted()
 
 
 def _window(
@@ -162,15 +141,14 @@ def _window(
 
 
 def _summary(
-    events: list[Any],
-    result: Any,
-    strategy: Any,
-    account: str,
-    account_state: Any,
-    positions: Any,
-    window: tuple[dt.date, dt.date],
-    wall_s: float,
+    events: list[Any], outcome: Any, account: str, window: tuple[dt.date, dt.date], wall_s: float
 ) -> dict[str, Any]:
+    result, strategy, account_state, positions = (
+        outcome.result,
+        outcome.strategy,
+        outcome.account,
+        outcome.positions,
+    )
     decisions: list[dict[str, Any]] = []
     routes: dict[str, int] = {}
     for event in events:

@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Literal
 import pandas as pd
 
 from trading_agents.config.settings import RiskSettings
+from trading_agents.core.orders import DAY_NS, grows_position
 
 if TYPE_CHECKING:
-    from trading_agents.backtest.strategy import OrderIntent, PortfolioView
+    from trading_agents.core.decision import OrderIntent, PortfolioView
 
 RiskState = Literal["ACTIVE", "REDUCING", "HALTED"]
 _SEVERITY = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
@@ -162,7 +163,7 @@ class RiskEngine:
         if qty <= 0:
             return veto("invalid_intent", f"resolved quantity is {qty}: nothing to trade")
 
-        reducing = (intent.side == "sell" and qty <= held) or (intent.side == "buy" and qty <= -held)
+        reducing = not grows_position(intent.side, qty, held)
         mine, theirs = self.state, portfolio.risk_state  # the more severe, ours on a tie (as max gives)
         state = mine if _SEVERITY.get(mine, 2) >= _SEVERITY.get(theirs, 2) else theirs
         if state != "ACTIVE" and not reducing:
@@ -175,9 +176,9 @@ class RiskEngine:
         s = self.settings
         # (rule, cap) in order; a reason is formatted only for a clip or veto.
         caps = [("max_order_notional", math.floor(s.max_order_notional / ref_price))]
-        # Room left on this side for the position after the order: |held + sign*q| * price <= pct * equity.
-        pos_cap = math.floor(s.max_position_pct * equity / ref_price + 1e-9)
-        caps.append(("max_position_pct", pos_cap - held * sign if held * sign >= 0 else pos_cap + abs(held)))
+        caps.append(
+            ("max_position_pct", position_room(s.max_position_pct, equity, ref_price, held, intent.side))
+        )
         gross = sum(abs(q) * portfolio.prices.get(t, 0.0) for t, q in portfolio.positions.items())
         room = s.max_gross_exposure_pct * equity - gross
         # Reducing part of a flip frees |held| of exposure before adding.
@@ -218,7 +219,7 @@ class RiskEngine:
         last = self.last_date
         if last is not None:
             if bar_date.tzinfo is None and last.tzinfo is None:  # once per bar: _days_between inlined
-                new_day = bar_date.value // _DAY_NS != last.value // _DAY_NS
+                new_day = bar_date.value // DAY_NS != last.value // DAY_NS
             else:
                 new_day = _days_between(last, bar_date) != 0
             if new_day:
@@ -264,7 +265,16 @@ class RiskEngine:
         return RiskEvent("resume", "manual", reason)
 
 
-_DAY_NS = 86_400_000_000_000
+def position_room(pct: float, equity: float, price: float, held: int, side: str) -> int:
+    """Whole shares an order on ``side`` may add so that the position after it is worth at most
+    ``pct`` of ``equity`` at ``price``: ``|held + signed quantity| * price <= pct * equity``.
+
+    The one position-cap formula, for the risk engine and the desk's guards. A flip through
+    flat may trade the held shares plus the room on the other side.
+    """
+    cap = math.floor(pct * equity / price + 1e-9)
+    signed_held = held if side == "buy" else -held
+    return cap - signed_held if signed_held >= 0 else cap + abs(held)
 
 
 def _days_between(earlier: pd.Timestamp, later: pd.Timestamp) -> int:
@@ -278,7 +288,7 @@ def _days_between(earlier: pd.Timestamp, later: pd.Timestamp) -> int:
     if type(later) is not pd.Timestamp:
         later = pd.Timestamp(later)
     if earlier.tzinfo is None and later.tzinfo is None:
-        return later.value // _DAY_NS - earlier.value // _DAY_NS
+        return later.value // DAY_NS - earlier.value // DAY_NS
     return (later.normalize() - earlier.normalize()).days
 
 

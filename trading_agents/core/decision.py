@@ -140,7 +140,7 @@ class DecisionContext:
 
 @dataclass
 class StrategyDecision:
-    """Intents plus an optional JSON-safe ``record`` stored in the ledger's decisions table."""
+    """Intents plus an optional JSON-safe ``record`` stored with the run's decisions in the journal."""
 
     intents: list[OrderIntent] = field(default_factory=list)
     record: dict[str, Any] | None = None

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from trading_agents.broker.orders import Fill, Order, Position, client_order_id
+from trading_agents.core.orders import Fill, Order, Position, client_order_id, grows_position
 
 
 @dataclass(frozen=True, init=False)
@@ -42,7 +42,7 @@ class BarPrices:
 class PaperBroker:
     """Cash, positions and pending orders of one account; fills orders against bars.
 
-    The broker is pure bookkeeping (no I/O): the engine persists what it returns.
+    The broker is pure bookkeeping (no I/O): the engine hands what it returns to the journal.
     """
 
     def __init__(
@@ -101,11 +101,6 @@ class PaperBroker:
             if p.stop_loss is not None and p.quantity > 0:
                 return False
         return True
-
-    def is_reducing(self, side: str, quantity: int, ticker: str) -> bool:
-        """True when the order only shrinks an existing position towards flat."""
-        held = self.quantity(ticker)
-        return (side == "sell" and 0 < quantity <= held) or (side == "buy" and 0 < quantity <= -held)
 
     def affordable(self, price: float) -> int:
         """Whole shares that cash buys at ``price`` including commission."""
@@ -205,7 +200,9 @@ class PaperBroker:
         cancelled: list[Order] = []
         keep: list[Order] = []
         for order in self.pending:
-            if only_increasing and self.is_reducing(order.side, order.quantity, order.ticker):
+            if only_increasing and not grows_position(
+                order.side, order.quantity, self.quantity(order.ticker)
+            ):
                 keep.append(order)
                 continue
             order.status, order.reason, order.updated_at = "cancelled", _join(order.reason, reason), date

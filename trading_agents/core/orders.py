@@ -1,4 +1,4 @@
-"""Orders, fills and positions: what the paper broker produces and the ledger stores.
+"""Orders, fills and positions: what the paper broker produces and the journal stores.
 
 Client order ids are deterministic (:func:`client_order_id`): re-deciding the same bar
 after a crash yields the same id, and the ledger's UNIQUE constraint refuses a duplicate.
@@ -18,17 +18,24 @@ OrderType = Literal["market", "limit", "stop"]
 TimeInForce = Literal["day", "gtc"]
 OrderStatus = Literal["pending", "filled", "cancelled", "expired", "rejected"]
 
-#: Statuses after which an order never changes again.
-FINAL_STATUSES: frozenset[str] = frozenset({"filled", "cancelled", "expired", "rejected"})
+#: Nanoseconds in a day: a tz-naive ``Timestamp.value`` divided by it is the day number.
+DAY_NS = 86_400_000_000_000
 
 
-_DAY_NS = 86_400_000_000_000
+def grows_position(side: str, quantity: int, held: int) -> bool:
+    """Whether an order of ``quantity`` shares on ``side`` grows the position of ``held`` shares
+    (negative: short) instead of only shrinking it towards flat.
+
+    The one rule behind "only reducing orders pass" for the broker (cancelling on a halt),
+    the risk engine (HALTED/REDUCING) and the journal (``trading-agents halt``).
+    """
+    return not ((side == "sell" and 0 < quantity <= held) or (side == "buy" and 0 < quantity <= -held))
 
 
 @lru_cache(maxsize=8192)
 def iso_date(ts: pd.Timestamp | str) -> str:
     """``2024-01-02`` for a midnight timestamp, full ISO 8601 otherwise (intraday bars)."""
-    if type(ts) is pd.Timestamp and ts.tzinfo is None and ts.value % _DAY_NS == 0:
+    if type(ts) is pd.Timestamp and ts.tzinfo is None and ts.value % DAY_NS == 0:
         return f"{ts.year:04d}-{ts.month:02d}-{ts.day:02d}"  # midnight, without re-parsing
     ts = pd.Timestamp(ts)
     midnight = not (ts.hour or ts.minute or ts.second or ts.microsecond or ts.nanosecond)
@@ -66,10 +73,6 @@ class Order:
     requested_quantity: int | None = None
     filled_quantity: int = 0
     updated_at: pd.Timestamp | None = None
-
-    @property
-    def is_open(self) -> bool:
-        return self.status == "pending"
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe dict (dates as ISO strings), keys in field order."""

@@ -1,0 +1,157 @@
+"""The import rules of docs/ARCHITECTURE.md, checked on every import in the code.
+
+Every ``import`` and ``from ... import`` of the package and of ``utils/`` is read from the
+source (module level, inside functions and under ``TYPE_CHECKING`` alike), mapped to the
+top-level package it comes from and goes to, and checked against :data:`ALLOWED`. A
+violation fails naming the file, the line and the rule it breaks.
+"""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "trading_agents"
+UTILS = ROOT / "utils"
+
+#: The foundation every layer above the core may use.
+FOUNDATION = {"config", "errors", "fsutil"}
+
+#: Which top-level packages (or modules) of ``trading_agents`` each one may import, besides
+#: itself; ``utils`` is the LLM integration layer. ``cli`` may import anything.
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "fsutil": {"errors", "utils"},
+    "config": {"errors", "utils"},
+    "core": {"config", "errors"},
+    "journal": {"core"} | FOUNDATION,
+    "market": FOUNDATION,
+    "models": {"utils"} | FOUNDATION,
+    "agents": {"core", "market", "models", "utils"} | FOUNDATION,
+    "backtest": {"core", "journal", "agents", "market", "models"} | FOUNDATION,
+    "session": {"core", "journal", "agents", "market"} | FOUNDATION,
+    "bench": {"core", "journal", "agents", "market", "models", "backtest", "session", "utils"} | FOUNDATION,
+    "cli": {"*"},
+}
+
+
+def _imports(path: Path) -> Iterator[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.lineno, node.module
+
+
+def _layer(module: str) -> str | None:
+    """``trading_agents.core.engine`` -> ``core``; ``utils.llm_integration.x`` -> ``utils``."""
+    parts = module.split(".")
+    if parts[0] == "trading_agents" and len(parts) > 1:
+        return parts[1]
+    if parts[0] == "utils":
+        return "utils"
+    return None
+
+
+def _package_files() -> list[tuple[str, Path]]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).parts
+        if rel == ("__init__.py",):
+            continue
+        out.append((rel[0].removesuffix(".py"), path))
+    return out
+
+
+def _edges() -> dict[str, dict[str, list[str]]]:
+    """layer -> imported layer -> ``file:line`` of each import."""
+    edges: dict[str, dict[str, list[str]]] = {}
+    for layer, path in _package_files():
+        for line, module in _imports(path):
+            target = _layer(module)
+            if target is not None and target != layer:
+                where = f"{path.relative_to(ROOT)}:{line}"
+                edges.setdefault(layer, {}).setdefault(target, []).append(where)
+    return edges
+
+
+def test_every_package_has_a_rule() -> None:
+    layers = {layer for layer, _ in _package_files()}
+    missing = sorted(layers - set(ALLOWED))
+    assert missing == [], f"declare the allowed imports of {missing} in ALLOWED (and in docs/ARCHITECTURE.md)"
+
+
+def test_every_import_follows_the_layer_rules() -> None:
+    broken = []
+    for layer, targets in _edges().items():
+        allowed = ALLOWED.get(layer, set())
+        if "*" in allowed:
+            continue
+        for target, places in targets.items():
+            if target not in allowed:
+                broken += [f"{where}: {layer} may not import {target}" for where in places]
+    assert broken == [], "\n".join(broken)
+
+
+def test_nothing_imports_the_cli_but_the_console_entry_point() -> None:
+    broken = [
+        f"{where}: {layer} imports cli"
+        for layer, targets in _edges().items()
+        if layer != "cli"
+        for where in targets.get("cli", [])
+    ]
+    assert broken == [], "\n".join(broken)
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"trading-agents": "trading_agents.cli.app:main"}
+
+
+def test_the_llm_layer_imports_nothing_from_trading_agents() -> None:
+    broken = [
+        f"{path.relative_to(ROOT)}:{line}: utils imports {module}"
+        for path in sorted(UTILS.rglob("*.py"))
+        for line, module in _imports(path)
+        if module.split(".")[0] == "trading_agents"
+    ]
+    assert broken == [], "\n".join(broken)
+
+
+def test_there_are_no_cycles_between_packages() -> None:
+    graph = {layer: set(targets) - {"utils"} for layer, targets in _edges().items()}
+    cycles: list[str] = []
+
+    def visit(node: str, trail: list[str]) -> None:
+        if node in trail:
+            cycles.append(" -> ".join([*trail[trail.index(node) :], node]))
+            return
+        for nxt in sorted(graph.get(node, ())):
+            visit(nxt, [*trail, node])
+
+    for start in sorted(graph):
+        visit(start, [])
+    assert cycles == [], "\n".join(sorted(set(cycles)))
+
+
+@pytest.mark.parametrize(
+    ("source", "rule"),
+    [
+        ("from trading_agents.cli.app import main\n", "core may not import cli"),
+        ("def f():\n    import trading_agents.journal.sqlite\n", "core may not import journal"),
+    ],
+)
+def test_the_checker_finds_a_planted_violation(tmp_path: Path, source: str, rule: str) -> None:
+    """The rules are only worth something if a violation, even inside a function, is seen."""
+    planted = tmp_path / "planted.py"
+    planted.write_text(source)
+    found = [
+        f"core may not import {_layer(module)}"
+        for _, module in _imports(planted)
+        if _layer(module) not in ALLOWED["core"]
+    ]
+    assert found == [rule]
