@@ -42,6 +42,7 @@ from trading_agents.backtest.metrics import compute_metrics
 from trading_agents.backtest.report import package_versions, write_results
 from trading_agents.config.settings import Settings
 from trading_agents.errors import UserInputError
+from trading_agents.risk.limits import caps_in_force
 
 log = logging.getLogger("trading_agents.backtest")
 
@@ -218,6 +219,7 @@ def run_backtest(
         "commission": settings.broker.commission,
         "slippage_bps": settings.broker.slippage_bps,
         "max_position_pct": settings.risk.max_position_pct,
+        "risk_caps": caps_in_force(settings.risk),
         "models": (llm or {}).get("models", {}),
         "seed": _seed(request, settings, llm),
         "llm": llm,

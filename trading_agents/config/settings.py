@@ -85,7 +85,9 @@ class HuggingFaceSettings(Section):
 
 class RiskSettings(Section):
     max_position_pct: float = Field(0.20, gt=0.0, le=1.0, description="Per symbol, of equity.")
-    max_order_notional: float = Field(25_000.0, gt=0.0)
+    # Per-order caps; null: off. The fraction scales with the account, the absolute one does not.
+    max_order_notional: float | None = Field(None, gt=0.0, description="Per order, in cash.")
+    max_order_notional_pct: float | None = Field(None, gt=0.0, le=4.0, description="Per order, of equity.")
     max_gross_exposure_pct: float = Field(1.0, gt=0.0, le=4.0)
     max_daily_loss_pct: float = Field(0.05, gt=0.0, le=1.0, description="Kill switch: HALTED.")
     max_drawdown_pct: float = Field(0.20, gt=0.0, le=1.0, description="Kill switch: HALTED.")
