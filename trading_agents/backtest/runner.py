@@ -63,6 +63,7 @@ class BacktestRequest(BaseModel):
     ``cash``, ``commission``, ``slippage_bps`` and ``max_position_pct`` default to the
     config's ``broker`` and ``risk`` sections. ``seed`` seeds the ``random`` strategy and
     the LLM. ``fast``/``slow`` are the SMA windows of ``sma-cross`` (also as a baseline).
+    ``response_cache`` is the LLM response cache file (default ``<home>/llm_cache.sqlite``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -80,6 +81,7 @@ class BacktestRequest(BaseModel):
     slow: int = 20
     seed: int | None = None
     use_cache: bool = True
+    response_cache: Path | None = None
     blind: bool = False
     baselines: bool = True
     out: Path | None = None
@@ -374,7 +376,9 @@ def build_strategy(name: str, request: BacktestRequest, settings: Settings) -> A
             from trading_agents.agents.strategy import build_agent_strategy
         except ImportError as exc:
             raise UserInputError(f"the agents strategy is not available in this install: {exc}") from None
-        return build_agent_strategy(settings, use_cache=request.use_cache, blind=request.blind)
+        return build_agent_strategy(
+            settings, use_cache=request.use_cache, blind=request.blind, cache_path=request.response_cache
+        )
     from trading_agents.backtest.baselines import make_baseline
 
     return make_baseline(name, **_baseline_params(name, request, settings))
