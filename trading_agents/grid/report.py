@@ -129,7 +129,7 @@ def _leaderboard_table(strategies: list[Mapping[str, Any]]) -> str:
     head = "".join(f"<th>{_e(title)}</th>" for _, title in _COLUMNS)
     body = []
     for s in strategies:
-        cells = "".join(f"<td>{_e(_fmt(key, s.get(key)))}</td>" for key, _ in _COLUMNS)
+        cells = "".join(f"<td>{_e(fmt(key, s.get(key)))}</td>" for key, _ in _COLUMNS)
         body.append(f"<tr>{cells}</tr>")
     return f'<table class="compare"><tr>{head}</tr>{"".join(body)}</table>'
 
@@ -150,7 +150,7 @@ def _llm_table(agents: list[Mapping[str, Any]]) -> str:
         "<tr><td>"
         + _e(s["label"])
         + "</td>"
-        + "".join(f"<td>{_e(_fmt(k, s['llm'].get(k)))}</td>" for k in keys)
+        + "".join(f"<td>{_e(fmt(k, s['llm'].get(k)))}</td>" for k in keys)
         + "</tr>"
         for s in agents
     )
@@ -161,12 +161,13 @@ def _cells_table(cells: list[Mapping[str, Any]]) -> str:
     keys = ("key", "status", "return_pct", "excess_pct", "sharpe", "max_drawdown_pct", "num_trades", "error")
     head = "".join(f"<th>{_e(k)}</th>" for k in keys)
     body = "".join(
-        "<tr>" + "".join(f"<td>{_e(_fmt(k, c.get(k)))}</td>" for k in keys) + "</tr>" for c in cells
+        "<tr>" + "".join(f"<td>{_e(fmt(k, c.get(k)))}</td>" for k in keys) + "</tr>" for c in cells
     )
     return f'<table class="meta"><tr>{head}</tr>{body}</table>'
 
 
-def _fmt(key: str, value: Any) -> str:
+def fmt(key: str, value: Any) -> str:
+    """One leaderboard value as table text (``--`` when undefined)."""
     if value is None:
         return "--"
     if key == "beat_buy_hold_share":
