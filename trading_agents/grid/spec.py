@@ -54,7 +54,7 @@ from trading_agents.errors import ConfigError
 EXAMPLE = "configs/grids/example.yaml"
 PERIOD = re.compile(r"^(\d+)([dwmy])$")
 # Union branch tags pydantic puts into an error's location; a key path never holds them.
-_TAGS = {"list", "rolling", "name", "pair", "str", "ModelPair", "function-after[_check(), ModelPair]"}
+_TAGS = {"model-name", "model-pair", "window-list", "window-rolling"}
 
 
 class _Strict(BaseModel):
@@ -140,8 +140,8 @@ class StrategySpec(_Strict):
     label: str | None = Field(None, min_length=1, max_length=60, pattern=r"^[A-Za-z0-9][\w.+-]*$")
     model: (
         Annotated[
-            Annotated[str, Tag("str")] | Annotated[ModelPair, Tag("pair")],
-            Discriminator(lambda v: "pair" if isinstance(v, dict | ModelPair) else "str"),
+            Annotated[str, Tag("model-name")] | Annotated[ModelPair, Tag("model-pair")],
+            Discriminator(lambda v: "model-pair" if isinstance(v, dict | ModelPair) else "model-name"),
         ]
         | None
     ) = Field(None, description="agents: registry alias, GGUF path, or {primary, fallback}")
@@ -179,8 +179,8 @@ class StrategySpec(_Strict):
 
 
 Windows = Annotated[
-    Annotated[list[WindowSpec], Tag("list")] | Annotated[RollingWindows, Tag("rolling")],
-    Discriminator(lambda v: "rolling" if isinstance(v, dict | RollingWindows) else "list"),
+    Annotated[list[WindowSpec], Tag("window-list")] | Annotated[RollingWindows, Tag("window-rolling")],
+    Discriminator(lambda v: "window-rolling" if isinstance(v, dict | RollingWindows) else "window-list"),
 ]
 
 
