@@ -93,13 +93,14 @@ def charts(board: Mapping[str, Any]) -> list[tuple[str, str]]:
     if not labels:
         return []
     out = []
-    fig = Figure(figsize=(10, 0.6 * len(labels) + 1.8), dpi=100)
+    fig = Figure(figsize=(max(5, 1.4 * len(labels) + 2), 4), dpi=100)
     ax = fig.add_subplot()
-    ax.boxplot([series[lab] for lab in labels], vert=False, tick_labels=labels, showmeans=True)
+    ax.boxplot([series[lab] for lab in labels], showmeans=True)
+    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8)
     for i, lab in enumerate(labels, start=1):
-        ax.scatter(series[lab], [i] * len(series[lab]), s=10, alpha=0.5, color="#1f4e79")
-    ax.axvline(0, color="#c0392b", linewidth=1)
-    ax.set_xlabel("excess return over buy-and-hold [%]")
+        ax.scatter([i] * len(series[lab]), series[lab], s=10, alpha=0.5, color="#1f4e79")
+    ax.axhline(0, color="#c0392b", linewidth=1)
+    ax.set_ylabel("excess return over buy-and-hold [%]")
     ax.grid(alpha=0.3)
     out.append(("Distribution of excess return per strategy (one point per cell)", _png(fig)))
 

@@ -67,15 +67,16 @@ def base_settings(spec: GridSpec, config: Path | None) -> Settings:
     return load_settings(config, spec.overrides())
 
 
-def cell_settings(base: Settings, strategy: StrategySpec, threads: int) -> dict[str, Any]:
-    """The JSON-ready settings one cell runs with (what crosses to the worker)."""
+def cell_settings(base: Settings, strategy: StrategySpec, threads: int, seed: int) -> dict[str, Any]:
+    """The JSON-ready settings one cell runs with (what crosses to the worker); agents get the
+    grid seed as the LLM seed."""
     data = base.model_dump(mode="json")
     data["huggingface"] = {"token": None, "endpoint": data["huggingface"].get("endpoint")}
     if strategy.name == "agents":
         llm = data["llm"]
         if strategy.model is not None:
             llm["primary"], llm["fallback"] = strategy.primary, strategy.fallback
-        llm["n_threads"] = threads
+        llm["n_threads"], llm["seed"] = threads, seed
         llm["ram_cache_mb"] = 0  # no state carried between cells: results independent of order
     return data
 
@@ -204,7 +205,7 @@ def run_grid(
     cells = expand(spec)
     check_data(spec)
     strategies = {s.default_label(): s for s in spec.with_reference()}
-    per_label = {label: cell_settings(base, s, threads) for label, s in strategies.items()}
+    per_label = {label: cell_settings(base, s, threads, spec.seed) for label, s in strategies.items()}
     needs: dict[str, int] = {}
     for label, s in strategies.items():
         if s.name == "agents":
