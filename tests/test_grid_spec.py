@@ -185,3 +185,8 @@ def test_status_of_a_folder_without_grid_is_exit_2(
 ) -> None:
     code, _, err = cli(capsys, "grid", "status", str(tmp_path))
     assert code == 2 and "holds no grid" in err
+
+
+def test_the_shipped_example_is_valid() -> None:
+    spec = load_spec(Path(__file__).resolve().parents[1] / "configs" / "grids" / "example.yaml")
+    assert len(expand(spec)) == 3 * 15 * 4 and spec.reference_label() == "buy-hold"
