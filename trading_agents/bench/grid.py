@@ -10,8 +10,8 @@ Ray is started once in-process (``ray_start_s``), then:
     the parallelism wins over Ray's scheduling and the workers' start); ``cells_per_s`` is
     the grid's throughput.
 ``agents``
-    Agent cells on the embedded model (GOOG and SPX, the last bars of the bundled data; two
-    decisions per cell, one with ``quick``) with 1 worker x 2 threads against 2 workers x 1
+    Agent cells on the embedded model (GOOG and SPX, the last five bars of the bundled data:
+    four decisions per cell; ``quick``: GOOG, one decision) with 1 worker x 2 threads against 2 workers x 1
     thread, each in a fresh folder (no cached replies): decisions per hour of grid wall time
     (model loads included) and the ratio of the second to the first.
 """
@@ -37,7 +37,7 @@ seed: 1
 """
 
 AGENT_SPEC = """
-data: {{tickers: [GOOG, SPX]}}
+data: {{tickers: [{tickers}]}}
 windows: [{{start: {start}, end: 2013-02-28}}]
 strategies:
   - {{name: agents, model: embedded, label: smollm2}}
@@ -108,7 +108,11 @@ def agents(out_dir: Path, quick: bool) -> dict[str, Any]:
     from trading_agents.grid.run import run_grid
     from trading_agents.grid.spec import spec_from_text
 
-    spec = spec_from_text(AGENT_SPEC.format(start="2013-02-27" if quick else "2013-02-26"))
+    spec = spec_from_text(
+        AGENT_SPEC.format(
+            tickers="GOOG" if quick else "GOOG, SPX", start="2013-02-27" if quick else "2013-02-22"
+        )
+    )
     runs: dict[str, Any] = {}
     for name, workers, threads in (("1x2", 1, 2), ("2x1", 2, 1)):
         began = time.perf_counter()
