@@ -35,7 +35,9 @@ ALLOWED: dict[str, set[str]] = {
     "agents": {"core", "market", "models", "utils"} | FOUNDATION,
     "backtest": {"core", "journal", "agents", "market", "models"} | FOUNDATION,
     "session": {"core", "journal", "agents", "market"} | FOUNDATION,
-    "bench": {"core", "journal", "agents", "market", "models", "backtest", "session", "utils"} | FOUNDATION,
+    "grid": {"core", "journal", "agents", "market", "models", "backtest", "utils"} | FOUNDATION,
+    "bench": {"core", "journal", "agents", "market", "models", "backtest", "session", "grid", "utils"}
+    | FOUNDATION,
     "cli": {"*"},
 }
 

@@ -52,7 +52,14 @@ LOOSE = RiskSettings(
     max_position_pct=1.0, max_order_notional=1e12, max_daily_loss_pct=1.0, max_drawdown_pct=1.0
 )
 BENCH = EngineConfig(cash=100_000.0, commission=0.001, slippage_bps=0.0, risk=LOOSE)
-DEFAULT = EngineConfig()
+
+
+def _risk(**limits: Any) -> RiskSettings:
+    """The limits the reference was recorded under: the per-order cap was then 25,000 by default."""
+    return RiskSettings(**{"max_order_notional": 25_000.0, **limits})
+
+
+DEFAULT = EngineConfig(risk=_risk())
 
 # Columns holding the wall-clock time of a write: they differ between any two runs.
 WALL_CLOCK = {"created_at", "updated_at", "applied_at"}
@@ -119,7 +126,7 @@ RUNS: dict[str, Callable[[], dict[str, Any]]] = {
         "bars": _bars("GOOG", "SPX", "IXIC"),
         "strategy": make_baseline("sma-cross", fast=5, slow=30),
         "config": EngineConfig(
-            cash=250_000.0, risk=RiskSettings(max_drawdown_pct=1.0, max_daily_loss_pct=1.0)
+            cash=250_000.0, risk=_risk(max_drawdown_pct=1.0, max_daily_loss_pct=1.0)
         ),
         "start": "2010-01-04",
         "end": "2014-06-30",
@@ -127,7 +134,7 @@ RUNS: dict[str, Callable[[], dict[str, Any]]] = {
     "buyhold-session": lambda: {
         "bars": _bars("GOOG", "SPX"),
         "strategy": make_baseline("buy-hold"),
-        "config": EngineConfig(decide_on_last_bar=True, close_at_end=False),
+        "config": EngineConfig(risk=_risk(), decide_on_last_bar=True, close_at_end=False),
         "kind": "session",
         "start": "2012-06-01",
     },
@@ -135,7 +142,7 @@ RUNS: dict[str, Callable[[], dict[str, Any]]] = {
         "bars": _bars("GOOG", "SPX"),
         "strategy": Scripted(),
         "config": EngineConfig(
-            cash=60_000.0, risk=RiskSettings(max_drawdown_pct=0.9, max_daily_loss_pct=0.5)
+            cash=60_000.0, risk=_risk(max_drawdown_pct=0.9, max_daily_loss_pct=0.5)
         ),
         "start": "2011-01-03",
         "end": "2013-03-01",
@@ -143,7 +150,7 @@ RUNS: dict[str, Callable[[], dict[str, Any]]] = {
     "macd-kill-switch": lambda: {
         "bars": _bars("GOOG"),
         "strategy": make_baseline("macd", fast=5, slow=20, signal=5),
-        "config": EngineConfig(risk=RiskSettings(max_position_pct=1.0, max_drawdown_pct=0.08)),
+        "config": EngineConfig(risk=_risk(max_position_pct=1.0, max_drawdown_pct=0.08)),
     },
 }
 

@@ -57,7 +57,9 @@ def test_buy_max_resolves_before_checks_with_headroom() -> None:
 
 
 def test_vetoes_name_their_rule() -> None:
-    s = RiskSettings(max_position_pct=0.2, max_gross_exposure_pct=0.5, max_data_age_days=3)
+    s = RiskSettings(
+        max_position_pct=0.2, max_order_notional=25_000, max_gross_exposure_pct=0.5, max_data_age_days=3
+    )
     risk = RiskEngine(s)
     full = risk.check(
         OrderIntent("GOOG", "buy", 10), view(cash=80_000, positions={"GOOG": 200}), 100.0, DAY, DAY

@@ -15,6 +15,8 @@ Exit codes (documented in the README and in ``trading-agents --help``):
 5     risk: the account is HALTED or the session was refused by risk rules
 6     busy: another run holds the lock (cron overlap); nothing was done
 7     resource: not enough memory or disk, or a path is not writable
+      (also: a Ray cluster that cannot be reached or has no node that fits)
+8     partial: some cells of a grid failed; the others are stored
 ====  =====================================================================
 """
 
@@ -84,3 +86,13 @@ class ResourceError(TradingAgentsError):
     """Not enough memory or disk, or a path is not writable."""
 
     exit_code = 7
+
+
+class PartialFailureError(TradingAgentsError):
+    """Some cells of a grid failed; the rest finished and are stored (``outcome``)."""
+
+    exit_code = 8
+
+    def __init__(self, message: str, outcome: object = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome

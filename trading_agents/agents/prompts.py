@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from trading_agents.config.settings import RiskSettings
 from trading_agents.core import PortfolioView
+from trading_agents.core.risk import describe_order_notional
 
 DESK_RULES = """You work on a systematic desk trading liquid US equities and indices on daily \
 bars. The analyst proposes BUY, SELL or HOLD; the risk manager approves, reduces or rejects it \
@@ -80,7 +81,7 @@ def render_task(
         "",
         "LIMITS",
         f"max position: {risk.max_position_pct:.0%} of equity per instrument",
-        f"max order notional: {risk.max_order_notional:,.0f}",
+        f"max order notional: {describe_order_notional(risk)}",
         f"short selling: {'allowed' if risk.allow_short else 'not allowed'}",
     ]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The agent desk as an engine :class:`~trading_agents.backtest.strategy.Strategy`.
+"""The agent desk as an engine :class:`~trading_agents.core.decision.Strategy`.
 
 For each instrument with a bar at the decision date, the desk gets a point-in-time snapshot
 (built from bars the engine has already cut at that date), runs analyst -> risk -> executor,

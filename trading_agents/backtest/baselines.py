@@ -3,7 +3,7 @@
 All are long-only and trade each ticker in ``ctx.bars`` on its own: enter with
 ``quantity=None`` (as many shares as cash and the risk limits allow), exit the whole
 position. Signals use only the bars the engine passes (dated ``<= as_of``), read through
-:meth:`~trading_agents.backtest.strategy.DecisionContext.column` so that no DataFrame is
+:meth:`~trading_agents.core.decision.DecisionContext.column` so that no DataFrame is
 sliced per bar.
 
 =============  ===========================================================================
@@ -55,7 +55,7 @@ class _Fold:
 
     def over(self, ticker: str, closes: np.ndarray) -> tuple[State | None, State | None]:
         """Like calling with a frame, for a read-only prefix view of one array (the engine's
-        :meth:`~trading_agents.backtest.strategy.DecisionContext.column`).
+        :meth:`~trading_agents.core.decision.DecisionContext.column`).
 
         A longer view of the same array extends the same data, so the cache is advanced when
         ``closes`` shares the cached view's base array and agrees on its last cached close.

@@ -161,7 +161,7 @@ def render_html(
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{_e(title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{REPORT_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
         f'<p class="sub">{_e(metrics.get("start"))} to {_e(metrics.get("end"))} · '
         f"run {_e(meta.get('run_id', getattr(result, 'run_id', '')))}</p>",
@@ -230,7 +230,7 @@ def _charts(
     ax.set_ylabel("equity [$]")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    charts.append(("Equity against buy-and-hold", _png(fig)))
+    charts.append(("Equity against buy-and-hold", png_data_uri(fig)))
 
     fig = Figure(figsize=(10, 2.5), dpi=100)
     ax = fig.add_subplot()
@@ -238,7 +238,7 @@ def _charts(
     ax.fill_between(index, -dd.abs() * 100, 0, color="#c0392b", alpha=0.5, step="post")
     ax.set_ylabel("drawdown [%]")
     ax.grid(alpha=0.3)
-    charts.append(("Drawdown", _png(fig)))
+    charts.append(("Drawdown", png_data_uri(fig)))
 
     pos_cols = [c for c in equity_df.columns if str(c).startswith("pos_")]
     if "exposure" in equity_df or pos_cols:
@@ -263,11 +263,11 @@ def _charts(
             ax2.legend(loc="upper right", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=8)
-        charts.append(("Exposure and positions", _png(fig)))
+        charts.append(("Exposure and positions", png_data_uri(fig)))
     return charts
 
 
-def _png(fig: Any) -> str:
+def png_data_uri(fig: Any) -> str:
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")
@@ -345,7 +345,7 @@ def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value))
 
 
-_CSS = """
+REPORT_CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1040px;
 color:#222}
 h1{margin-bottom:.2em}.sub{color:#666;margin-top:0}

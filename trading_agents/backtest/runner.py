@@ -38,6 +38,7 @@ from trading_agents.backtest.calendar import DEFAULT_EXCHANGE, exchange_today, i
 from trading_agents.backtest.metrics import compute_metrics
 from trading_agents.backtest.report import package_versions, write_results
 from trading_agents.config.settings import Settings
+from trading_agents.core.risk import caps_in_force
 from trading_agents.errors import UserInputError
 
 log = logging.getLogger("trading_agents.backtest")
@@ -59,6 +60,7 @@ class BacktestRequest(BaseModel):
     ``cash``, ``commission``, ``slippage_bps`` and ``max_position_pct`` default to the
     config's ``broker`` and ``risk`` sections. ``seed`` seeds the ``random`` strategy and
     the LLM. ``fast``/``slow`` are the SMA windows of ``sma-cross`` (also as a baseline).
+    ``response_cache`` is the LLM response cache file (default ``<home>/llm_cache.sqlite``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -76,6 +78,7 @@ class BacktestRequest(BaseModel):
     slow: int = 20
     seed: int | None = None
     use_cache: bool = True
+    response_cache: Path | None = None
     blind: bool = False
     baselines: bool = True
     out: Path | None = None
@@ -214,6 +217,7 @@ def run_backtest(
         "commission": settings.broker.commission,
         "slippage_bps": settings.broker.slippage_bps,
         "max_position_pct": settings.risk.max_position_pct,
+        "risk_caps": caps_in_force(settings.risk),
         "models": (llm or {}).get("models", {}),
         "seed": _seed(request, settings, llm),
         "llm": llm,
@@ -354,7 +358,9 @@ def build_strategy(name: str, request: BacktestRequest, settings: Settings) -> A
             from trading_agents.agents.strategy import build_agent_strategy
         except ImportError as exc:
             raise UserInputError(f"the agents strategy is not available in this install: {exc}") from None
-        return build_agent_strategy(settings, use_cache=request.use_cache, blind=request.blind)
+        return build_agent_strategy(
+            settings, use_cache=request.use_cache, blind=request.blind, cache_path=request.response_cache
+        )
     from trading_agents.backtest.baselines import make_baseline
 
     return make_baseline(name, **_baseline_params(name, request, settings))

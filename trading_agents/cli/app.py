@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok, 1 internal error, 2 bad input (flag, config, data or model file),
 3 model failure, 4 market data unavailable, 5 risk halt, 6 lock busy, 7 resource
-(memory, disk, permissions), 130 interrupted.
+(memory, disk, permissions; an unreachable or too small Ray cluster), 8 some grid cells
+failed, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,14 +15,23 @@ import typer
 from rich.markup import escape
 from typer.exceptions import TyperException
 
-from trading_agents.cli import backtest_cmd, bench_cmd, ledger_cmd, models_cmd, run_cmd, schedule_cmd
+from trading_agents.cli import (
+    backtest_cmd,
+    bench_cmd,
+    grid_cmd,
+    ledger_cmd,
+    models_cmd,
+    run_cmd,
+    schedule_cmd,
+)
 from trading_agents.cli.common import err_console, quiet_libraries
 from trading_agents.errors import TradingAgentsError
 from utils.llm_integration.local_llm import LLMError
 
 EPILOG = (
     "Exit codes: 0 ok, 1 internal error, 2 bad input, 3 model failure, 4 data unavailable, "
-    "5 risk halt, 6 lock busy, 7 resource (memory, disk, permissions), 130 interrupted."
+    "5 risk halt, 6 lock busy, 7 resource (memory, disk, permissions), 8 some grid cells failed, "
+    "130 interrupted."
 )
 
 app = typer.Typer(
@@ -40,6 +50,7 @@ app.command("resume", epilog=EPILOG)(ledger_cmd.resume)
 app.command("backtest", epilog=EPILOG)(backtest_cmd.backtest)
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(schedule_cmd.app, name="schedule")
+app.add_typer(grid_cmd.app, name="grid")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -146,8 +146,14 @@ def cron_line(at: str = DEFAULT_TIME, args: str = "") -> str:
     else:
         exe = Path(sys.executable).with_name("trading-agents")
         log_file = default_home() / "logs" / "backtest.log"
-        command = [shlex.quote(str(exe)), "backtest", "--skip-closed", "--log-file",
-                   shlex.quote(str(log_file)), *map(shlex.quote, extra)]
+        command = [
+            shlex.quote(str(exe)),
+            "backtest",
+            "--skip-closed",
+            "--log-file",
+            shlex.quote(str(log_file)),
+            *map(shlex.quote, extra),
+        ]
     out = default_home() / "logs" / "cron.out"
     text = " ".join([*env, *command, ">>", shlex.quote(str(out)), "2>&1"])
     # cron turns an unescaped % into a newline.

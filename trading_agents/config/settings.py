@@ -85,7 +85,9 @@ class HuggingFaceSettings(Section):
 
 class RiskSettings(Section):
     max_position_pct: float = Field(0.20, gt=0.0, le=1.0, description="Per symbol, of equity.")
-    max_order_notional: float = Field(25_000.0, gt=0.0)
+    # Per-order caps; null: off. The fraction scales with the account, the absolute one does not.
+    max_order_notional: float | None = Field(None, gt=0.0, description="Per order, in cash.")
+    max_order_notional_pct: float | None = Field(None, gt=0.0, le=4.0, description="Per order, of equity.")
     max_gross_exposure_pct: float = Field(1.0, gt=0.0, le=4.0)
     max_daily_loss_pct: float = Field(0.05, gt=0.0, le=1.0, description="Kill switch: HALTED.")
     max_drawdown_pct: float = Field(0.20, gt=0.0, le=1.0, description="Kill switch: HALTED.")
@@ -242,13 +244,19 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _describe(exc: ValidationError, path: Path | None, data: dict[str, Any], flags: dict[str, Any]) -> str:
+def describe_validation_error(exc: ValidationError) -> tuple[list[str], str, str]:
+    """The first error's key path, its message and ``" (and N more)"``: every validated file
+    (the config, grid specs) names a bad key the same way."""
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
+    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return loc, msg, more
+
+
+def _describe(exc: ValidationError, path: Path | None, data: dict[str, Any], flags: dict[str, Any]) -> str:
+    loc, msg, more = describe_validation_error(exc)
     key = ".".join(loc)
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
     env_name = ENV_PREFIX + "__".join(p.upper() for p in loc)
     env_keys = {k.upper() for k in os.environ}
     # the layers from the top down: flags override the environment, which overrides the file
@@ -262,7 +270,6 @@ def _describe(exc: ValidationError, path: Path | None, data: dict[str, Any], fla
         source = "environment variable " + env_name
     else:
         source = str(path) if path else "settings"
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{source}: {key}: {msg}{more}; see configs/default.yaml for valid keys"
 
 

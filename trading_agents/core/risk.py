@@ -9,7 +9,9 @@ in order (each clip or veto is returned as a :class:`RiskEvent` naming its rule)
    -> veto (never trade on stale data);
 3. ``long_only``: without ``allow_short`` a sell is clipped to the long position (veto when flat);
 4. ``risk_state``: HALTED or REDUCING -> only orders that reduce a position pass;
-5. for orders that grow a position: ``max_order_notional``, ``max_position_pct`` (position
+5. for orders that grow a position: ``max_order_notional`` (the lower of the absolute
+   ``max_order_notional`` and ``max_order_notional_pct`` x equity, each off when null, as by
+   default: ``max_position_pct`` already scales with the account), ``max_position_pct`` (position
    value after the order <= pct x equity), ``max_gross_exposure_pct`` and, for buys, ``cash``
    (no margin) clip the quantity; a clip to zero is a veto.
 
@@ -175,7 +177,10 @@ class RiskEngine:
         equity = float(portfolio.equity)
         s = self.settings
         # (rule, cap) in order; a reason is formatted only for a clip or veto.
-        caps = [("max_order_notional", math.floor(s.max_order_notional / ref_price))]
+        caps = []
+        notional = order_notional_cap(s, equity)
+        if notional is not None:
+            caps.append(("max_order_notional", math.floor(notional / ref_price + 1e-9)))
         caps.append(
             ("max_position_pct", position_room(s.max_position_pct, equity, ref_price, held, intent.side))
         )
@@ -199,7 +204,7 @@ class RiskEngine:
     def _cap_reason(self, rule: str, ticker: str, equity: float, cash: float) -> str:
         s = self.settings
         if rule == "max_order_notional":
-            return f"order value above {s.max_order_notional:,.2f}"
+            return f"order value above {order_notional_cap(s, equity):,.2f} ({describe_order_notional(s)})"
         if rule == "max_position_pct":
             return f"{ticker} position above {s.max_position_pct:.0%} of equity {equity:,.2f}"
         if rule == "max_gross_exposure_pct":
@@ -275,6 +280,44 @@ def position_room(pct: float, equity: float, price: float, held: int, side: str)
     cap = math.floor(pct * equity / price + 1e-9)
     signed_held = held if side == "buy" else -held
     return cap - signed_held if signed_held >= 0 else cap + abs(held)
+
+
+def order_notional_cap(settings: RiskSettings, equity: float) -> float | None:
+    """The largest value one growing order may have at ``equity``; ``None`` when both caps are off."""
+    caps = [settings.max_order_notional]
+    if settings.max_order_notional_pct is not None:
+        caps.append(settings.max_order_notional_pct * max(float(equity), 0.0))
+    set_caps = [c for c in caps if c is not None]
+    return min(set_caps) if set_caps else None
+
+
+def describe_order_notional(settings: RiskSettings) -> str:
+    """The per-order cap in words: ``"25% of equity"``, ``"25,000"``, both, or ``"none"``."""
+    parts = []
+    if settings.max_order_notional is not None:
+        parts.append(f"{settings.max_order_notional:,.0f}")
+    if settings.max_order_notional_pct is not None:
+        parts.append(f"{settings.max_order_notional_pct:.0%} of equity")
+    return " or ".join(parts) + (", whichever is lower" if len(parts) > 1 else "") if parts else "none"
+
+
+def caps_in_force(settings: RiskSettings) -> dict[str, float | bool | None]:
+    """The limits a run traded under, by config key (summaries, reports and grid leaderboards)."""
+    return {
+        key: getattr(settings, key)
+        for key in (
+            "max_position_pct",
+            "max_order_notional",
+            "max_order_notional_pct",
+            "max_gross_exposure_pct",
+            "max_daily_loss_pct",
+            "max_drawdown_pct",
+            "allow_short",
+        )
+    }
+
+
+_DAY_NS = 86_400_000_000_000
 
 
 def _days_between(earlier: pd.Timestamp, later: pd.Timestamp) -> int:
