@@ -14,7 +14,15 @@ import typer
 from rich.markup import escape
 from typer.exceptions import TyperException
 
-from trading_agents.cli import backtest_cmd, bench_cmd, ledger_cmd, models_cmd, run_cmd, schedule_cmd
+from trading_agents.cli import (
+    backtest_cmd,
+    bench_cmd,
+    ledger_cmd,
+    models_cmd,
+    run_cmd,
+    schedule_cmd,
+    serve_cmd,
+)
 from trading_agents.cli.common import err_console, quiet_libraries
 from trading_agents.errors import TradingAgentsError
 from utils.llm_integration.local_llm import LLMError
@@ -40,6 +48,7 @@ app.command("resume", epilog=EPILOG)(ledger_cmd.resume)
 app.command("backtest", epilog=EPILOG)(backtest_cmd.backtest)
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(schedule_cmd.app, name="schedule")
+app.command("serve", epilog=EPILOG)(serve_cmd.serve)
 
 
 def main(argv: list[str] | None = None) -> None:
