@@ -374,11 +374,11 @@ class Backend:
                 yield tail
             yield await self._cut_outcome(client, call, stopper)
             return
-        if call.stream_pieces:
-            tail = stopper.flush()
-            if tail:
-                yield tail
-        yield self._outcome(client, call, result)
+        outcome = self._outcome(client, call, result)
+        tail = stopper.flush() if call.stream_pieces else outcome.text  # restored JSON: one piece
+        if tail:
+            yield tail
+        yield outcome
 
     def _fits(self, client: Any, chat: list[dict[str, str]]) -> None:
         """A prompt that leaves no room for a reply is the request's fault: 400."""
