@@ -23,11 +23,12 @@ BENCHES = {
     "session": "trading_agents.bench.session",
     "selector": "trading_agents.bench.selector",
     "backtest": "trading_agents.bench.backtest",
+    "serve": "trading_agents.bench.serve",
 }
 
 app = typer.Typer(
     no_args_is_help=True,
-    help="Benchmarks: llm, session, selector, backtest, or all. Results are JSON files under --out.",
+    help="Benchmarks: llm, session, selector, backtest, serve, or all. Results are JSON files under --out.",
 )
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Folder for the JSON results.")]

@@ -120,6 +120,9 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
 
         def done(outcome: Outcome | None, status: int) -> None:
             timer.cancel()
+            if status in (499, 504):
+                metrics.cancelled.labels("timeout" if timed_out else "client_closed").inc()
+                metrics.cancelled_tokens.inc(call.pieces)
             if outcome is not None and status == 200:
                 metrics.completed(
                     outcome.route.model,
@@ -146,11 +149,11 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
 
         try:
             first = await next_piece()
-        except BaseException:
+        except BaseException as exc:
             token.cancel()
-            timer.cancel()
             with contextlib.suppress(Exception):
                 await pieces.aclose()
+            done(None, exc.status if isinstance(exc, ApiError) else 499)
             raise
 
         if body.stream:
@@ -175,9 +178,9 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         try:
             while not isinstance(item, Outcome):
                 item = await next_piece()
-        except BaseException:
+        except BaseException as exc:
             token.cancel()
-            timer.cancel()
+            done(None, exc.status if isinstance(exc, ApiError) else 499)
             raise
         outcome = item
         done(outcome, 200)

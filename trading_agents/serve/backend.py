@@ -114,6 +114,7 @@ class Call:
     extra: dict[str, Any]
     stops: list[str] = field(default_factory=list)
     stream_pieces: bool = True
+    pieces: int = 0  # tokens received so far (what a cancelled call generated)
 
 
 class Backend:
@@ -348,6 +349,7 @@ class Backend:
                     if isinstance(item, CreateResult):
                         result = item
                         continue
+                    call.pieces += 1
                     if not call.stream_pieces:
                         continue
                     out, hit = stopper.feed(item)

@@ -111,6 +111,6 @@ async def event_stream(
     finally:
         if status != 200:
             stop()
+        on_done(outcome, status)
         with contextlib.suppress(Exception):
             await rest.aclose()  # type: ignore[attr-defined]
-        on_done(outcome, status)

@@ -767,6 +767,7 @@ class LocalLLM:
                 stop=stops,
                 grammar=grammar,
                 stream=True,
+                stopping_criteria=_halt_criteria(cancel, deadline),
             )
             try:
                 for chunk in stream:
@@ -787,6 +788,13 @@ class LocalLLM:
                         raise DeadlineExceededError(
                             f"{self.display} passed its deadline after {n_gen} tokens", "".join(pieces)
                         )
+                # the halt criteria end the stream without a chunk while text is held back
+                if cancel is not None and cancel.is_set():
+                    raise GenerationCancelledError(f"generation on {self.display} was cancelled")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DeadlineExceededError(
+                        f"{self.display} passed its deadline after {n_gen} tokens", "".join(pieces)
+                    )
             finally:
                 stream.close()
             latency = time.monotonic() - start
@@ -885,6 +893,21 @@ class LocalLLM:
                 with contextlib.suppress(Exception):
                     self._llama.close()
                 self._llama = None
+
+
+def _halt_criteria(cancel: threading.Event | None, deadline: float | None) -> Any:
+    """llama.cpp stopping criteria checked after every token: a cancellation or a deadline stops
+    generation even while llama-cpp-python holds text back (a partial UTF-8 character or a
+    possible stop string) and so yields no chunk to check between."""
+    if cancel is None and deadline is None:
+        return None
+    from llama_cpp import StoppingCriteriaList
+
+    def halt(_ids: Any, _logits: Any) -> bool:
+        late = deadline is not None and time.monotonic() > deadline
+        return late or (cancel is not None and cancel.is_set())
+
+    return StoppingCriteriaList([halt])
 
 
 _REGISTRY: dict[LLMSpec, LocalLLM] = {}
