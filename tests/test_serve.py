@@ -333,7 +333,7 @@ def test_disconnect_mid_stream_stops_generation_and_the_next_request_runs(server
         waiter.start()
         # the second request waits behind the first on the one loaded model
         for _ in range(600):
-            model = next(m for m in server.get("/health").json()["models"] if m["id"] == FALLBACK)
+            model = next(m for m in server.get("/health").json()["models"] if m["id"] == PRIMARY)
             if model["waiting"] == 1:
                 break
             time.sleep(0.05)
@@ -577,3 +577,30 @@ def test_run_through_the_server_decides_as_in_process(server: Server, tmp_path: 
     assert remote["llm"]["models"][PRIMARY] == local["llm"]["models"][PRIMARY]
     assert remote["llm"]["prompt_tokens"] == local["llm"]["prompt_tokens"]
     assert remote["models"]["server"] == server.url
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _serve_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "trading_agents.cli.app", "serve", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_public_address_without_key_is_refused(isolated_state: Path) -> None:
+    done = _serve_cli("--host", "0.0.0.0", "--port", str(_free_port()), env=_env(isolated_state))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: refusing to serve on 0.0.0.0 without an API key")
+    assert "TRADING_AGENTS_SERVE__API_KEY" in lines[0]
+
+
+def test_port_in_use_is_one_error_line_and_the_key_is_not_echoed(isolated_state: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        done = _serve_cli("--port", str(port), "--api-key", "s3cret-abc", env=_env(isolated_state))
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: cannot listen on 127.0.0.1:") and "another --port" in done.stderr
+    assert "s3cret-abc" not in done.stderr + done.stdout
