@@ -7,10 +7,11 @@ A ``trading-agents serve`` process starts on a free loopback port with the embed
     The same prompts, one at a time, first through the desk's in-process model client
     (``LocalLlamaChatCompletionClient``) in this process, then through the desk's server client
     (``ServerChatCompletionClient``: HTTP, SSE streaming) to the server, which loads the model
-    with the same settings. Both runs start from a fresh model with the same prompt order, so
-    KV-cache reuse is the same. Structured calls (the analyst's schema, as the desk makes them)
-    and short plain-text calls. ``latency_ratio`` = median per-call latency through the server
-    over in-process; target at most 1.05 for structured calls.
+    with the same settings. Both sides start from a freshly loaded model, make one untimed
+    warm-up call, then the same calls in the same order, so KV-cache reuse is the same.
+    Structured calls (the analyst's schema, as the desk makes them) and short plain-text
+    calls. ``latency_ratio`` = median per-call latency through the server over in-process;
+    target at most 1.05 for structured calls.
 ``concurrency``
     1, 2 and 4 clients, each sending plain-text calls back to back: calls/s, completion
     tokens/s, and p50/p95 per-call latency. One model serves them in arrival order, so
@@ -134,6 +135,17 @@ def _summary(times: list[float]) -> dict[str, Any]:
     }
 
 
+KINDS = (("structured", True, 200), ("plain", False, 32))
+WARM_UP = "Warm-up: say OK."
+
+
+async def _sequence(client: Any, prompts: list[str]) -> dict[str, list[float]]:
+    """One untimed warm-up call (a fresh llama.cpp context is slow on its first evaluation),
+    then each kind of call over the prompts: the same sequence on both sides."""
+    await _calls(client, [WARM_UP], False, 4)
+    return {kind: await _calls(client, prompts, structured, cap) for kind, structured, cap in KINDS}
+
+
 def _overhead(settings: Any, server: _Server, prompts: list[str], health: dict[str, Any]) -> dict[str, Any]:
     """Per-call latency in-process and through the server, the same prompts in the same order."""
     from trading_agents.agents.clients import local_client_config
@@ -142,25 +154,23 @@ def _overhead(settings: Any, server: _Server, prompts: list[str], health: dict[s
     from utils.llm_integration.server_client import ServerChatCompletionClient
 
     model = resolve_model(settings.llm.primary, settings)
+    local = LocalLlamaChatCompletionClient.load_component(local_client_config(model, settings, None))
+    in_process = asyncio.run(_sequence(local, prompts))
+    local.llm.close()
+    remote = ServerChatCompletionClient(
+        base_url=server.url,
+        model=health["primary"],
+        model_sha256={m["id"]: m["sha256"] for m in health["models"] if m["sha256"]},
+    )
+    through = asyncio.run(_sequence(remote, prompts))
     out: dict[str, Any] = {}
-    for kind, structured, max_tokens in (("structured", True, 200), ("plain", False, 32)):
-        local = LocalLlamaChatCompletionClient.load_component(local_client_config(model, settings, None))
-        local.llm.close()  # a fresh model: the same KV-cache history as the server's run below
-        _ = local.llm.llama
-        in_process = asyncio.run(_calls(local, prompts, structured, max_tokens))
-        local.llm.close()
-        remote = ServerChatCompletionClient(
-            base_url=server.url,
-            model=health["primary"],
-            model_sha256={m["id"]: m["sha256"] for m in health["models"] if m["sha256"]},
-        )
-        through = asyncio.run(_calls(remote, prompts, structured, max_tokens))
-        ratio = statistics.median(through) / max(statistics.median(in_process), 1e-9)
+    for kind, _, _ in KINDS:
+        local_s, server_s = statistics.median(in_process[kind]), statistics.median(through[kind])
         out[kind] = {
-            "in_process": _summary(in_process),
-            "server": _summary(through),
-            "latency_ratio": round(ratio, 3),
-            "added_ms_per_call": round((statistics.median(through) - statistics.median(in_process)) * 1e3, 1),
+            "in_process": _summary(in_process[kind]),
+            "server": _summary(through[kind]),
+            "latency_ratio": round(server_s / max(local_s, 1e-9), 3),
+            "added_ms_per_call": round((server_s - local_s) * 1e3, 1),
         }
     out["target_latency_ratio"] = 1.05
     out["meets_target"] = out["structured"]["latency_ratio"] <= 1.05
