@@ -35,6 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "agents": {"core", "market", "models", "utils"} | FOUNDATION,
     "backtest": {"core", "journal", "agents", "market", "models"} | FOUNDATION,
     "session": {"core", "journal", "agents", "market"} | FOUNDATION,
+    "serve": {"agents", "models", "utils"} | FOUNDATION,
     "grid": {"core", "journal", "agents", "market", "models", "backtest", "utils"} | FOUNDATION,
     "bench": {"core", "journal", "agents", "market", "models", "backtest", "session", "grid", "utils"}
     | FOUNDATION,

@@ -125,9 +125,7 @@ RUNS: dict[str, Callable[[], dict[str, Any]]] = {
     "sma-multi-stale": lambda: {
         "bars": _bars("GOOG", "SPX", "IXIC"),
         "strategy": make_baseline("sma-cross", fast=5, slow=30),
-        "config": EngineConfig(
-            cash=250_000.0, risk=_risk(max_drawdown_pct=1.0, max_daily_loss_pct=1.0)
-        ),
+        "config": EngineConfig(cash=250_000.0, risk=_risk(max_drawdown_pct=1.0, max_daily_loss_pct=1.0)),
         "start": "2010-01-04",
         "end": "2014-06-30",
     },
@@ -141,9 +139,7 @@ RUNS: dict[str, Callable[[], dict[str, Any]]] = {
     "scripted": lambda: {
         "bars": _bars("GOOG", "SPX"),
         "strategy": Scripted(),
-        "config": EngineConfig(
-            cash=60_000.0, risk=_risk(max_drawdown_pct=0.9, max_daily_loss_pct=0.5)
-        ),
+        "config": EngineConfig(cash=60_000.0, risk=_risk(max_drawdown_pct=0.9, max_daily_loss_pct=0.5)),
         "start": "2011-01-03",
         "end": "2013-03-01",
     },

@@ -279,9 +279,42 @@ def test_a_call_whose_deadline_passes_in_the_queue_does_not_start(llm: LocalLLM)
     with llm._slot():  # another call holds the model past the deadline
         worker = threading.Thread(target=late)
         worker.start()
-        time.sleep(0.5)
-        assert llm.waiting == 1
-    worker.join(30)
+        worker.join(30)  # it leaves the queue at its deadline, while the model is still held
+        assert not worker.is_alive() and llm.waiting == 0
     assert len(errors) == 1 and isinstance(errors[0], DeadlineExceededError)
     assert "waiting for the model" in str(errors[0])
     assert llm.calls == calls  # nothing was generated
+
+
+def test_queued_calls_are_served_in_arrival_order_and_a_cancelled_one_leaves(llm: LocalLLM) -> None:
+    """The model's queue is first come, first served; a caller cancelled while it waits
+    leaves the queue at once instead of taking its turn."""
+    import threading
+
+    from utils.llm_integration.local_llm import GenerationCancelledError
+
+    order: list[int] = []
+    errors: list[BaseException] = []
+    cancel = threading.Event()
+
+    def call(i: int, event: threading.Event | None = None) -> None:
+        try:
+            llm.complete(MESSAGES, sampling=SamplingParams(max_tokens=2), cancel=event)
+            order.append(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = []
+    with llm._slot():  # the model is busy while the queue forms
+        for i in range(4):
+            workers.append(threading.Thread(target=call, args=(i, cancel if i == 1 else None)))
+            workers[-1].start()
+            while llm.waiting < i + 1:  # each joins the queue before the next arrives
+                time.sleep(0.01)
+        cancel.set()
+        workers[1].join(30)
+        assert not workers[1].is_alive() and llm.waiting == 3
+    for w in workers:
+        w.join(60)
+    assert order == [0, 2, 3]
+    assert len(errors) == 1 and isinstance(errors[0], GenerationCancelledError)

@@ -30,11 +30,23 @@ class DeskModels:
     fallback: ResolvedModel | None
     notes: list[str]
     clients: dict[str, ChatCompletionClient] = field(default_factory=dict)
+    server: str | None = None  # llm.server_url when a server serves the models
+    served_sha256: dict[str, str] = field(default_factory=dict)  # the server's, from its /health
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"primary": self.primary.name, "primary_path": str(self.primary.path)}
         out["fallback"] = self.fallback.name if self.fallback else None
+        if self.server is not None:
+            out["server"] = self.server
         return out
+
+    def model_sha256(self, home: Path) -> dict[str, str]:
+        """Model name -> file sha256 (hashed here, or as the server reported them)."""
+        if self.server is not None:
+            return dict(self.served_sha256)
+        from utils.llm_integration.local_llm import file_sha256
+
+        return {m.name: file_sha256(m.path, home) for m in (self.primary, self.fallback) if m is not None}
 
     def preload(self) -> None:
         """Load the primary now when nothing could stand in for it (no fallback).
@@ -90,7 +102,11 @@ def local_client_config(
 
 
 def build_desk_models(settings: Settings, *, response_cache: Path | None = None) -> DeskModels:
-    """Resolve primary/fallback and build one client per role."""
+    """Resolve primary/fallback and build one client per role (on a server with ``llm.server_url``)."""
+    if settings.llm.server_url:
+        from trading_agents.agents.server_clients import server_desk_models
+
+        return server_desk_models(settings, response_cache)
     primary, fallback, notes = resolve_llm_pair(settings)
     for model in (primary, fallback):
         if model is not None:

@@ -90,12 +90,7 @@ class AgentStrategy:
     def llm_stats(self) -> dict[str, Any]:
         """Calls, cache hits, tokens, models (name -> sha256), seed and route reasons so far."""
         steps = self._steps
-        models: dict[str, str] = {}
-        for model in (self.desk.primary, self.desk.fallback):
-            if model is not None:
-                from utils.llm_integration.local_llm import file_sha256
-
-                models[model.name] = file_sha256(model.path, self.settings.paths.home)
+        models = self.desk.model_sha256(self.settings.paths.home)
         return {
             "calls": sum(1 for s in steps if not s["from_response_cache"]),
             "cached_calls": sum(1 for s in steps if s["from_response_cache"]),

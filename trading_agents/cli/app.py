@@ -23,6 +23,7 @@ from trading_agents.cli import (
     models_cmd,
     run_cmd,
     schedule_cmd,
+    serve_cmd,
 )
 from trading_agents.cli.common import err_console, quiet_libraries
 from trading_agents.errors import TradingAgentsError
@@ -51,6 +52,7 @@ app.command("backtest", epilog=EPILOG)(backtest_cmd.backtest)
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(schedule_cmd.app, name="schedule")
 app.add_typer(grid_cmd.app, name="grid")
+app.command("serve", epilog=EPILOG)(serve_cmd.serve)
 
 
 def main(argv: list[str] | None = None) -> None:

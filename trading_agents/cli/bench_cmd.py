@@ -24,11 +24,12 @@ BENCHES = {
     "selector": "trading_agents.bench.selector",
     "backtest": "trading_agents.bench.backtest",
     "grid": "trading_agents.bench.grid",
+    "serve": "trading_agents.bench.serve",
 }
 
 app = typer.Typer(
     no_args_is_help=True,
-    help="Benchmarks: llm, session, selector, backtest, grid, or all. Results are JSON files under --out.",
+    help="Benchmarks: llm, session, selector, backtest, grid, serve, or all (JSON files under --out).",
 )
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Folder for the JSON results.")]

@@ -10,7 +10,7 @@ Precedence, lowest first:
 4. CLI flags, passed to :func:`load_settings` as ``overrides``.
 
 Unknown keys and wrong types are errors that name the key and where it came from.
-Secrets (the Hugging Face token) are ``SecretStr``: printed as ``**********``.
+Secrets (the Hugging Face token, the server's API key) are ``SecretStr``: printed as ``**********``.
 """
 
 from __future__ import annotations
@@ -76,6 +76,10 @@ class LLMSettings(Section):
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_tokens: int = Field(512, ge=16, le=8192, description="Cap for one agent reply.")
     ram_cache_mb: int = Field(512, ge=0, le=65536, description="KV state cache shared by agents; 0: off.")
+    server_url: str | None = Field(
+        None, description="A `trading-agents serve` base URL (http://host:8000); null: load models here."
+    )
+    server_api_key: SecretStr | None = Field(None, description="The server's API key, if it has one.")
 
 
 class HuggingFaceSettings(Section):
@@ -111,6 +115,16 @@ class SelectorSettings(SelectorLimits, _SelectorSwitch):
     )
 
 
+class ServeSettings(Section):
+    """``trading-agents serve``: where it listens and what it accepts."""
+
+    host: str = Field("127.0.0.1", description="Bind address; a non-loopback one needs api_key.")
+    port: int = Field(8000, ge=1, le=65535)
+    api_key: SecretStr | None = Field(None, description="Bearer key clients must send; null: none.")
+    request_timeout_s: float = Field(600.0, gt=0.0, description="A request running longer is stopped.")
+    max_body_kb: int = Field(1024, ge=1, le=65536, description="Larger request bodies get 413.")
+
+
 class SessionSettings(Section):
     tickers: list[str] = Field(default_factory=lambda: ["GOOG"])
     days: int = Field(5, ge=1, le=5000, description="Bars to trade when no dates are given.")
@@ -134,6 +148,7 @@ class Settings(BaseSettings):
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     selector: SelectorSettings = Field(default_factory=SelectorSettings)
     session: SessionSettings = Field(default_factory=SessionSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
     # Set by load_settings: the file the YAML layer came from (None when there was none).
     _source_file: Path | None = None

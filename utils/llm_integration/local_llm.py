@@ -38,6 +38,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -445,11 +446,53 @@ class ResponseCache:
 # --------------------------------------------------------------------------- the model
 
 
+class FifoLock:
+    """A lock granted in the order it was asked for (``threading.Lock`` wakes waiters in any
+    order), so the calls queued on one model are served first come, first served."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._tickets: deque[object] = deque()
+        self._held = False
+
+    def acquire(self, give_up: Callable[[], bool] | None = None, poll_s: float = 0.05) -> bool:
+        """Wait for the lock; with ``give_up``, leave the queue (and return False) once it says so."""
+        me = object()
+        with self._cond:
+            self._tickets.append(me)
+            try:
+                while self._held or self._tickets[0] is not me:
+                    if give_up is not None and give_up():
+                        self._tickets.remove(me)
+                        self._cond.notify_all()
+                        return False
+                    self._cond.wait(poll_s if give_up is not None else None)
+            except BaseException:  # interrupted while waiting: leave the queue
+                if me in self._tickets:
+                    self._tickets.remove(me)
+                self._cond.notify_all()
+                raise
+            self._tickets.popleft()
+            self._held = True
+        return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class LocalLLM:
     """One GGUF model, loaded lazily, shared by every agent of the process.
 
-    Thread-safe: calls are serialised by a lock. ``in_flight`` and ``waiting`` expose the
-    queue to a router, and ``rates()`` the rolling prompt/generation speeds it estimates with.
+    Thread-safe: calls are serialised by a lock, in arrival order. ``in_flight`` and ``waiting``
+    expose the queue to a router, and ``rates()`` the rolling prompt/generation speeds it estimates with.
     """
 
     def __init__(self, spec: LLMSpec, *, hash_cache_dir: Path | None = None) -> None:
@@ -457,7 +500,7 @@ class LocalLLM:
         self._hash_cache_dir = hash_cache_dir
         self._llama: Any = None
         self._load_lock = threading.Lock()
-        self._call_lock = threading.Lock()
+        self._call_lock = FifoLock()
         self._count_lock = threading.Lock()
         self.in_flight = 0
         self.waiting = 0
@@ -599,15 +642,26 @@ class LocalLLM:
     # -- generation ------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _slot(self) -> Iterator[None]:
-        """Hold the model for one call, counting callers that wait for it."""
+    def _slot(self, cancel: threading.Event | None = None, deadline: float | None = None) -> Iterator[None]:
+        """Hold the model for one call, counting callers that wait for it. A call cancelled or
+        past its deadline while it waits leaves the queue at once instead of taking its turn."""
+
+        def give_up() -> bool:
+            return (cancel is not None and cancel.is_set()) or (
+                deadline is not None and time.monotonic() >= deadline
+            )
+
         with self._count_lock:
             self.waiting += 1
         try:
-            self._call_lock.acquire()
+            got = self._call_lock.acquire(give_up if cancel is not None or deadline is not None else None)
         finally:
             with self._count_lock:
                 self.waiting -= 1
+        if not got:
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelledError(f"generation on {self.display} was cancelled while queued")
+            raise DeadlineExceededError(f"{self.display} passed its deadline waiting for the model")
         try:
             with self._count_lock:
                 self.in_flight += 1
@@ -694,9 +748,11 @@ class LocalLLM:
         max_tokens = min(sampling.max_tokens, budget)
         pieces: list[str] = []
         finish = "stop"
-        with self._slot():
+        with self._slot(cancel, deadline):
             if deadline is not None and time.monotonic() >= deadline:
                 raise DeadlineExceededError(f"{self.display} passed its deadline waiting for the model")
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelledError(f"generation on {self.display} was cancelled while queued")
             llama = self.llama
             llama_cpp.llama_perf_context_reset(llama._ctx.ctx)
             start = time.monotonic()
@@ -711,6 +767,7 @@ class LocalLLM:
                 stop=stops,
                 grammar=grammar,
                 stream=True,
+                stopping_criteria=_halt_criteria(cancel, deadline),
             )
             try:
                 for chunk in stream:
@@ -731,6 +788,13 @@ class LocalLLM:
                         raise DeadlineExceededError(
                             f"{self.display} passed its deadline after {n_gen} tokens", "".join(pieces)
                         )
+                # the halt criteria end the stream without a chunk while text is held back
+                if cancel is not None and cancel.is_set():
+                    raise GenerationCancelledError(f"generation on {self.display} was cancelled")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DeadlineExceededError(
+                        f"{self.display} passed its deadline after {n_gen} tokens", "".join(pieces)
+                    )
             finally:
                 stream.close()
             latency = time.monotonic() - start
@@ -829,6 +893,21 @@ class LocalLLM:
                 with contextlib.suppress(Exception):
                     self._llama.close()
                 self._llama = None
+
+
+def _halt_criteria(cancel: threading.Event | None, deadline: float | None) -> Any:
+    """llama.cpp stopping criteria checked after every token: a cancellation or a deadline stops
+    generation even while llama-cpp-python holds text back (a partial UTF-8 character or a
+    possible stop string) and so yields no chunk to check between."""
+    if cancel is None and deadline is None:
+        return None
+    from llama_cpp import StoppingCriteriaList
+
+    def halt(_ids: Any, _logits: Any) -> bool:
+        late = deadline is not None and time.monotonic() > deadline
+        return late or (cancel is not None and cancel.is_set())
+
+    return StoppingCriteriaList([halt])
 
 
 _REGISTRY: dict[LLMSpec, LocalLLM] = {}
