@@ -93,7 +93,7 @@ class AgentStrategy:
         models: dict[str, str] = {}
         for model in (self.desk.primary, self.desk.fallback):
             if model is not None:
-                from utils.llm_integration.local_llm import file_sha256
+                from utils.llm_integration.files import file_sha256
 
                 models[model.name] = file_sha256(model.path, self.settings.paths.home)
         return {

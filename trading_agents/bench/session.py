@@ -27,14 +27,9 @@ from trading_agents.backtest.strategy import DecisionContext, StrategyDecision
 from trading_agents.broker.ledger import Ledger
 from trading_agents.config.settings import load_settings
 from trading_agents.market import load_bars
-from utils.llm_integration.local_llm import (
-    LocalLLM,
-    SamplingParams,
-    json_schema_grammar,
-    load_llama,
-    physical_cores,
-    ram_state_cache,
-)
+from utils.llm_integration.grammar import json_schema_grammar
+from utils.llm_integration.loaded_model import LocalLLM, load_llama, physical_cores, ram_state_cache
+from utils.llm_integration.spec import SamplingParams
 
 
 class _RawReplay:
