@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from typer.testing import CliRunner
 
 from trading_agents.agents.schemas import AnalystReport
-from trading_agents.agents.selector_status import desk_selector_status
+from trading_agents.agents.selector_status import selector_status
 from trading_agents.config.settings import load_settings, project_root
 from utils.llm_integration.autogen_client import AutoGenLLMConfig
 from utils.llm_integration.components import load_llm_config
@@ -396,7 +396,7 @@ def test_status_snapshot_and_cli(tiny_llama: Path, tmp_path: Path) -> None:
     from trading_agents.cli.status_cmd import status
 
     config = _settings_file(tmp_path, tiny_llama, tiny_llama.name)
-    snap = desk_selector_status(load_settings(config))
+    snap = selector_status(load_settings(config))
     assert snap["active"] is True
     assert snap["primary"]["name"] == "smollm2-135m-instruct" and snap["primary"]["fits_in_ram"] is True
     assert snap["fallback"]["file_present"] is True

@@ -16,11 +16,11 @@ def status(config: ConfigOption = None, json_out: JsonOption = False) -> None:
 
     Example: trading-agents models status --json
     """
-    from trading_agents.agents.selector_status import desk_selector_status
+    from trading_agents.agents.selector_status import selector_status
 
     settings = settings_from(config)
     try:
-        snap = desk_selector_status(settings)
+        snap = selector_status(settings)
     except LLMError as exc:
         raise ModelError(exc.message) from None
     if json_out:

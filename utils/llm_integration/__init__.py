@@ -53,7 +53,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("ResponseCacheClient", "ResponseStore"), "response_cache"),
     **dict.fromkeys(("SelectorLimits",), "selector_limits"),
     **dict.fromkeys(
-        ("ModelSelectorClient", "SelectorConfig", "Route", "selector_status", "reset_selector_state"),
+        ("ModelSelectorClient", "SelectorConfig", "Route", "reset_selector_state"),
         "model_selector",
     ),
 }

@@ -73,7 +73,7 @@ from utils.llm_integration.errors import (
 )
 from utils.llm_integration.files import file_sha256
 from utils.llm_integration.gguf_header import GGUFHeaderError, GGUFInfo, read_gguf_info
-from utils.llm_integration.loaded_model import CallMetrics, LocalLLM, get_local_llm
+from utils.llm_integration.loaded_model import CallMetrics, LocalLLM
 from utils.llm_integration.selector_limits import SelectorLimits
 from utils.llm_integration.spec import LLMSpec
 
@@ -173,6 +173,17 @@ class LoadProbe:
             load_per_core_now=round(smoothed / cores, 3),
             available_mb=round(psutil.virtual_memory().available / 2**20, 1),
         )
+
+
+class FixedProbe(LoadProbe):
+    """Replays one reading (so that a status reports one consistent sample)."""
+
+    def __init__(self, load: MachineLoad) -> None:
+        super().__init__()
+        self._load = load
+
+    def sample(self) -> MachineLoad:
+        return self._load
 
 
 def _others_running(reads: int = 3) -> float | None:
@@ -340,7 +351,8 @@ def _is_failure(exc: BaseException) -> bool:
     return isinstance(exc, LLMError | MemoryError)
 
 
-def _load_nested(config: Mapping[str, Any], what: str) -> LocalLlamaChatCompletionClient:
+def load_local_client(config: Mapping[str, Any], what: str) -> LocalLlamaChatCompletionClient:
+    """The local model client of a selector's ``primary`` or ``fallback`` config (providers checked)."""
     check_providers(config)
     if config.get("provider") != CLIENT_PROVIDER:
         raise LLMError(f"selector {what}: provider must be {CLIENT_PROVIDER}, not {config.get('provider')!r}")
@@ -374,8 +386,8 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
     ) -> None:
         self._config = config if config is not None else SelectorConfig(**kwargs)
         cfg = self._config
-        self._primary = _load_nested(cfg.primary, "primary")
-        self._fallback = _load_nested(cfg.fallback, "fallback") if cfg.fallback is not None else None
+        self._primary = load_local_client(cfg.primary, "primary")
+        self._fallback = load_local_client(cfg.fallback, "fallback") if cfg.fallback is not None else None
         if self._fallback is not None and not self._fallback.spec.path.is_file():
             raise LLMError(
                 f"fallback model file {self._fallback.spec.path} does not exist; download it"
@@ -783,88 +795,3 @@ def _model_identity(client: LocalLlamaChatCompletionClient) -> dict[str, Any]:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-# --------------------------------------------------------------------------- status
-
-
-def _model_status(
-    client: LocalLlamaChatCompletionClient | None, load: MachineLoad, reserve_mb: int
-) -> dict[str, Any] | None:
-    if client is None:
-        return None
-    spec = client.spec
-    llm = get_local_llm(spec)  # the process's shared instance; nothing is loaded here
-    need = ram_needed_mb(spec)
-    loaded = bool(llm and llm.loaded)
-    p_rate, g_rate = llm.rates() if llm else (0.0, 0.0)
-    return {
-        "name": spec.display_name,
-        "path": str(spec.path),
-        "file_present": spec.path.is_file(),
-        "n_ctx": spec.n_ctx,
-        "kv_bytes_per_token": kv_bytes_per_token(spec.path),
-        "ram_needed_mb": need,
-        "fits_in_ram": True if loaded else (need is not None and need + reserve_mb <= load.available_mb),
-        "loaded": loaded,
-        "in_flight": llm.in_flight if llm else 0,
-        "waiting": llm.waiting if llm else 0,
-        "prompt_tokens_per_s": round(p_rate, 1),
-        "gen_tokens_per_s": round(g_rate, 1),
-    }
-
-
-def selector_status(
-    config: SelectorConfig | Mapping[str, Any], *, probe: LoadProbe | None = None
-) -> dict[str, Any]:
-    """A live snapshot: models, RAM fit, machine load, queues, bench, and the route a call would take now.
-
-    Accepts a :class:`SelectorConfig` or its dict (the trading package builds one from its
-    settings the way the desk does: ``trading_agents.agents.selector_status``).
-    """
-    cfg = config if isinstance(config, SelectorConfig) else SelectorConfig(**dict(config))
-    probe = probe or default_probe()
-    primary = _load_nested(cfg.primary, "primary")
-    fallback = _load_nested(cfg.fallback, "fallback") if cfg.fallback is not None else None
-    load = probe.sample()
-    health = primary_health(primary.spec)
-    now = time.monotonic()
-    out: dict[str, Any] = {
-        "active": fallback is not None,
-        "role": cfg.role,
-        "primary": _model_status(primary, load, cfg.min_available_mb),
-        "fallback": _model_status(fallback, load, cfg.min_available_mb),
-        "machine": asdict(load),
-        "thresholds": cfg.model_dump(exclude={"primary", "fallback", "role"}),
-        "cooldown": {
-            "failures": health.failures,
-            "benched": health.benched_for(now) > 0,
-            "benched_for_s": round(health.benched_for(now), 1),
-            "last_error": health.last_error,
-        },
-        "in_pressure": health.in_pressure,
-    }
-    if fallback is None:
-        out["route_now"] = Route(primary.spec.display_name, "primary", "no fallback configured").to_dict()
-        out["why_inactive"] = "no fallback model configured"
-        return out
-    if not fallback.spec.path.is_file():
-        out["active"] = False
-        out["why_inactive"] = f"fallback file {fallback.spec.path} does not exist"
-        out["route_now"] = Route(primary.spec.display_name, "primary", out["why_inactive"]).to_dict()
-        return out
-    client = ModelSelectorClient(cfg, probe=_FixedProbe(load))
-    out["route_now"] = client.plan_now().to_dict()
-    out["in_pressure"] = health.in_pressure
-    return out
-
-
-class _FixedProbe(LoadProbe):
-    """Replays one reading (so a status reports one consistent sample)."""
-
-    def __init__(self, load: MachineLoad) -> None:
-        super().__init__()
-        self._load = load
-
-    def sample(self) -> MachineLoad:
-        return self._load

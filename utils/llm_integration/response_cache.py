@@ -119,13 +119,21 @@ def replay_key(
         if isinstance(json_output, type) and issubclass(json_output, BaseModel):
             schema = json_output.model_json_schema()
         blob = {
-            "client": client.dump_component().model_dump(mode="json"),
+            "client": _identity(client),
             "messages": [m.model_dump(mode="json") for m in messages],
             "tools": [t.schema if isinstance(t, Tool) else t for t in tools],
             "json_output": schema,
             "extra_create_args": dict(extra_create_args),
         }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _identity(client: ChatCompletionClient) -> Any:
+    """The client's component config, or its class for a client that is not a component."""
+    try:
+        return client.dump_component().model_dump(mode="json")
+    except (AttributeError, TypeError, NotImplementedError):
+        return f"{type(client).__module__}.{type(client).__qualname__}"
 
 
 class ResponseCacheConfig(BaseModel):
