@@ -48,7 +48,7 @@ def test_any_client_is_replayed_and_its_arguments_are_part_of_the_key(tmp_path: 
 def test_local_client_replay_keeps_metrics_and_loads_as_a_component(
     embedded_model: Path, tmp_path: Path
 ) -> None:
-    cfg = AutoGenLLMConfig.local(embedded_model, model_name="smol", n_ctx=1024, n_threads=1, max_tokens=64)
+    cfg = AutoGenLLMConfig.local(embedded_model, model_name="smol", n_ctx=1024, n_threads=1, max_tokens=400)
     local = LocalLlamaChatCompletionClient.load_component(cfg)
     wrapper = ResponseCacheClient(local, tmp_path / "cache.sqlite")
     client = load_llm_config(
@@ -88,18 +88,20 @@ def test_a_replay_through_the_selector_returns_the_recorded_route_without_callin
         )
 
     first = ResponseCacheClient(selector(), tmp_path / "cache.sqlite")
-    recorded = run(first.create(ASK, json_output=AnalystReport, extra_create_args={"max_tokens": 64}))
+    recorded = run(first.create(ASK, json_output=AnalystReport, extra_create_args={"max_tokens": 400}))
     route = first.last_route
     assert route is not None and route.model == "smol-primary" and route.reason == "primary"
     run(first.close())
     inner = selector()
     calls = (inner.primary.llm.calls, inner.fallback.llm.calls if inner.fallback else 0)
     replay = ResponseCacheClient(inner, tmp_path / "cache.sqlite")
-    again = run(replay.create(ASK, json_output=AnalystReport, extra_create_args={"max_tokens": 64}))
+    again = run(replay.create(ASK, json_output=AnalystReport, extra_create_args={"max_tokens": 400}))
     assert again.content == recorded.content and again.cached
     assert replay.last_route == route and replay.last_prompt == first.last_prompt
     assert (inner.primary.llm.calls, inner.fallback.llm.calls if inner.fallback else 0) == calls
     assert inner.route_counts()["primary"] == 0  # the selector did not even plan
-    other = run(replay.create(ASK, json_output=AnalystReport, extra_create_args={"max_tokens": 65}))
+    other = run(
+        replay.create(ASK, json_output=AnalystReport, extra_create_args={"max_tokens": 400, "seed": 7})
+    )
     assert not other.cached  # the call's arguments are part of the key
     run(replay.close())
