@@ -15,13 +15,9 @@ from autogen_core.models import ChatCompletionClient, CreateResult, SystemMessag
 
 from trading_agents.agents.schemas import AnalystReport
 from trading_agents.config.settings import project_root
-from utils.llm_integration.autogen_integration import (
-    AutoGenLLMConfig,
-    LocalLlamaChatCompletionClient,
-    ProviderNotAllowedError,
-    load_llm_config,
-)
-from utils.llm_integration.local_llm import GenerationCancelledError, LLMError
+from utils.llm_integration.autogen_client import AutoGenLLMConfig, LocalLlamaChatCompletionClient
+from utils.llm_integration.components import load_llm_config
+from utils.llm_integration.errors import GenerationCancelledError, LLMError, ProviderNotAllowedError
 
 CONFIG = project_root() / "configs" / "autogen" / "local_llm.yaml"
 
@@ -47,7 +43,7 @@ def test_component_round_trip_and_model_info() -> None:
     client = load_llm_config(CONFIG)
     assert isinstance(client, LocalLlamaChatCompletionClient)
     dumped = client.dump_component()
-    assert dumped.provider == "utils.llm_integration.autogen_integration.LocalLlamaChatCompletionClient"
+    assert dumped.provider == "utils.llm_integration.autogen_client.LocalLlamaChatCompletionClient"
     again = ChatCompletionClient.load_component(dumped)
     assert again.spec == client.spec  # type: ignore[attr-defined]
     info = client.model_info

@@ -24,14 +24,8 @@ from trading_agents.config.settings import RiskSettings, load_settings
 from trading_agents.core import PortfolioView
 from trading_agents.errors import ConfigError, DataValidationError, TradingAgentsError, UserInputError
 from trading_agents.market import load_bars
-from utils.llm_integration.local_llm import (
-    CallMetrics,
-    InvalidOutputError,
-    LLMError,
-    LLMSpec,
-    LocalLLM,
-    OutputTruncatedError,
-)
+from utils.llm_integration.errors import InvalidOutputError, LLMError, OutputTruncatedError
+from utils.llm_integration.grammar import parse_reply
 
 FUZZ = settings(
     max_examples=100,
@@ -199,11 +193,7 @@ def test_config_loader_on_fuzzed_text(tmp_path: Path, text: str) -> None:
 # -- the decision parser -----------------------------------------------------------------------------
 
 
-def _metrics(finish: str) -> CallMetrics:
-    return CallMetrics("fuzz", "0" * 64, 10, 0, 5, 0.0, 0.0, 0.0, 0.0, finish, True)
-
-
-PARSER = LocalLLM(LLMSpec(path=Path("never-loaded.gguf")))  # parsing needs no model
+MODEL = "never-loaded"  # parsing needs no model
 SCHEMAS = [AnalystReport, RiskVerdict, OrderProposal]
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-(10**9), 10**9), st.floats(), st.text(max_size=250)),
@@ -242,7 +232,7 @@ def test_decision_parser_validates_or_raises(data: dict, schema: type, cut: int,
     if finish == "length":
         text = text[: min(cut, len(text) - 1)]  # what max_tokens leaves of a reply
     try:
-        parsed = PARSER._parse(text, schema, _metrics(finish))
+        parsed = parse_reply(text, schema, finish_reason=finish, model=MODEL)
     except OutputTruncatedError:
         assert finish == "length"
         return
@@ -258,7 +248,7 @@ def test_decision_parser_validates_or_raises(data: dict, schema: type, cut: int,
 @given(text=st.text(max_size=200))
 def test_decision_parser_on_arbitrary_text(text: str) -> None:
     try:
-        PARSER._parse(text, AnalystReport, _metrics("stop"))
+        parse_reply(text, AnalystReport, finish_reason="stop", model=MODEL)
     except LLMError as exc:
         _one_line(exc)
 

@@ -11,8 +11,8 @@ from gguf import GGUFReader
 from trading_agents.errors import ModelFileError
 from trading_agents.models import gguf_info
 from utils.llm_integration.gguf_header import GGUFHeaderError, GGUFInfo, read_gguf_info
-from utils.llm_integration.local_llm import LLMSpec
 from utils.llm_integration.model_selector import kv_bytes_per_token, ram_needed_mb
+from utils.llm_integration.spec import LLMSpec
 
 REDOWNLOAD = "delete it and download it again (`trading-agents models download NAME`)"
 

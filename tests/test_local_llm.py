@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from autogen_core.models import SystemMessage, UserMessage
 from pydantic import BaseModel, Field
 
 from trading_agents.agents.schemas import AnalystReport, OrderProposal
-from utils.llm_integration.local_llm import (
+from utils.llm_integration.autogen_client import LocalLlamaChatCompletionClient
+from utils.llm_integration.chat_formats import format_mistral_instruct, merge_turns
+from utils.llm_integration.errors import (
     DeadlineExceededError,
     GenerationCancelledError,
-    LLMSpec,
-    LocalLLM,
+    LLMError,
     ModelLoadError,
     OutputTruncatedError,
-    ResponseCache,
-    SamplingParams,
-    format_mistral_instruct,
-    get_local_llm,
-    grammar_schema,
-    merge_turns,
 )
+from utils.llm_integration.grammar import grammar_schema
+from utils.llm_integration.loaded_model import STDIO_LOCK, CallMetrics, LocalLLM, get_local_llm
+from utils.llm_integration.response_cache import ResponseCacheClient
+from utils.llm_integration.spec import LLMSpec, SamplingParams
 
 SYSTEM = "You are a careful equity analyst. Always answer with JSON only."
 MESSAGES = [
@@ -120,7 +121,7 @@ def test_truncated_structured_output_is_an_error_not_a_default(llm: LocalLLM) ->
 
 
 def test_out_of_range_values_are_rejected_by_validation(llm: LocalLLM) -> None:
-    from utils.llm_integration.local_llm import InvalidOutputError
+    from utils.llm_integration.errors import InvalidOutputError
 
     class Strict(BaseModel):
         value: int = Field(ge=5000, le=900_000)  # too wide to enumerate: the grammar only says digits
@@ -152,16 +153,27 @@ def test_deadline_and_cancellation_stop_generation(llm: LocalLLM) -> None:
 
 
 def test_response_cache_replays_identically_without_generating(llm: LocalLLM, tmp_path: Path) -> None:
-    cache = ResponseCache(tmp_path / "cache.sqlite")
-    first = llm.complete(MESSAGES, schema=AnalystReport, cache=cache)
+    local = LocalLlamaChatCompletionClient(model_path=str(llm.spec.path), model_name="smollm2", n_threads=2)
+    assert local.llm is llm  # the same loaded model as the fixture's
+    client = ResponseCacheClient(local, tmp_path / "cache.sqlite")
+    ask = [SystemMessage(content=SYSTEM), UserMessage(content=MESSAGES[1]["content"], source="user")]
+
+    def call(**extra: object) -> tuple[str, AnalystReport, CallMetrics]:
+        result = asyncio.run(client.create(ask, json_output=AnalystReport, extra_create_args=extra))
+        assert isinstance(result.content, str) and client.last_metrics is not None
+        return result.content, AnalystReport.model_validate_json(result.content), client.last_metrics
+
+    first_text, first_parsed, first_metrics = call()
+    first_prompt = client.last_prompt
     calls = llm.calls
-    again = llm.complete(MESSAGES, schema=AnalystReport, cache=cache)
-    assert again.text == first.text and again.parsed == first.parsed
-    assert again.metrics.from_response_cache and not first.metrics.from_response_cache
+    text, parsed, metrics = call()
+    assert text == first_text and parsed == first_parsed
+    assert metrics.from_response_cache and not first_metrics.from_response_cache
     assert llm.calls == calls  # no generation happened
-    other = llm.complete(MESSAGES, schema=AnalystReport, cache=cache, sampling=SamplingParams(seed=7))
-    assert not other.metrics.from_response_cache  # sampling params are part of the key
-    cache.close()
+    assert client.last_prompt == first_prompt and metrics.prompt_tokens == first_metrics.prompt_tokens
+    _, _, other = call(seed=7)
+    assert not other.from_response_cache  # sampling params are part of the key
+    asyncio.run(client.close())
 
 
 def test_missing_and_bad_model_files_fail_with_one_line(tmp_path: Path) -> None:
@@ -207,11 +219,9 @@ def test_every_desk_schema_compiles_to_a_grammar_that_decodes(llm: LocalLLM) -> 
 
 
 def test_a_grammar_llama_cpp_rejects_is_an_error_not_a_crash(llm: LocalLLM) -> None:
-    from utils.llm_integration.local_llm import LLMError
-
     bad = {"title": "Bad", "type": "object", "properties": {"x": {"type": "string", "pattern": "^a\\.b$"}}}
     with pytest.raises(LLMError, match="rejected the grammar"):
-        llm._grammar(bad)
+        llm.grammar(bad)
 
 
 def test_mixtral_shaped_model_runs_with_the_system_folding_format(tmp_path: Path) -> None:
@@ -234,7 +244,7 @@ def test_json_strings_cannot_hold_raw_control_characters(llm: LocalLLM) -> None:
     """Strict JSON parsers (AutoGen's structured output among them) reject raw newlines in strings."""
     from trading_agents.agents.schemas import AnalystReport as Report
 
-    grammar = llm._grammar(Report.model_json_schema())
+    grammar = llm.grammar(Report.model_json_schema())
     assert '[^"\\\\\\x7F\\x00-\\x1F]' in grammar._grammar
     msgs = [{"role": "user", "content": "Write a rationale with several lines and tabs, as JSON."}]
     out = llm.complete(msgs, schema=Report, sampling=SamplingParams(max_tokens=400))
@@ -247,14 +257,12 @@ def test_grammar_check_waits_while_a_model_load_silences_output(llm: LocalLLM) -
     import sys
     import threading
 
-    from utils.llm_integration import local_llm
-
     schema = {"title": "Probe", "type": "object", "properties": {"n": {"type": "integer"}}}
     stdout = sys.stdout
     done = threading.Event()
     assert llm.llama is not None  # loaded first: only the grammar check is left to wait
-    with local_llm._STDIO_LOCK:  # as load_llama holds it
-        worker = threading.Thread(target=lambda: (llm._grammar(schema), done.set()))
+    with STDIO_LOCK:  # as load_llama holds it
+        worker = threading.Thread(target=lambda: (llm.grammar(schema), done.set()))
         worker.start()
         assert not done.wait(0.5), "the grammar check ran while a load held the output"
         assert sys.stdout is stdout
@@ -291,7 +299,7 @@ def test_queued_calls_are_served_in_arrival_order_and_a_cancelled_one_leaves(llm
     leaves the queue at once instead of taking its turn."""
     import threading
 
-    from utils.llm_integration.local_llm import GenerationCancelledError
+    from utils.llm_integration.errors import GenerationCancelledError
 
     order: list[int] = []
     errors: list[BaseException] = []

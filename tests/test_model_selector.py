@@ -20,22 +20,23 @@ from pydantic import BaseModel, Field
 from typer.testing import CliRunner
 
 from trading_agents.agents.schemas import AnalystReport
+from trading_agents.agents.selector_status import selector_status
 from trading_agents.config.settings import load_settings, project_root
-from utils.llm_integration.autogen_integration import (
-    AutoGenLLMConfig,
+from utils.llm_integration.autogen_client import AutoGenLLMConfig
+from utils.llm_integration.components import load_llm_config
+from utils.llm_integration.errors import (
+    ContextOverflowError,
+    LLMError,
+    ModelLoadError,
     ProviderNotAllowedError,
-    load_llm_config,
 )
-from utils.llm_integration.local_llm import LLMError, ModelLoadError
 from utils.llm_integration.model_selector import (
     REASONS,
-    ContextOverflowError,
     LoadProbe,
     MachineLoad,
     ModelSelectorClient,
     SelectorConfig,
     kv_bytes_per_token,
-    selector_status,
 )
 
 
@@ -304,11 +305,10 @@ def test_reply_lengths_are_remembered_per_kind() -> None:
     report, order = reply_kind(AnalystReport), reply_kind(OrderProposal)
     assert len({report, order, reply_kind(True), reply_kind(None)}) == 4
     health = PrimaryHealth(replies={report: deque([120, 250]), order: deque([50, 48])})
-    expected = ModelSelectorClient._expected_reply_tokens
-    assert expected(health, order, 400) == 51
-    assert expected(health, report, 400) == 251
-    assert expected(health, report, 200) == 200  # never beyond max_tokens
-    assert expected(health, reply_kind(True), 400) is None  # not measured: no guess
+    assert health.expected_reply_tokens(order, 400) == 51
+    assert health.expected_reply_tokens(report, 400) == 251
+    assert health.expected_reply_tokens(report, 200) == 200  # never beyond max_tokens
+    assert health.expected_reply_tokens(reply_kind(True), 400) is None  # not measured: no guess
 
 
 def test_context_too_long_for_the_primary_goes_to_the_fallback_or_fails_closed(

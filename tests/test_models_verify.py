@@ -13,7 +13,7 @@ from trading_agents.errors import ModelFileError
 from trading_agents.models.gguf_info import read_gguf_info
 from trading_agents.models.registry import Registry
 from trading_agents.models.verify import verify_model
-from utils.llm_integration.local_llm import load_llama
+from utils.llm_integration.loaded_model import load_llama
 
 MIXTRAL_FILE = Registry.load(project_root() / "configs" / "models.yaml").get("mixtral").filename
 

@@ -19,7 +19,7 @@ import pytest
 from autogen_core.models import UserMessage
 from pydantic import BaseModel, Field
 
-from utils.llm_integration.autogen_integration import AutoGenLLMConfig
+from utils.llm_integration.autogen_client import AutoGenLLMConfig
 from utils.llm_integration.model_selector import LoadProbe, ModelSelectorClient
 
 BURNERS = 4  # on 2 CPUs: +2 runnable tasks per core

@@ -154,7 +154,7 @@ def test_models_health_and_metrics(server: Server, embedded_model: Path) -> None
     health = server.get("/health").json()
     assert health["status"] == "ok"
     primary = next(m for m in health["models"] if m["id"] == PRIMARY)
-    from utils.llm_integration.local_llm import file_sha256
+    from utils.llm_integration.files import file_sha256
 
     assert primary["loaded"] and primary["sha256"] == file_sha256(embedded_model)
     for key in ("rss_mb", "available_mb", "llama_cpp_version", "queue_depth", "uptime_s"):
@@ -245,7 +245,7 @@ def test_autogen_openai_client_with_stock_agent_and_output_content_type(server: 
     from autogen_agentchat.agents import AssistantAgent
     from autogen_agentchat.messages import StructuredMessage
 
-    from utils.llm_integration.autogen_integration import load_llm_config
+    from utils.llm_integration.components import load_llm_config
 
     config = yaml.safe_load((ROOT / "configs" / "autogen" / "openai_server.yaml").read_text())
     config["config"].update(base_url=server.url + "/v1", api_key=KEY, model=PRIMARY, max_tokens=150)

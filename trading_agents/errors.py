@@ -10,7 +10,7 @@ Exit codes (documented in the README and in ``trading-agents --help``):
 1     unexpected internal error (a bug: the traceback is printed)
 2     user input: bad flag, config, data file or model file
 3     model: cannot load or run a model, or its output was unusable
-      (also every ``utils.llm_integration.local_llm.LLMError``)
+      (also every ``utils.llm_integration.errors.LLMError``)
 4     data: market data unavailable (network down, unknown ticker, stale)
 5     risk: the account is HALTED or the session was refused by risk rules
 6     busy: another run holds the lock (cron overlap); nothing was done

@@ -1,8 +1,9 @@
 """File-system helpers shared by every writer: atomic writes and exclusive run locks.
 
-Every file the project writes goes through :func:`atomic_write_bytes` (temporary file in
-the same directory, fsync, rename), so a crash or a full disk never leaves a half-written
-file behind: readers see the old file or the new one.
+Every file the project writes goes through :func:`atomic_write_bytes` (temporary file in the
+same directory, fsync, rename; the one implementation is ``utils.llm_integration.files``'s),
+so a crash or a full disk never leaves a half-written file behind: readers see the old file
+or the new one.
 """
 
 from __future__ import annotations
@@ -11,44 +12,27 @@ import errno
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from trading_agents.errors import LockBusyError, ResourceError
+from utils.llm_integration import files
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically; raise :class:`ResourceError` on a read-only or full disk."""
-    path = Path(path)
+    """Write ``data`` to ``path`` atomically; raise :class:`ResourceError` on a read-only or full disk.
+
+    The writer itself is :func:`utils.llm_integration.files.atomic_write_bytes` (the LLM layer,
+    which cannot import this package, writes through it too); here its ``OSError`` becomes one
+    clear error.
+    """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        files.atomic_write_bytes(Path(path), data)
     except OSError as exc:
-        raise ResourceError(f"cannot write {path}: {exc.strerror or exc}; choose a writable folder") from None
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are meant to be shared
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         hint = "free some disk space" if exc.errno == errno.ENOSPC else "choose a writable folder"
         raise ResourceError(f"cannot write {path}: {exc.strerror or exc}; {hint}") from None
-
-
-def _read_umask() -> int:
-    # os.umask can only be read by setting it; do that once, at import, not from worker threads
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
-
-
-_UMASK = _read_umask()
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -2,15 +2,18 @@
 
 With a fallback model available and ``selector.enabled``, each role gets a
 :class:`~utils.llm_integration.model_selector.ModelSelectorClient` (primary with fallback);
-otherwise a plain :class:`~utils.llm_integration.autogen_integration.LocalLlamaChatCompletionClient`.
-All clients built for one process share the loaded models.
+otherwise a plain :class:`~utils.llm_integration.autogen_client.LocalLlamaChatCompletionClient`.
+With a response cache each role's client is wrapped in a
+:class:`~utils.llm_integration.response_cache.ResponseCacheClient` (exact replay).
+All clients built for one process share the loaded models. :func:`selector_config` is the one
+place a selector config is built from settings (the desk and ``models status`` use it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autogen_core.models import ChatCompletionClient
 
@@ -19,7 +22,10 @@ from trading_agents.config.settings import Settings
 from trading_agents.errors import ModelFileError
 from trading_agents.models.gguf_info import read_gguf_info
 from trading_agents.models.registry import ResolvedModel, resolve_llm_pair
-from utils.llm_integration.autogen_integration import AutoGenLLMConfig, LocalLlamaChatCompletionClient
+from utils.llm_integration.autogen_client import AutoGenLLMConfig, LocalLlamaChatCompletionClient
+
+if TYPE_CHECKING:
+    from utils.llm_integration.model_selector import SelectorConfig
 
 
 @dataclass
@@ -44,7 +50,7 @@ class DeskModels:
         """Model name -> file sha256 (hashed here, or as the server reported them)."""
         if self.server is not None:
             return dict(self.served_sha256)
-        from utils.llm_integration.local_llm import file_sha256
+        from utils.llm_integration.files import file_sha256
 
         return {m.name: file_sha256(m.path, home) for m in (self.primary, self.fallback) if m is not None}
 
@@ -56,7 +62,7 @@ class DeskModels:
         """
         if self.fallback is not None:
             return
-        llm = getattr(self.clients.get("analyst"), "llm", None)
+        llm = getattr(self.clients.get("analyst"), "llm", None)  # through a cache wrapper too
         if llm is not None:
             _ = llm.llama
 
@@ -76,9 +82,7 @@ def check_model_file(model: ResolvedModel) -> None:
         )
 
 
-def local_client_config(
-    model: ResolvedModel, settings: Settings, response_cache: Path | None
-) -> dict[str, Any]:
+def local_client_config(model: ResolvedModel, settings: Settings) -> dict[str, Any]:
     """Declarative config of one local model client (see ``AutoGenLLMConfig.local``)."""
     llm = settings.llm
     options: dict[str, Any] = {
@@ -96,9 +100,22 @@ def local_client_config(
         "top_p": llm.top_p,
         "family": "mistral" if "mistral" in model.chat_format else "unknown",
     }
-    if response_cache is not None:
-        options["response_cache"] = str(response_cache)
     return AutoGenLLMConfig.local(model.path, **options)
+
+
+def selector_config(
+    primary: ResolvedModel, fallback: ResolvedModel, settings: Settings, role: str
+) -> SelectorConfig:
+    """The selector config of one desk role: the two local models and the ``selector:`` limits."""
+    from utils.llm_integration.model_selector import SelectorConfig
+
+    return SelectorConfig(
+        primary=local_client_config(primary, settings),
+        fallback=local_client_config(fallback, settings),
+        role=role,
+        may_fall_back=role in settings.selector.fallback_roles,
+        **settings.selector.model_dump(exclude={"enabled", "fallback_roles"}),
+    )
 
 
 def build_desk_models(settings: Settings, *, response_cache: Path | None = None) -> DeskModels:
@@ -112,20 +129,18 @@ def build_desk_models(settings: Settings, *, response_cache: Path | None = None)
         if model is not None:
             check_model_file(model)
     desk = DeskModels(primary=primary, fallback=fallback, notes=notes)
-    primary_cfg = local_client_config(primary, settings, response_cache)
-    fallback_cfg = local_client_config(fallback, settings, response_cache) if fallback else None
+    primary_cfg = local_client_config(primary, settings)
     for role in ROLES:
-        if fallback_cfg is not None and settings.selector.enabled:
-            from utils.llm_integration.model_selector import ModelSelectorClient, SelectorConfig
+        client: ChatCompletionClient
+        if fallback is not None and settings.selector.enabled:
+            from utils.llm_integration.model_selector import ModelSelectorClient
 
-            cfg = SelectorConfig(
-                primary=primary_cfg,
-                fallback=fallback_cfg,
-                role=role,
-                may_fall_back=role in settings.selector.fallback_roles,
-                **settings.selector.model_dump(exclude={"enabled", "fallback_roles"}),
-            )
-            desk.clients[role] = ModelSelectorClient(cfg)
+            client = ModelSelectorClient(selector_config(primary, fallback, settings, role))
         else:
-            desk.clients[role] = LocalLlamaChatCompletionClient.load_component(primary_cfg)
+            client = LocalLlamaChatCompletionClient.load_component(primary_cfg)
+        if response_cache is not None:
+            from utils.llm_integration.response_cache import ResponseCacheClient
+
+            client = ResponseCacheClient(client, response_cache)
+        desk.clients[role] = client
     return desk

@@ -3,7 +3,7 @@
 Bounded fields are what make the reply both complete and checkable: every string has a
 maximum length (so ``max_tokens`` always suffices), numbers have ranges (validated after
 decoding; the grammar itself restricts them to fixed steps, see
-:func:`utils.llm_integration.local_llm.grammar_schema`).
+:func:`utils.llm_integration.grammar.grammar_schema`).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from autogen_core.models import ChatCompletionClient, LLMMessage, UserMessage
 from pydantic import BaseModel
 
 from trading_agents.agents.prompts import DESK_RULES, ROLE_INSTRUCTIONS
-from trading_agents.agents.schemas import AnalystReport, OrderProposal, RiskVerdict
+from trading_agents.agents.schemas import ROLE_SCHEMAS, AnalystReport, OrderProposal, RiskVerdict
 
 ROLES = ("analyst", "risk", "executor")
 
@@ -112,18 +112,13 @@ class TradingTeam:
         if missing:
             raise ValueError(f"missing model clients for roles {missing}")
         self.clients = dict(clients)
-        schemas: dict[str, type[BaseModel]] = {
-            "analyst": AnalystReport,
-            "risk": RiskVerdict,
-            "executor": OrderProposal,
-        }
         self.agents = {
             role: AssistantAgent(
                 role,
                 model_client=self.clients[role],
                 system_message=DESK_RULES,
                 model_context=RoleContext(ROLE_INSTRUCTIONS[role]),
-                output_content_type=schemas[role],
+                output_content_type=ROLE_SCHEMAS[role],
                 model_client_stream=stream,
                 description=f"the desk's {role}",
             )
@@ -138,7 +133,7 @@ class TradingTeam:
         self.flow = GraphFlow(
             participants=builder.get_participants(),
             graph=builder.build(),
-            custom_message_types=[StructuredMessage[kind] for kind in schemas.values()],
+            custom_message_types=[StructuredMessage[kind] for kind in ROLE_SCHEMAS.values()],
         )
 
     async def decide(self, task: str, on_event: Callable[[str, Any], None] | None = None) -> TeamOutcome:

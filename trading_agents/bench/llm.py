@@ -23,7 +23,8 @@ import numpy as np
 
 from trading_agents.agents.schemas import AnalystReport
 from trading_agents.models.registry import embedded_model_path
-from utils.llm_integration.local_llm import LLMSpec, LocalLLM, SamplingParams, physical_cores
+from utils.llm_integration.loaded_model import LocalLLM, physical_cores
+from utils.llm_integration.spec import LLMSpec, SamplingParams
 
 PROMPT = (
     "You are an equity analyst. GOOG closed at 798.20, up 0.4% on the day and 3.1% over five days. "

@@ -77,15 +77,15 @@ def _models(settings: Settings, out_dir: Path) -> dict[str, Any]:
     from trading_agents.agents.clients import local_client_config
     from trading_agents.errors import TradingAgentsError
     from trading_agents.models.registry import embedded_model_path, resolve_model
-    from utils.llm_integration.autogen_integration import AutoGenLLMConfig
+    from utils.llm_integration.autogen_client import AutoGenLLMConfig
 
     try:
         primary = resolve_model(settings.llm.primary, settings)
         fallback = resolve_model(settings.llm.fallback, settings) if settings.llm.fallback else None
         if not primary.embedded and fallback is not None and not fallback.embedded:
             return {
-                "primary": local_client_config(primary, settings, None),
-                "fallback": local_client_config(fallback, settings, None),
+                "primary": local_client_config(primary, settings),
+                "fallback": local_client_config(fallback, settings),
                 "describe": {"primary": primary.name, "fallback": fallback.name, "synthetic_fallback": False},
             }
     except TradingAgentsError:
@@ -125,7 +125,7 @@ def _ask(loop: int, i: int) -> list[UserMessage]:
 
 def _calibrate(pair: dict[str, Any]) -> float:
     """Twice the primary's fastest of two calls (after two warm-up calls)."""
-    from utils.llm_integration.autogen_integration import LocalLlamaChatCompletionClient
+    from utils.llm_integration.autogen_client import LocalLlamaChatCompletionClient
 
     client = LocalLlamaChatCompletionClient.load_component(pair["primary"])
     for i in (0, 1):  # load, and fill llama.cpp's caches: first calls are slower
@@ -139,7 +139,7 @@ def _calibrate(pair: dict[str, Any]) -> float:
 
 
 def _client(pair: dict[str, Any], settings: Settings, mode: str) -> ChatCompletionClient:
-    from utils.llm_integration.autogen_integration import LocalLlamaChatCompletionClient
+    from utils.llm_integration.autogen_client import LocalLlamaChatCompletionClient
     from utils.llm_integration.model_selector import ModelSelectorClient, SelectorConfig
 
     if mode == "off":

@@ -150,7 +150,7 @@ def _overhead(settings: Any, server: _Server, prompts: list[str], health: dict[s
     """Per-call latency in-process and through the server, the same prompts in the same order."""
     from trading_agents.agents.clients import local_client_config
     from trading_agents.models.registry import resolve_model
-    from utils.llm_integration.autogen_integration import LocalLlamaChatCompletionClient
+    from utils.llm_integration.autogen_client import LocalLlamaChatCompletionClient
     from utils.llm_integration.server_client import ServerChatCompletionClient
 
     model = resolve_model(settings.llm.primary, settings)

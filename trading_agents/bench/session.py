@@ -25,14 +25,9 @@ from trading_agents.core import DecisionContext, StrategyDecision
 from trading_agents.journal import MemoryJournal
 from trading_agents.market import load_bars
 from trading_agents.session import run_session
-from utils.llm_integration.local_llm import (
-    LocalLLM,
-    SamplingParams,
-    json_schema_grammar,
-    load_llama,
-    physical_cores,
-    ram_state_cache,
-)
+from utils.llm_integration.grammar import json_schema_grammar
+from utils.llm_integration.loaded_model import LocalLLM, load_llama, physical_cores, ram_state_cache
+from utils.llm_integration.spec import SamplingParams
 
 
 class _RawReplay:

@@ -27,7 +27,7 @@ from trading_agents.cli import (
 )
 from trading_agents.cli.common import err_console, quiet_libraries
 from trading_agents.errors import TradingAgentsError
-from utils.llm_integration.local_llm import LLMError
+from utils.llm_integration.errors import LLMError
 
 EPILOG = (
     "Exit codes: 0 ok, 1 internal error, 2 bad input, 3 model failure, 4 data unavailable, "

@@ -42,7 +42,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Also print the results a
 def machine() -> dict[str, Any]:
     import psutil
 
-    from utils.llm_integration.local_llm import physical_cores
+    from utils.llm_integration.loaded_model import physical_cores
 
     return {
         "python": platform.python_version(),

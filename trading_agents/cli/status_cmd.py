@@ -7,41 +7,8 @@ from typing import Any
 from rich.table import Table
 
 from trading_agents.cli.common import ConfigOption, JsonOption, console, emit_json, settings_from
-from trading_agents.config.settings import Settings
 from trading_agents.errors import ModelError
-from utils.llm_integration.local_llm import LLMError
-
-
-def selector_config_from_settings(settings: Settings) -> tuple[Any, dict[str, Any]]:
-    """The selector config the desk would build (as ``trading_agents.agents.clients`` does).
-
-    Returns ``(SelectorConfig or None, info)``; ``info`` holds the resolved model names, the
-    substitution notes and, when there is no selector, ``why_inactive``.
-    """
-    from trading_agents.agents.clients import local_client_config
-    from trading_agents.models.registry import resolve_llm_pair
-    from utils.llm_integration.model_selector import SelectorConfig
-
-    primary, fallback, notes = resolve_llm_pair(settings)
-    info: dict[str, Any] = {"notes": notes, "primary_name": primary.name}
-    info["fallback_name"] = fallback.name if fallback else None
-    if fallback is None:
-        why = (
-            "no fallback configured (llm.fallback is null)"
-            if not settings.llm.fallback
-            else f"the fallback resolves to the same file as the primary ({primary.path.name})"
-        )
-        return None, {**info, "why_inactive": why, "primary_path": str(primary.path)}
-    if not settings.selector.enabled:
-        return None, {**info, "why_inactive": "selector.enabled is false", "primary_path": str(primary.path)}
-    cfg = SelectorConfig(
-        primary=local_client_config(primary, settings, None),
-        fallback=local_client_config(fallback, settings, None),
-        role="analyst",
-        may_fall_back="analyst" in settings.selector.fallback_roles,
-        **settings.selector.model_dump(exclude={"enabled", "fallback_roles"}),
-    )
-    return cfg, info
+from utils.llm_integration.errors import LLMError
 
 
 def status(config: ConfigOption = None, json_out: JsonOption = False) -> None:
@@ -49,7 +16,7 @@ def status(config: ConfigOption = None, json_out: JsonOption = False) -> None:
 
     Example: trading-agents models status --json
     """
-    from utils.llm_integration.model_selector import selector_status
+    from trading_agents.agents.selector_status import selector_status
 
     settings = settings_from(config)
     try:

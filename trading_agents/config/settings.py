@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from trading_agents.errors import ConfigError
 from utils.llm_integration.selector_limits import SelectorLimits
+from utils.llm_integration.spec import LLMSpec, SamplingParams
 
 ENV_PREFIX = "TRADING_AGENTS_"
 CONFIG_ENV = "TRADING_AGENTS_CONFIG"
@@ -67,15 +68,18 @@ class LLMSettings(Section):
     primary: str = Field("mixtral-8x7b-instruct", description="Registry alias or GGUF path.")
     fallback: str | None = Field("tinyllama-1.1b-chat", description="Alias or path; null for none.")
     n_ctx: int | None = Field(None, ge=256, le=131072, description="Context; null: the registry's.")
-    n_threads: int | None = Field(None, ge=1, le=512, description="null: physical cores.")
-    n_batch: int = Field(512, ge=8, le=8192)
-    use_mmap: bool = True
-    use_mlock: bool = False
-    seed: int = Field(42, ge=0)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    max_tokens: int = Field(512, ge=16, le=8192, description="Cap for one agent reply.")
-    ram_cache_mb: int = Field(512, ge=0, le=65536, description="KV state cache shared by agents; 0: off.")
+    # defaults: the LLM layer's LLMSpec and SamplingParams (declared once there); bounds: ours
+    n_threads: int | None = Field(LLMSpec.n_threads, ge=1, le=512, description="null: physical cores.")
+    n_batch: int = Field(LLMSpec.n_batch, ge=8, le=8192)
+    use_mmap: bool = LLMSpec.use_mmap
+    use_mlock: bool = LLMSpec.use_mlock
+    seed: int = Field(LLMSpec.seed, ge=0)
+    temperature: float = Field(SamplingParams.temperature, ge=0.0, le=2.0)
+    top_p: float = Field(SamplingParams.top_p, gt=0.0, le=1.0)
+    max_tokens: int = Field(SamplingParams.max_tokens, ge=16, le=8192, description="Cap for one agent reply.")
+    ram_cache_mb: int = Field(
+        LLMSpec.ram_cache_mb, ge=0, le=65536, description="KV state cache shared by agents; 0: off."
+    )
     server_url: str | None = Field(
         None, description="A `trading-agents serve` base URL (http://host:8000); null: load models here."
     )

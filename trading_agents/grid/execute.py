@@ -116,7 +116,7 @@ class AgentWorker:
 
 
 def desk_models(settings: Mapping[str, Any]) -> list[Any]:
-    """The distinct :class:`~utils.llm_integration.local_llm.LocalLLM` objects the desk uses."""
+    """The distinct :class:`~utils.llm_integration.loaded_model.LocalLLM` objects the desk uses."""
     import asyncio
 
     from trading_agents.agents.clients import build_desk_models

@@ -57,7 +57,7 @@ class GridOutcome:
 
 
 def physical_cores() -> int:
-    from utils.llm_integration.local_llm import physical_cores as cores
+    from utils.llm_integration.loaded_model import physical_cores as cores
 
     return cores()
 

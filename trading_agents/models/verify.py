@@ -37,7 +37,7 @@ from trading_agents.models.registry import (
     looks_like_path,
     models_dir,
 )
-from utils.llm_integration.local_llm import load_llama
+from utils.llm_integration.loaded_model import load_llama
 
 if TYPE_CHECKING:
     pass

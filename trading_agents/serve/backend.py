@@ -42,18 +42,17 @@ from trading_agents.models.registry import (
 )
 from trading_agents.serve.errors import ApiError
 from trading_agents.serve.openai_schema import ChatCompletionRequest
-from utils.llm_integration.autogen_integration import LocalLlamaChatCompletionClient
-from utils.llm_integration.local_llm import (
+from utils.llm_integration.autogen_client import LocalLlamaChatCompletionClient
+from utils.llm_integration.errors import (
     DeadlineExceededError,
     GenerationCancelledError,
     LLMError,
     ModelLoadError,
     OutputTruncatedError,
-    file_sha256,
-    get_local_llm,
-    grammar_schema,
-    json_schema_grammar,
 )
+from utils.llm_integration.files import file_sha256
+from utils.llm_integration.grammar import grammar_schema, json_schema_grammar
+from utils.llm_integration.loaded_model import get_local_llm
 from utils.llm_integration.model_selector import (
     ContextOverflowError,
     ModelSelectorClient,

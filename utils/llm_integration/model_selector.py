@@ -21,7 +21,7 @@ records a :class:`Route` with one of these reasons:
 Failure counts, the bench and the pressure state are shared by every selector of the process
 that has the same primary (the desk's three roles see one bench). A role with
 ``may_fall_back=False`` always uses the primary; when no model can answer, an
-:class:`~utils.llm_integration.local_llm.LLMError` is raised (the desk fails closed).
+:class:`~utils.llm_integration.errors.LLMError` is raised (the desk fails closed).
 
 The whole arrangement is one declarative AutoGen component::
 
@@ -57,27 +57,25 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, ConfigDict
 
-from utils.llm_integration.autogen_integration import (
-    CLIENT_PROVIDER,
-    SELECTOR_PROVIDER,
+from utils.llm_integration.autogen_client import (
     LocalLlamaChatCompletionClient,
     StreamingChatCompletionClient,
-    check_providers,
     to_chat_messages,
 )
-from utils.llm_integration.gguf_header import GGUFHeaderError, GGUFInfo, read_gguf_info
-from utils.llm_integration.local_llm import (
-    CallMetrics,
+from utils.llm_integration.components import CLIENT_PROVIDER, SELECTOR_PROVIDER, check_providers
+from utils.llm_integration.errors import (
+    ContextOverflowError,
     DeadlineExceededError,
     GenerationCancelledError,
     InvalidOutputError,
     LLMError,
-    LLMSpec,
-    LocalLLM,
     OutputTruncatedError,
-    get_local_llm,
 )
+from utils.llm_integration.files import file_sha256
+from utils.llm_integration.gguf_header import GGUFHeaderError, GGUFInfo, read_gguf_info
+from utils.llm_integration.loaded_model import CallMetrics, LocalLLM
 from utils.llm_integration.selector_limits import SelectorLimits
+from utils.llm_integration.spec import LLMSpec
 
 Reason = Literal["primary", "queue", "deadline", "pressure", "cooldown", "context", "error"]
 REASONS: tuple[str, ...] = ("primary", "queue", "deadline", "pressure", "cooldown", "context", "error")
@@ -175,6 +173,17 @@ class LoadProbe:
             load_per_core_now=round(smoothed / cores, 3),
             available_mb=round(psutil.virtual_memory().available / 2**20, 1),
         )
+
+
+class FixedProbe(LoadProbe):
+    """Replays one reading (so that a status reports one consistent sample)."""
+
+    def __init__(self, load: MachineLoad) -> None:
+        super().__init__()
+        self._load = load
+
+    def sample(self) -> MachineLoad:
+        return self._load
 
 
 def _others_running(reads: int = 3) -> float | None:
@@ -278,6 +287,17 @@ class PrimaryHealth:
         recent = self.replies.get(kind)
         return max(recent) if recent else None
 
+    def expected_reply_tokens(self, kind: str, cap: int) -> int | None:
+        """Reply tokens to plan for: the longest recent reply of this kind (at most ``cap``,
+        the call's max_tokens), or None before the model has given one.
+
+        Structured replies are bounded by their schema and end long before max_tokens;
+        planning with max_tokens would route nearly every call away from a slow primary.
+        """
+        with self.lock:
+            recent = self.longest_reply(kind)
+        return None if recent is None else min(cap, recent + 1)
+
 
 def reply_kind(json_output: bool | type[BaseModel] | None) -> str:
     """What a reply's length depends on: its schema (a desk role's verdict, say) or free text.
@@ -322,10 +342,6 @@ class _Plan:
     primary_deadline: float | None = None  # monotonic cut-off for the primary
 
 
-class ContextOverflowError(LLMError):
-    """Neither model's context holds the prompt plus the reply."""
-
-
 def _is_failure(exc: BaseException) -> bool:
     """Errors that count against the primary (not the reply's validity, not a cancellation)."""
     if isinstance(
@@ -335,7 +351,8 @@ def _is_failure(exc: BaseException) -> bool:
     return isinstance(exc, LLMError | MemoryError)
 
 
-def _load_nested(config: Mapping[str, Any], what: str) -> LocalLlamaChatCompletionClient:
+def load_local_client(config: Mapping[str, Any], what: str) -> LocalLlamaChatCompletionClient:
+    """The local model client of a selector's ``primary`` or ``fallback`` config (providers checked)."""
     check_providers(config)
     if config.get("provider") != CLIENT_PROVIDER:
         raise LLMError(f"selector {what}: provider must be {CLIENT_PROVIDER}, not {config.get('provider')!r}")
@@ -369,8 +386,8 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
     ) -> None:
         self._config = config if config is not None else SelectorConfig(**kwargs)
         cfg = self._config
-        self._primary = _load_nested(cfg.primary, "primary")
-        self._fallback = _load_nested(cfg.fallback, "fallback") if cfg.fallback is not None else None
+        self._primary = load_local_client(cfg.primary, "primary")
+        self._fallback = load_local_client(cfg.fallback, "fallback") if cfg.fallback is not None else None
         if self._fallback is not None and not self._fallback.spec.path.is_file():
             raise LLMError(
                 f"fallback model file {self._fallback.spec.path} does not exist; download it"
@@ -409,6 +426,29 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
     @property
     def health(self) -> PrimaryHealth:
         return self._health
+
+    def replay_key(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        json_output: bool | type[BaseModel] | None,
+        extra_create_args: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """What shapes the reply: both models (file sha256 and config), the limits and role, the
+        messages, the schema and the call's arguments. Which model served is part of the
+        recorded reply, so a replay gives what was served whatever the machine's load now;
+        nothing is loaded to compute it."""
+        schema: Any = json_output
+        if isinstance(json_output, type) and issubclass(json_output, BaseModel):
+            schema = json_output.model_json_schema()
+        return {
+            "selector": self._config.model_dump(mode="json", exclude={"primary", "fallback"}),
+            "primary": _model_identity(self._primary),
+            "fallback": _model_identity(self._fallback) if self._fallback is not None else None,
+            "messages": to_chat_messages(messages),
+            "json_output": schema,
+            "extra_create_args": dict(extra_create_args),
+        }
 
     def route_counts(self) -> dict[str, int]:
         """Calls served per reason by this client (every reason present, zeros included)."""
@@ -582,7 +622,7 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
         now = time.monotonic()
         left = deadline - now
         reserve = self._fallback_reserve(len(tokens), left, kind)
-        expected = self._expected_reply_tokens(self._health, kind, max_tokens)
+        expected = self._health.expected_reply_tokens(kind, max_tokens)
         estimate = self._primary_estimate(llm, tokens, expected) if expected is not None else None
         budget = left - reserve
         if budget <= 0 or (estimate is not None and estimate > budget):
@@ -611,18 +651,6 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
         per_call = health.mean_latency() or (prompt_s + reply_s)
         running = max(0.0, per_call - (time.monotonic() - llm.busy_since)) if llm.in_flight else 0.0
         return running + llm.waiting * per_call + prompt_s + reply_s
-
-    @staticmethod
-    def _expected_reply_tokens(stats: PrimaryHealth, kind: str, cap: int) -> int | None:
-        """Reply tokens to plan for: the longest recent reply of this kind (at most max_tokens),
-        or None before the model has given one.
-
-        Structured replies are bounded by their schema and end long before max_tokens;
-        planning with max_tokens would route nearly every call away from a slow primary.
-        """
-        with stats.lock:
-            recent = stats.longest_reply(kind)
-        return None if recent is None else min(cap, recent + 1)
 
     def _fallback_reserve(self, prompt_tokens: int, left: float, kind: str) -> float:
         """Seconds kept for the fallback after the primary's cut-off."""
@@ -755,102 +783,15 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
 
 
 def _max_tokens(client: LocalLlamaChatCompletionClient) -> int:
-    return client._to_config().max_tokens
+    return client.config.max_tokens
+
+
+def _model_identity(client: LocalLlamaChatCompletionClient) -> dict[str, Any]:
+    path = client.spec.path
+    sha = file_sha256(path) if path.is_file() else f"missing:{path}"
+    return {"sha256": sha, "config": client.config.model_dump(mode="json")}
 
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-# --------------------------------------------------------------------------- status
-
-
-def _model_status(
-    client: LocalLlamaChatCompletionClient | None, load: MachineLoad, reserve_mb: int
-) -> dict[str, Any] | None:
-    if client is None:
-        return None
-    spec = client.spec
-    llm = get_local_llm(spec)  # the process's shared instance; nothing is loaded here
-    need = ram_needed_mb(spec)
-    loaded = bool(llm and llm.loaded)
-    p_rate, g_rate = llm.rates() if llm else (0.0, 0.0)
-    return {
-        "name": spec.display_name,
-        "path": str(spec.path),
-        "file_present": spec.path.is_file(),
-        "n_ctx": spec.n_ctx,
-        "kv_bytes_per_token": kv_bytes_per_token(spec.path),
-        "ram_needed_mb": need,
-        "fits_in_ram": True if loaded else (need is not None and need + reserve_mb <= load.available_mb),
-        "loaded": loaded,
-        "in_flight": llm.in_flight if llm else 0,
-        "waiting": llm.waiting if llm else 0,
-        "prompt_tokens_per_s": round(p_rate, 1),
-        "gen_tokens_per_s": round(g_rate, 1),
-    }
-
-
-def selector_status(
-    config_or_settings: SelectorConfig | Mapping[str, Any] | Any, *, probe: LoadProbe | None = None
-) -> dict[str, Any]:
-    """A live snapshot: models, RAM fit, machine load, queues, bench, and the route a call would take now.
-
-    Accepts a :class:`SelectorConfig`, its dict, or the trading settings (which build the
-    config the way the desk does; with no fallback the selector is reported inactive).
-    """
-    obj = config_or_settings
-    if not isinstance(obj, SelectorConfig | Mapping):
-        from trading_agents.cli.status_cmd import selector_config_from_settings
-
-        cfg, info = selector_config_from_settings(obj)
-        if cfg is None:
-            return {"active": False, **info}
-        return {**selector_status(cfg, probe=probe), **info}
-    cfg = obj if isinstance(obj, SelectorConfig) else SelectorConfig(**dict(obj))
-    probe = probe or default_probe()
-    primary = _load_nested(cfg.primary, "primary")
-    fallback = _load_nested(cfg.fallback, "fallback") if cfg.fallback is not None else None
-    load = probe.sample()
-    health = primary_health(primary.spec)
-    now = time.monotonic()
-    out: dict[str, Any] = {
-        "active": fallback is not None,
-        "role": cfg.role,
-        "primary": _model_status(primary, load, cfg.min_available_mb),
-        "fallback": _model_status(fallback, load, cfg.min_available_mb),
-        "machine": asdict(load),
-        "thresholds": cfg.model_dump(exclude={"primary", "fallback", "role"}),
-        "cooldown": {
-            "failures": health.failures,
-            "benched": health.benched_for(now) > 0,
-            "benched_for_s": round(health.benched_for(now), 1),
-            "last_error": health.last_error,
-        },
-        "in_pressure": health.in_pressure,
-    }
-    if fallback is None:
-        out["route_now"] = Route(primary.spec.display_name, "primary", "no fallback configured").to_dict()
-        out["why_inactive"] = "no fallback model configured"
-        return out
-    if not fallback.spec.path.is_file():
-        out["active"] = False
-        out["why_inactive"] = f"fallback file {fallback.spec.path} does not exist"
-        out["route_now"] = Route(primary.spec.display_name, "primary", out["why_inactive"]).to_dict()
-        return out
-    client = ModelSelectorClient(cfg, probe=_FixedProbe(load))
-    out["route_now"] = client.plan_now().to_dict()
-    out["in_pressure"] = health.in_pressure
-    return out
-
-
-class _FixedProbe(LoadProbe):
-    """Replays one reading (so a status reports one consistent sample)."""
-
-    def __init__(self, load: MachineLoad) -> None:
-        super().__init__()
-        self._load = load
-
-    def sample(self) -> MachineLoad:
-        return self._load

@@ -30,6 +30,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -44,18 +45,18 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from utils.llm_integration.autogen_integration import StreamingChatCompletionClient, to_chat_messages
-from utils.llm_integration.local_llm import (
-    CallMetrics,
+from utils.llm_integration.autogen_client import StreamingChatCompletionClient, to_chat_messages
+from utils.llm_integration.errors import (
     DeadlineExceededError,
     GenerationCancelledError,
     InvalidOutputError,
     LLMError,
     OutputTruncatedError,
-    ResponseCache,
-    SamplingParams,
 )
+from utils.llm_integration.loaded_model import CallMetrics
 from utils.llm_integration.model_selector import Route
+from utils.llm_integration.response_cache import ResponseStore, key_of
+from utils.llm_integration.spec import SamplingParams
 
 SERVER_PROVIDER = "utils.llm_integration.server_client.ServerChatCompletionClient"
 _EXTRA_ARGS = {"max_tokens", "temperature", "top_p", "seed", "deadline_s"}
@@ -149,7 +150,7 @@ class ServerChatCompletionClient(StreamingChatCompletionClient, Component[Server
         self._config = config if config is not None else ServerClientConfig(**kwargs)
         self._root = server_root(self._config.base_url)
         cfg = self._config
-        self._cache = ResponseCache(Path(cfg.response_cache)) if cfg.response_cache else None
+        self._cache = ResponseStore(Path(cfg.response_cache)) if cfg.response_cache else None
         self._http: Any = None
         self._http_loop: asyncio.AbstractEventLoop | None = None
         self.last_metrics: CallMetrics | None = None
@@ -164,7 +165,7 @@ class ServerChatCompletionClient(StreamingChatCompletionClient, Component[Server
         return cls(config)
 
     @property
-    def response_cache(self) -> ResponseCache | None:
+    def response_cache(self) -> ResponseStore | None:
         return self._cache
 
     @property
@@ -225,7 +226,7 @@ class ServerChatCompletionClient(StreamingChatCompletionClient, Component[Server
         prompt = "messages:" + json.dumps(chat, sort_keys=True, ensure_ascii=False)
         names = self._config.candidates or [self._config.model]
         shas = [self._config.model_sha256[n] for n in names if n in self._config.model_sha256]
-        return [(sha, ResponseCache.key(sha, prompt, sampling, schema)) for sha in shas]
+        return [(sha, _key(sha, prompt, sampling, schema)) for sha in shas]
 
     async def create_stream(
         self,
@@ -346,7 +347,7 @@ class ServerChatCompletionClient(StreamingChatCompletionClient, Component[Server
         _validate(text, schema, metrics)
         if self._cache is not None and sha:
             prompt = "messages:" + json.dumps(chat, sort_keys=True, ensure_ascii=False)
-            key = ResponseCache.key(sha, prompt, sampling, schema_json)
+            key = _key(sha, prompt, sampling, schema_json)
             self._cache.put(key, sha, text, {**metrics.to_dict(), "route": route.to_dict()})
         yield self._finish(text, metrics, route, ext.get("prompt") or "")
 
@@ -387,3 +388,9 @@ def _validate(text: str, schema: type[BaseModel] | None, metrics: CallMetrics) -
         raise InvalidOutputError(
             f"{metrics.model} reply failed {schema.__name__} validation at {where}: {first['msg']}"
         ) from None
+
+
+def _key(sha: str, prompt: str, sampling: SamplingParams, schema: Mapping[str, Any] | None) -> str:
+    """The replay key of a served reply: the served model's sha256, the messages as sent,
+    the resolved sampling and the schema."""
+    return key_of({"model": sha, "prompt": prompt, "sampling": asdict(sampling), "schema": schema})

@@ -5,14 +5,16 @@ file alone::
 
     import yaml
     from autogen_agentchat.agents import AssistantAgent
-    from utils.llm_integration.autogen_integration import load_llm_config
+    from utils.llm_integration.components import load_llm_config
 
     client = load_llm_config("configs/autogen/local_llm.yaml")   # provider checked first
     agent = AssistantAgent("analyst", model_client=client, output_content_type=MyReport)
 
 ``ChatCompletionClient.load_component(yaml.safe_load(open(path)))`` works too, but it imports
 whatever module a config names; :func:`load_llm_config` checks the ``provider`` (and nested
-ones) against :data:`ALLOWED_PROVIDERS` before anything is imported.
+ones) against :data:`~utils.llm_integration.components.ALLOWED_PROVIDERS` before anything is
+imported. Replay from recorded replies is a wrapper client:
+:class:`~utils.llm_integration.response_cache.ResponseCacheClient`.
 
 What the client states in ``model_info``: no vision, no function calling, JSON output and
 structured output yes (constrained decoding from the pydantic model's JSON schema).
@@ -29,6 +31,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -50,27 +53,13 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, ConfigDict, Field
 
-from utils.llm_integration.local_llm import (
-    CallMetrics,
-    ChatFormat,
-    Completion,
-    LLMError,
-    LLMSpec,
-    LocalLLM,
-    ResponseCache,
-    SamplingParams,
-    get_local_llm,
-)
+from utils.llm_integration.components import CLIENT_PROVIDER, OPENAI_PROVIDER
+from utils.llm_integration.errors import LLMError
+from utils.llm_integration.files import atomic_write_text
+from utils.llm_integration.loaded_model import CallMetrics, Completion, LocalLLM, get_local_llm
+from utils.llm_integration.spec import ChatFormat, LLMSpec, SamplingParams
 
-CLIENT_PROVIDER = "utils.llm_integration.autogen_integration.LocalLlamaChatCompletionClient"
-SELECTOR_PROVIDER = "utils.llm_integration.model_selector.ModelSelectorClient"
-OPENAI_PROVIDER = "autogen_ext.models.openai.OpenAIChatCompletionClient"
-ALLOWED_PROVIDERS: frozenset[str] = frozenset({CLIENT_PROVIDER, SELECTOR_PROVIDER, OPENAI_PROVIDER})
 _EXTRA_ARGS = {"max_tokens", "temperature", "top_p", "seed", "deadline_s"}
-
-
-class ProviderNotAllowedError(LLMError):
-    """A config names a provider outside the allowlist (it would import arbitrary code)."""
 
 
 class LocalLlamaConfig(BaseModel):
@@ -80,18 +69,18 @@ class LocalLlamaConfig(BaseModel):
 
     model_path: str = Field(description="GGUF path, or pkg://<distribution>/<file> inside a package.")
     model_name: str = ""
-    n_ctx: int = Field(2048, ge=256)
-    n_threads: int | None = Field(None, ge=1)
-    n_batch: int = Field(512, ge=8)
-    use_mmap: bool = True
-    use_mlock: bool = False
-    seed: int = Field(42, ge=0)
-    chat_format: ChatFormat = "gguf"
-    ram_cache_mb: int = Field(256, ge=0)
-    max_tokens: int = Field(512, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    response_cache: str | None = Field(None, description="SQLite file for exact replay; null: off.")
+    # defaults: LLMSpec's and SamplingParams' (declared once, in utils.llm_integration.spec)
+    n_ctx: int = Field(LLMSpec.n_ctx, ge=256)
+    n_threads: int | None = Field(LLMSpec.n_threads, ge=1)
+    n_batch: int = Field(LLMSpec.n_batch, ge=8)
+    use_mmap: bool = LLMSpec.use_mmap
+    use_mlock: bool = LLMSpec.use_mlock
+    seed: int = Field(LLMSpec.seed, ge=0)
+    chat_format: ChatFormat = LLMSpec.chat_format
+    ram_cache_mb: int = Field(LLMSpec.ram_cache_mb, ge=0)
+    max_tokens: int = Field(SamplingParams.max_tokens, ge=1)
+    temperature: float = Field(SamplingParams.temperature, ge=0.0, le=2.0)
+    top_p: float = Field(SamplingParams.top_p, gt=0.0, le=1.0)
     family: str = "unknown"
     allowed_dir: str | None = Field(None, description="If set, the model file must resolve inside it.")
 
@@ -225,10 +214,8 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
             chat_format=cfg.chat_format,
             ram_cache_mb=cfg.ram_cache_mb,
         )
-        self._cache = ResponseCache(Path(cfg.response_cache)) if cfg.response_cache else None
         self.last_metrics: CallMetrics | None = None
         self.last_prompt = ""
-        self.call_log: list[CallMetrics] = []
 
     # -- component ----------------------------------------------------------------------------
 
@@ -251,8 +238,8 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
         return self._spec
 
     @property
-    def response_cache(self) -> ResponseCache | None:
-        return self._cache
+    def config(self) -> LocalLlamaConfig:
+        return self._config
 
     @property
     def model_info(self) -> ModelInfo:
@@ -312,7 +299,6 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
         self._add_usage(usage)
         self.last_metrics = m
         self.last_prompt = completion.prompt
-        self.call_log.append(m)
         finish: Literal["stop", "length"] = "length" if m.finish_reason == "length" else "stop"
         return CreateResult(
             finish_reason=finish, content=completion.text, usage=usage, cached=m.from_response_cache
@@ -347,7 +333,6 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
                     on_text=lambda piece: loop.call_soon_threadsafe(queue.put_nowait, ("text", piece)),
                     deadline=deadline,
                     cancel=cancel,
-                    cache=self._cache,
                 )
                 loop.call_soon_threadsafe(queue.put_nowait, ("done", completion))
             except BaseException as exc:  # handed to the awaiting coroutine
@@ -368,10 +353,23 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
             cancel.set()  # stops generation if the consumer went away early
             await asyncio.shield(worker)
 
+    def replay_key(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        json_output: bool | type[BaseModel] | None,
+        extra_create_args: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """What shapes the reply: model sha256, rendered prompt, resolved sampling, schema
+        (the response cache's key; loads the model, whose template renders the prompt)."""
+        schema, json_mode, sampling, _ = self._prepare((), json_output, extra_create_args)
+        prompt = self.llm.render(to_chat_messages(messages))[0]
+        schema_json = schema.model_json_schema() if schema else ({"type": "object"} if json_mode else None)
+        llm = self.llm
+        return {"model": llm.sha256, "prompt": prompt, "sampling": asdict(sampling), "schema": schema_json}
+
     async def close(self) -> None:
-        if self._cache is not None:
-            self._cache.close()
-            self._cache = None
+        """Nothing to release: the loaded model is shared by the process (``release_all``)."""
 
 
 class AutoGenLLMConfig:
@@ -420,51 +418,5 @@ class AutoGenLLMConfig:
 
     @staticmethod
     def write_yaml(config: Mapping[str, Any], path: Path) -> None:
-        """Write a config as YAML (atomically: temporary file then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
-        tmp.replace(path)
-
-
-def check_providers(config: Mapping[str, Any], allowed: frozenset[str] = ALLOWED_PROVIDERS) -> None:
-    """Raise :class:`ProviderNotAllowedError` if this config or any nested one names another provider."""
-    provider = config.get("provider")
-    if provider is not None and provider not in allowed:
-        raise ProviderNotAllowedError(
-            f"provider {provider!r} is not allowed; use one of: {', '.join(sorted(allowed))}"
-        )
-    for value in config.values():
-        if isinstance(value, Mapping):
-            check_providers(value, allowed)
-        elif isinstance(value, list):
-            for item in value:
-                if isinstance(item, Mapping):
-                    check_providers(item, allowed)
-
-
-def load_llm_config(
-    source: str | Path | Mapping[str, Any], *, allowed: frozenset[str] = ALLOWED_PROVIDERS
-) -> ChatCompletionClient:
-    """Load a model client from a YAML file or mapping, after checking every ``provider``."""
-    if isinstance(source, Mapping):
-        data: Any = dict(source)
-        where = "config"
-    else:
-        where = str(source)
-        try:
-            data = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise LLMError(f"model config {source} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise LLMError(f"model config {source} is not valid YAML: {exc}") from None
-    if not isinstance(data, Mapping) or "provider" not in data:
-        raise LLMError(f"{where}: a model config needs `provider` and `config` keys")
-    check_providers(data, allowed)
-    try:
-        return ChatCompletionClient.load_component(dict(data))
-    except ImportError as exc:
-        raise LLMError(f"{where}: cannot import the provider ({exc}); install the package it needs") from None
-    except (ValueError, TypeError) as exc:
-        raise LLMError(f"{where}: invalid model config: {str(exc).splitlines()[0]}") from None
+        """Write a config as YAML, atomically."""
+        atomic_write_text(Path(path), yaml.safe_dump(dict(config), sort_keys=False))

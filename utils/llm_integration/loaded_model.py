@@ -1,21 +1,13 @@
-"""Local GGUF models through llama.cpp (llama-cpp-python), shared safely by several agents.
+"""A loaded GGUF model (llama.cpp through llama-cpp-python), shared safely by several agents.
 
-One :class:`LocalLLM` per model file and settings per process (:func:`get_local_llm`):
-the model is loaded lazily on first use and every call holds its lock, because a
-llama.cpp context is not thread-safe. What a call gives back is a :class:`Completion`
-with the text, the parsed object for structured output, and :class:`CallMetrics`.
+One :class:`LocalLLM` per model spec per process (:func:`get_local_llm`): the model is loaded
+lazily on first use and every call holds its lock, because a llama.cpp context is not
+thread-safe. What a call gives back is a :class:`Completion` with the text, the parsed object
+for structured output (see :mod:`utils.llm_integration.grammar`), and :class:`CallMetrics`.
 
 Chat formatting
-    ``gguf``: the GGUF's own Jinja chat template (SmolLM2 and most recent models).
-    ``mistral-instruct-system``: Mistral/Mixtral ``[INST]`` format with the system message
-    folded into the first user turn and consecutive same-role turns merged (llama-cpp-python's
-    ``mistral-instruct`` format silently drops system messages).
-    ``zephyr``: TinyLlama-Chat.  ``chatml``: ``<|im_start|>`` models without a template.
-
-Structured output
-    A pydantic model becomes a JSON schema becomes a llama.cpp grammar, so the reply is
-    always JSON of that shape. If generation stops at ``max_tokens`` before the object is
-    complete, :class:`OutputTruncatedError` is raised; nothing is ever parsed into a default.
+    ``gguf``: the GGUF's own Jinja chat template (SmolLM2 and most recent models); the fixed
+    formats of :mod:`utils.llm_integration.chat_formats` otherwise.
 
 Prefix reuse
     llama.cpp keeps the KV cache of the previous prompt and re-evaluates only the tokens after
@@ -23,93 +15,37 @@ Prefix reuse
     states too, so agents whose prompts start with the same static instructions share them.
     ``CallMetrics.cached_prompt_tokens`` counts the prompt tokens that were not evaluated.
 
-Replay
-    :class:`ResponseCache` (SQLite) keys a reply by model sha256, the full prompt, sampling
-    parameters and schema; with it a rerun returns identical replies without calling the model.
+Replay is not this module's business: :mod:`utils.llm_integration.response_cache` wraps a
+model client.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
 import json
 import os
-import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-ChatFormat = Literal["gguf", "mistral-instruct-system", "zephyr", "chatml"]
-Message = Mapping[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
-
-
-class LLMError(Exception):
-    """Base of every error raised by this layer (the CLI maps it to exit code 3)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class ModelLoadError(LLMError):
-    """The GGUF file could not be loaded."""
-
-
-class OutputTruncatedError(LLMError):
-    """Generation hit ``max_tokens`` before the structured object was complete."""
-
-
-class InvalidOutputError(LLMError):
-    """The reply is not valid for its schema (for example a value out of range)."""
-
-
-class DeadlineExceededError(LLMError):
-    """Generation was stopped because the call's deadline passed."""
-
-    def __init__(self, message: str, partial_text: str = "") -> None:
-        super().__init__(message)
-        self.partial_text = partial_text
-
-
-class GenerationCancelledError(LLMError):
-    """Generation was stopped by its cancellation event."""
-
-
-@dataclass(frozen=True)
-class LLMSpec:
-    """How to load one model. Frozen and hashable: equal specs share one loaded model."""
-
-    path: Path
-    name: str = ""
-    n_ctx: int = 2048
-    n_threads: int | None = None
-    n_batch: int = 512
-    use_mmap: bool = True
-    use_mlock: bool = False
-    seed: int = 42
-    chat_format: ChatFormat = "gguf"
-    ram_cache_mb: int = 256
-
-    @property
-    def display_name(self) -> str:
-        return self.name or self.path.stem
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Sampling settings; part of the response-cache key."""
-
-    max_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 0.95
-    seed: int = 42
+from utils.llm_integration.chat_formats import FIXED_FORMATS, render_fixed
+from utils.llm_integration.errors import (
+    DeadlineExceededError,
+    GenerationCancelledError,
+    LLMError,
+    ModelLoadError,
+    OutputTruncatedError,
+)
+from utils.llm_integration.files import file_sha256
+from utils.llm_integration.grammar import json_schema_grammar, parse_json_reply, parse_reply
+from utils.llm_integration.spec import LLMSpec, Message, SamplingParams
 
 
 @dataclass
@@ -212,9 +148,7 @@ def ram_state_cache(capacity_bytes: int) -> Any:
 # llama-cpp-python silences llama.cpp by swapping the process's stdout/stderr (sys.stdout and
 # fds 1 and 2) around model loads; two such sections overlapping in threads leave the swap in
 # place for good, and the CLI's output with it. Every such section in this process holds this.
-_STDIO_LOCK = threading.Lock()
-_LOOSE_CHAR_RULE = 'char ::= [^"\\\\] |'
-_STRICT_CHAR_RULE = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+STDIO_LOCK = threading.Lock()
 
 
 def load_llama(path: Path, n_ctx: int, *, extra_buffers: bool | None = None, **kwargs: Any) -> Any:
@@ -228,222 +162,8 @@ def load_llama(path: Path, n_ctx: int, *, extra_buffers: bool | None = None, **k
     if extra_buffers is None:
         extra_buffers = not llama_has_amx_kernels()
     kwargs.setdefault("verbose", False)
-    with _STDIO_LOCK, llama_model_params_patch(use_extra_bufts=extra_buffers):
+    with STDIO_LOCK, llama_model_params_patch(use_extra_bufts=extra_buffers):
         return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, **kwargs)
-
-
-# --------------------------------------------------------------------------- chat formats
-
-
-def merge_turns(messages: Sequence[Message]) -> list[dict[str, str]]:
-    """Fold system messages into the next user turn and merge consecutive same-role turns.
-
-    The result alternates user/assistant, starting with user, as ``[INST]`` formats require.
-    """
-    system_parts: list[str] = []
-    turns: list[dict[str, str]] = []
-    for msg in messages:
-        role, content = msg["role"], msg["content"]
-        if role == "system":
-            system_parts.append(content)
-            continue
-        if role not in ("user", "assistant"):
-            raise ValueError(f"unsupported chat role {role!r}")
-        if role == "user" and system_parts:
-            content = "\n\n".join([*system_parts, content])
-            system_parts = []
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"] += "\n\n" + content
-        else:
-            turns.append({"role": role, "content": content})
-    if system_parts:  # system text with no user turn after it
-        turns.append({"role": "user", "content": "\n\n".join(system_parts)})
-    if turns and turns[0]["role"] == "assistant":
-        turns.insert(0, {"role": "user", "content": ""})
-    return turns
-
-
-def format_mistral_instruct(messages: Sequence[Message]) -> str:
-    """``[INST] system\\n\\nuser [/INST] assistant</s>[INST] user [/INST]`` (BOS added by the tokenizer)."""
-    out: list[str] = []
-    for turn in merge_turns(messages):
-        if turn["role"] == "user":
-            out.append(f"[INST] {turn['content']} [/INST]")
-        else:
-            out.append(f" {turn['content']}</s>")
-    return "".join(out)
-
-
-def format_zephyr(messages: Sequence[Message]) -> str:
-    parts = [f"<|{m['role']}|>\n{m['content']}</s>\n" for m in messages]
-    return "".join(parts) + "<|assistant|>\n"
-
-
-def format_chatml(messages: Sequence[Message]) -> str:
-    parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
-    return "".join(parts) + "<|im_start|>assistant\n"
-
-
-_STOPS: dict[str, list[str]] = {
-    "mistral-instruct-system": ["</s>", "[INST]"],
-    "zephyr": ["</s>", "<|user|>"],
-    "chatml": ["<|im_end|>", "<|im_start|>"],
-}
-
-
-# --------------------------------------------------------------------------- grammar schemas
-
-
-def grammar_schema(schema: Mapping[str, Any], steps: int = 20) -> dict[str, Any]:
-    """A copy of a JSON schema whose bounds llama.cpp's grammar can enforce while decoding.
-
-    The grammar converter ignores ``minimum``/``maximum``, so bounds are rewritten into shapes
-    it does enforce: a ``number`` bounded within a span of at most 1 becomes an ``enum`` of
-    ``steps + 1`` evenly spaced values; a wider non-negative bounded number becomes a decimal
-    string with as many integer digits as the bound (no ``inf``, no exponent); a bounded
-    ``integer`` with a span of at most 100 becomes an ``enum``, a wider non-negative one a digit
-    string. pydantic turns the strings back into numbers, and the original schema, not this
-    one, validates the parsed reply.
-    """
-
-    def bound(node: Mapping[str, Any], *keys: str) -> float | None:
-        values = [node[k] for k in keys if node.get(k) is not None]
-        return values[0] if values else None
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, list):
-            return [walk(n) for n in node]
-        if not isinstance(node, Mapping):
-            return node
-        out = {k: walk(v) for k, v in node.items()}
-        kind = out.get("type")
-        lo = bound(out, "minimum", "exclusiveMinimum")
-        hi = bound(out, "maximum", "exclusiveMaximum")
-        if kind == "number" and lo is not None and hi is not None and 0 < hi - lo <= 1:
-            step = (hi - lo) / steps
-            return {"enum": sorted({round(lo + i * step, 4) for i in range(steps + 1)})}
-        if kind == "number" and lo is not None and lo >= 0 and hi is not None:
-            digits = len(str(int(hi)))
-            return {"type": "string", "pattern": f"^[0-9]{{1,{digits}}}([.][0-9]{{1,4}})?$"}
-        if kind == "integer" and lo is not None and hi is not None and hi - lo <= 100:
-            return {"enum": list(range(int(lo), int(hi) + 1))}
-        if kind == "integer" and lo is not None and lo >= 0:
-            digits = len(str(int(hi))) if hi is not None else 9
-            return {"type": "string", "pattern": f"^[0-9]{{1,{digits}}}$"}
-        return out
-
-    return walk(dict(schema))
-
-
-# --------------------------------------------------------------------------- model file hashing
-
-_SHA_LOCK = threading.Lock()
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def json_schema_grammar(schema_json: Mapping[str, Any]) -> Any:
-    """The ``LlamaGrammar`` that constrains a reply to ``schema_json`` (bounded by
-    :func:`grammar_schema`); not yet checked by llama.cpp (``LocalLLM`` does that once)."""
-    from llama_cpp import LlamaGrammar
-
-    grammar = LlamaGrammar.from_json_schema(json.dumps(grammar_schema(schema_json)), verbose=False)
-    # llama-cpp-python's port lets raw control characters into JSON strings (llama.cpp's own
-    # converter excludes them); strict JSON parsers, AutoGen's included, then reject the reply
-    grammar._grammar = grammar._grammar.replace(_LOOSE_CHAR_RULE, _STRICT_CHAR_RULE)
-    return grammar
-
-
-def file_sha256(path: Path, cache_dir: Path | None = None) -> str:
-    """sha256 of a (possibly 26 GB) file, remembered by path, size and mtime.
-
-    With ``cache_dir`` the digest is also kept in ``cache_dir/sha256.json`` across processes.
-    """
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    with _SHA_LOCK:
-        if key in _SHA_MEMO:
-            return _SHA_MEMO[key]
-        store = cache_dir / "sha256.json" if cache_dir else None
-        saved: dict[str, str] = {}
-        if store and store.is_file():
-            with contextlib.suppress(OSError, ValueError):
-                saved = json.loads(store.read_text())
-        skey = "|".join(map(str, key))
-        digest = saved.get(skey)
-        if digest is None:
-            h = hashlib.sha256()
-            with path.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(chunk)
-            digest = h.hexdigest()
-            if store:
-                saved[skey] = digest
-                with contextlib.suppress(OSError):
-                    store.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = store.with_suffix(f".{os.getpid()}.tmp")
-                    tmp.write_text(json.dumps(saved))
-                    os.replace(tmp, store)
-        _SHA_MEMO[key] = digest
-        return digest
-
-
-# --------------------------------------------------------------------------- response cache
-
-
-class ResponseCache:
-    """SQLite cache of model replies for exact replay.
-
-    The key is the sha256 of (model sha256, full prompt, sampling parameters, schema).
-    Safe for several threads and processes (WAL, one short transaction per write).
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model_sha256 TEXT NOT NULL,"
-            " text TEXT NOT NULL, metrics TEXT NOT NULL, created_at REAL NOT NULL)"
-        )
-        self._db.commit()
-        self.hits = 0
-        self.misses = 0
-
-    @staticmethod
-    def key(
-        model_sha256: str, prompt: str, sampling: SamplingParams, schema: Mapping[str, Any] | None
-    ) -> str:
-        blob = json.dumps(
-            {"model": model_sha256, "prompt": prompt, "sampling": asdict(sampling), "schema": schema},
-            sort_keys=True,
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    def get(self, key: str) -> tuple[str, dict[str, Any]] | None:
-        with self._lock:
-            row = self._db.execute("SELECT text, metrics FROM responses WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        return row[0], json.loads(row[1])
-
-    def put(self, key: str, model_sha256: str, text: str, metrics: Mapping[str, Any]) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
-                (key, model_sha256, text, json.dumps(dict(metrics)), time.time()),
-            )
-            self._db.commit()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
-# --------------------------------------------------------------------------- the model
 
 
 class FifoLock:
@@ -601,12 +321,8 @@ class LocalLLM:
     def render(self, messages: Sequence[Message]) -> tuple[str, list[str]]:
         """The prompt text for ``messages`` and the stop strings of the chat format."""
         _ = self.llama
-        if self._format == "mistral-instruct-system":
-            return format_mistral_instruct(messages), _STOPS[self._format]
-        if self._format == "zephyr":
-            return format_zephyr(messages), _STOPS["zephyr"]
-        if self._format == "chatml":
-            return format_chatml(messages), _STOPS["chatml"]
+        if self._format in FIXED_FORMATS:
+            return render_fixed(self._format, messages)
         result = self._formatter(messages=[dict(m) for m in messages])
         stops = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
         return result.prompt, stops
@@ -682,7 +398,6 @@ class LocalLLM:
         on_text: Callable[[str], None] | None = None,
         deadline: float | None = None,
         cancel: threading.Event | None = None,
-        cache: ResponseCache | None = None,
     ) -> Completion:
         """Generate a reply to ``messages``.
 
@@ -696,7 +411,6 @@ class LocalLLM:
                 :class:`DeadlineExceededError` is raised.
             cancel: an event; when set, generation stops and
                 :class:`GenerationCancelledError` is raised.
-            cache: a :class:`ResponseCache`; a hit returns the stored reply without generating.
 
         Raises:
             OutputTruncatedError: structured output cut by max_tokens.
@@ -705,25 +419,13 @@ class LocalLLM:
         sampling = sampling or SamplingParams(seed=self.spec.seed)
         prompt, stops = self.render(messages)
         schema_json = schema.model_json_schema() if schema else ({"type": "object"} if json_mode else None)
-        key = ResponseCache.key(self.sha256, prompt, sampling, schema_json) if cache else None
-        if cache and key:
-            hit = cache.get(key)
-            if hit is not None:
-                text, stored = hit
-                metrics = CallMetrics(
-                    **{**stored, "from_response_cache": True, "ttft_s": 0.0, "latency_s": 0.0}
-                )
-                if on_text:
-                    on_text(text)
-                return Completion(text, metrics, self._parse(text, schema, metrics), prompt)
-
         metrics, text = self._generate(prompt, stops, schema_json, sampling, on_text, deadline, cancel)
-        parsed = self._parse(text, schema, metrics) if schema else None
-        if json_mode and not schema:
-            self._parse_json(text, metrics)
-        if cache and key:
-            cache.put(key, metrics.model_sha256, text, metrics.to_dict())
-        return Completion(text, metrics, parsed, prompt)
+        if schema is not None:
+            parsed = parse_reply(text, schema, finish_reason=metrics.finish_reason, model=self.display)
+            return Completion(text, metrics, parsed, prompt)
+        if json_mode:
+            parse_json_reply(text, finish_reason=metrics.finish_reason, model=self.display)
+        return Completion(text, metrics, None, prompt)
 
     def _generate(
         self,
@@ -737,7 +439,7 @@ class LocalLLM:
     ) -> tuple[CallMetrics, str]:
         from llama_cpp import llama_cpp
 
-        grammar = self._grammar(schema_json) if schema_json else None
+        grammar = self.grammar(schema_json) if schema_json else None
         tokens = self.tokenize(prompt)
         budget = self.spec.n_ctx - len(tokens)
         if budget < 1:
@@ -829,7 +531,7 @@ class LocalLLM:
             )
         return metrics, text
 
-    def _grammar(self, schema_json: Mapping[str, Any]) -> Any:
+    def grammar(self, schema_json: Mapping[str, Any]) -> Any:
         """The llama.cpp grammar for a schema, checked once: a grammar llama.cpp cannot parse
         would crash the process when sampling starts, so it is refused here instead."""
         from llama_cpp import llama_cpp
@@ -842,7 +544,7 @@ class LocalLLM:
         grammar = json_schema_grammar(schema_json)
         vocab = self.llama._model.vocab
         # llama.cpp prints the whole grammar on failure
-        with _STDIO_LOCK, suppress_stdout_stderr(disable=False):
+        with STDIO_LOCK, suppress_stdout_stderr(disable=False):
             probe = llama_cpp.llama_sampler_init_grammar(
                 vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
             )
@@ -860,27 +562,6 @@ class LocalLLM:
             )
         if g_rate > 0:
             self._gen_rate = g_rate if not self._gen_rate else (1 - alpha) * self._gen_rate + alpha * g_rate
-
-    def _parse_json(self, text: str, metrics: CallMetrics) -> Any:
-        try:
-            return json.loads(text, strict=False)  # control characters inside strings are tolerated
-        except json.JSONDecodeError as exc:
-            if metrics.finish_reason == "length":
-                raise OutputTruncatedError(f"{self.display} reply was cut at max_tokens: {exc}") from None
-            raise InvalidOutputError(f"{self.display} reply is not JSON: {exc}") from None
-
-    def _parse(self, text: str, schema: type[BaseModel] | None, metrics: CallMetrics) -> BaseModel | None:
-        if schema is None:
-            return None
-        data = self._parse_json(text, metrics)
-        try:
-            return schema.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or schema.__name__
-            raise InvalidOutputError(
-                f"{self.display} reply failed {schema.__name__} validation at {where}: {first['msg']}"
-            ) from None
 
     @property
     def display(self) -> str:
