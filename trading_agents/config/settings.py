@@ -19,10 +19,10 @@ import os
 import re
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from trading_agents.errors import ConfigError
@@ -76,6 +76,19 @@ class LLMSettings(Section):
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_tokens: int = Field(512, ge=16, le=8192, description="Cap for one agent reply.")
     ram_cache_mb: int = Field(512, ge=0, le=65536, description="KV state cache shared by agents; 0: off.")
+    n_gpu_layers: int = Field(0, ge=-1, le=100_000, description="Layers offloaded to the GPU; -1: all.")
+    main_gpu: int | None = Field(None, ge=0, le=63, description="Whole offload on this GPU; null: split.")
+    tensor_split: list[Annotated[float, Field(ge=0.0)]] | None = Field(
+        None, min_length=1, max_length=16, description="Share of the offloaded layers per GPU."
+    )
+
+    @model_validator(mode="after")
+    def _one_placement(self) -> LLMSettings:
+        if self.main_gpu is not None and self.tensor_split:
+            raise ValueError("set llm.main_gpu (one GPU) or llm.tensor_split (several), not both")
+        if self.tensor_split and not any(self.tensor_split):
+            raise ValueError("llm.tensor_split needs at least one share above 0")
+        return self
 
 
 class HuggingFaceSettings(Section):

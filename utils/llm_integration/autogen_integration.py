@@ -88,6 +88,9 @@ class LocalLlamaConfig(BaseModel):
     seed: int = Field(42, ge=0)
     chat_format: ChatFormat = "gguf"
     ram_cache_mb: int = Field(256, ge=0)
+    n_gpu_layers: int = Field(0, ge=-1, description="Layers on the GPU; -1: all, 0: none.")
+    main_gpu: int | None = Field(None, ge=0, description="Whole offload on this GPU; null: split.")
+    tensor_split: list[float] | None = Field(None, description="Share of the layers per GPU.")
     max_tokens: int = Field(512, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
@@ -224,6 +227,9 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
             seed=cfg.seed,
             chat_format=cfg.chat_format,
             ram_cache_mb=cfg.ram_cache_mb,
+            n_gpu_layers=cfg.n_gpu_layers,
+            main_gpu=cfg.main_gpu,
+            tensor_split=tuple(cfg.tensor_split) if cfg.tensor_split else None,
         )
         self._cache = ResponseCache(Path(cfg.response_cache)) if cfg.response_cache else None
         self.last_metrics: CallMetrics | None = None
