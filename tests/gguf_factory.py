@@ -13,6 +13,7 @@ Usage::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,8 @@ def make_tiny_mixtral(
     *,
     architecture: str = "llama",
     seed: int = 0,
+    shape: Shape | None = None,
+    nthread: int = 1,
 ) -> Path:
     """Write a Mixtral-shaped GGUF (``llama`` architecture with experts) quantized to ``quantization``.
 
@@ -65,22 +68,46 @@ def make_tiny_mixtral(
     or ``"Q8_0"``. ``n_experts=0`` gives a dense llama (no expert tensors).
     ``architecture`` only changes the ``general.architecture`` key and the key prefix: any value
     other than ``llama`` makes a file llama.cpp may refuse to load (useful for negative tests).
+    ``shape`` makes a larger model (benchmarks: :meth:`Shape.for_size`); ``nthread`` quantizes
+    with that many threads.
     """
+    shape = shape or Shape()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     quantization = quantization.upper()
     if quantization not in QUANT_FILE_TYPES:
         raise ValueError(f"unknown quantization {quantization}; one of {', '.join(QUANT_FILE_TYPES)}")
     if quantization in ("F32", "F16"):
-        _write_float_model(path, quantization, n_experts, n_experts_used, architecture, seed)
+        _write_float_model(path, quantization, n_experts, n_experts_used, architecture, seed, shape)
         return path
     source = path.with_name(path.name + ".f32.tmp")
     try:
-        _write_float_model(source, "F32", n_experts, n_experts_used, architecture, seed)
-        _quantize(source, path, QUANT_FILE_TYPES[quantization])
+        _write_float_model(source, "F32", n_experts, n_experts_used, architecture, seed, shape)
+        _quantize(source, path, QUANT_FILE_TYPES[quantization], nthread)
     finally:
         source.unlink(missing_ok=True)
     return path
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Model dimensions; the defaults make the ~1 MB test model."""
+
+    n_embd: int = N_EMBD
+    n_ff: int = N_FF
+    n_head: int = N_HEAD
+    n_head_kv: int = N_HEAD_KV
+    n_layers: int = N_LAYERS
+    context_length: int = CONTEXT_LENGTH
+
+    @classmethod
+    def for_size(cls, megabytes: float, n_experts: int = 8, context_length: int = 2048) -> Shape:
+        """A Mixtral-proportioned shape (n_ff = 3.5 x n_embd, 8 KV heads of 128) whose Q4_K_M
+        file is about ``megabytes`` MB: n_embd 1024 and as many layers as that takes."""
+        n_embd, n_ff = 1024, 3584
+        per_layer = n_experts * 3 * n_embd * n_ff + 2 * n_embd * n_embd + 2 * n_embd * 1024
+        layers = max(1, round(megabytes * 1e6 / (per_layer * 4.85 / 8)))
+        return cls(n_embd, n_ff, n_embd // 128, 8, layers, context_length)
 
 
 def make_tiny_llama(path: Path, quantization: str = "Q8_0", *, seed: int = 0) -> Path:
@@ -102,24 +129,31 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
 
 
 def _write_float_model(
-    path: Path, ftype: str, n_experts: int, n_experts_used: int, architecture: str, seed: int
+    path: Path, ftype: str, n_experts: int, n_experts_used: int, architecture: str, seed: int, shape: Shape
 ) -> None:
     rng = np.random.default_rng(seed)
     dtype = np.float32 if ftype == "F32" else np.float16
     tokens, scores, types = _vocab()
     n_vocab = len(tokens)
+    N_EMBD, N_FF, N_HEAD, N_HEAD_KV, N_LAYERS = (
+        shape.n_embd,
+        shape.n_ff,
+        shape.n_head,
+        shape.n_head_kv,
+        shape.n_layers,
+    )
     head_dim = N_EMBD // N_HEAD
     n_embd_kv = head_dim * N_HEAD_KV
 
-    def weights(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.02).astype(dtype)
+    def weights(*dims: int) -> np.ndarray:
+        return (rng.standard_normal(dims) * 0.02).astype(dtype)
 
     def norm() -> np.ndarray:
         return np.ones(N_EMBD, dtype=np.float32)  # 1-D tensors stay F32
 
     writer = GGUFWriter(str(path), architecture)
     writer.add_name("tiny-mixtral" if n_experts else "tiny-llama")
-    writer.add_context_length(CONTEXT_LENGTH)
+    writer.add_context_length(shape.context_length)
     writer.add_embedding_length(N_EMBD)
     writer.add_block_count(N_LAYERS)
     writer.add_feed_forward_length(N_FF)
@@ -167,7 +201,7 @@ def _write_float_model(
     writer.close()
 
 
-def _quantize(source: Path, dest: Path, ftype: int) -> None:
+def _quantize(source: Path, dest: Path, ftype: int, nthread: int = 1) -> None:
     import ctypes
 
     import llama_cpp
@@ -175,7 +209,7 @@ def _quantize(source: Path, dest: Path, ftype: int) -> None:
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
-    params.nthread = 1
+    params.nthread = nthread
     with suppress_stdout_stderr(disable=False):  # llama.cpp's loader log would pollute CLI output checks
         rc = llama_cpp.llama_model_quantize(str(source).encode(), str(dest).encode(), ctypes.byref(params))
     if rc != 0:

@@ -5,10 +5,15 @@ against this machine's measured memory read bandwidth.
 ``reply_tokens_per_s_wall`` is what a caller sees between the first and the last token, with
 sampling (and a grammar's checks over the whole vocabulary) included.
 
-Generation on a CPU is bound by memory bandwidth: every generated token reads all weights
-once, so ``model bytes x generation tokens/s`` is the bandwidth the model achieves. The ratio
-to the measured read bandwidth says how close to the hardware's roofline llama.cpp runs (a
-small model partly served from CPU caches can exceed 1).
+Generation is bound by memory bandwidth: every generated token reads all weights once (of a
+mixture of experts, the dense tensors and the experts it routes to), so ``weight bytes read per
+token x generation tokens/s`` is the bandwidth the model achieves. The ratio to the measured
+read bandwidth says how close to the hardware's roofline llama.cpp runs on the CPU (a small
+model partly served from CPU caches can exceed 1); with layers offloaded (``llm.n_gpu_layers``)
+the ratio is taken over the GPU's datasheet bandwidth.
+
+The model is the embedded one unless ``--model PATH`` names another GGUF file; threads and
+offload come from the ``llm`` settings (``TRADING_AGENTS_LLM__N_GPU_LAYERS=-1``, say).
 """
 
 from __future__ import annotations
@@ -22,7 +27,17 @@ from typing import Any
 import numpy as np
 
 from trading_agents.agents.schemas import AnalystReport
+from trading_agents.config.settings import load_settings
+from trading_agents.models.gguf_info import read_gguf_info
 from trading_agents.models.registry import embedded_model_path
+from utils.llm_integration.errors import OutputTruncatedError
+from utils.llm_integration.gpu import (
+    active_weight_bytes_per_token,
+    backend_info,
+    gpu_devices,
+    nominal_bandwidth_gb_s,
+    offload_plan,
+)
 from utils.llm_integration.loaded_model import LocalLLM, physical_cores
 from utils.llm_integration.spec import LLMSpec, SamplingParams
 
@@ -72,14 +87,22 @@ def measure_read_bandwidth(
 
 def _speeds(llm: LocalLLM, grammar: bool, repeats: int, max_tokens: int) -> dict[str, Any]:
     prompt_rates, gen_rates, wall_rates, ttfts = [], [], [], []
+    truncated = 0
     for i in range(repeats):
         # a fresh prefix each time so the prompt is really evaluated
         messages = [{"role": "user", "content": f"Run {i} at {time.time_ns()}. {PROMPT}"}]
-        out = llm.complete(
-            messages,
-            schema=AnalystReport if grammar else None,
-            sampling=SamplingParams(max_tokens=max_tokens),
-        )
+        try:
+            out = llm.complete(
+                messages,
+                schema=AnalystReport if grammar else None,
+                sampling=SamplingParams(max_tokens=max_tokens),
+            )
+        except OutputTruncatedError:  # a generated (random-weight) model rambles to max_tokens
+            truncated += 1
+            prompt_rate, gen_rate = _last_call_rates(llm)
+            prompt_rates.append(prompt_rate)
+            gen_rates.append(gen_rate)
+            continue
         prompt_rates.append(out.metrics.prompt_tokens_per_s)
         gen_rates.append(out.metrics.gen_tokens_per_s)
         m = out.metrics
@@ -90,15 +113,45 @@ def _speeds(llm: LocalLLM, grammar: bool, repeats: int, max_tokens: int) -> dict
         "prompt_tokens_per_s": round(statistics.median(prompt_rates), 1),
         "gen_tokens_per_s": round(statistics.median(gen_rates), 1),
         "reply_tokens_per_s_wall": round(statistics.median(wall_rates), 1) if wall_rates else None,
-        "ttft_s": round(statistics.median(ttfts), 3),
+        "ttft_s": round(statistics.median(ttfts), 3) if ttfts else None,
         "repeats": repeats,
+        "truncated_at_max_tokens": truncated,
     }
 
 
-def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
+def _last_call_rates(llm: LocalLLM) -> tuple[float, float]:
+    """llama.cpp's prompt and eval rates of the call that just ended (kept until the next one)."""
+    from llama_cpp import llama_cpp
+
+    perf = llama_cpp.llama_perf_context(llm.llama._ctx.ctx)
+    p_rate = perf.n_p_eval / (perf.t_p_eval_ms / 1e3) if perf.t_p_eval_ms > 0 else 0.0
+    g_rate = perf.n_eval / (perf.t_eval_ms / 1e3) if perf.t_eval_ms > 0 else 0.0
+    return round(p_rate, 1), round(g_rate, 1)
+
+
+def run(out_dir: Path, quick: bool = False, model: Path | None = None) -> dict[str, Any]:
     """Measure and return the figures (the CLI writes them to ``<out_dir>/llm.json``)."""
-    path = embedded_model_path()
-    llm = LocalLLM(LLMSpec(path=path, name="smollm2-135m-instruct", n_ctx=2048, ram_cache_mb=0))
+    cfg = load_settings().llm
+    path = Path(model) if model is not None else embedded_model_path()
+    name = path.stem if model is not None else "smollm2-135m-instruct"
+    info = read_gguf_info(path)
+    threads = cfg.n_threads or physical_cores()
+    tensor_split = tuple(cfg.tensor_split) if cfg.tensor_split else None
+    spec = LLMSpec(
+        path=path,
+        name=name,
+        n_ctx=2048,
+        n_threads=threads,
+        ram_cache_mb=0,
+        n_gpu_layers=cfg.n_gpu_layers,
+        main_gpu=cfg.main_gpu,
+        tensor_split=tensor_split,
+    )
+    gpus = gpu_devices() if cfg.n_gpu_layers else []
+    plan = offload_plan(
+        info, cfg.n_gpu_layers, spec.n_ctx, gpus=gpus, main_gpu=cfg.main_gpu, tensor_split=tensor_split
+    )
+    llm = LocalLLM(spec)
     _ = llm.llama
     repeats = 2 if quick else 5
     plain = _speeds(llm, grammar=False, repeats=repeats, max_tokens=64 if quick else 128)
@@ -106,23 +159,35 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     llm.close()
     bandwidth = measure_read_bandwidth(256 if quick else 1024)
     model_bytes = path.stat().st_size
+    read_per_token = active_weight_bytes_per_token(info)
     measured = bandwidth["all_threads_gb_s"] * 1e9
-    achieved = model_bytes * plain["gen_tokens_per_s"]
+    achieved = read_per_token * plain["gen_tokens_per_s"]
+    wall_plain, wall_grammar = plain["reply_tokens_per_s_wall"], constrained["reply_tokens_per_s_wall"]
+    on_gpu = plan.offloaded_layers == plan.total_layers and bool(gpus)
+    gpu_peak = nominal_bandwidth_gb_s(gpus[cfg.main_gpu or 0]) if on_gpu else None
     return {
-        "model": "smollm2-135m-instruct",
+        "model": name,
         "model_bytes": model_bytes,
-        "threads": physical_cores(),
+        "architecture": info.architecture,
+        "experts": f"{info.expert_used_count} of {info.expert_count}" if info.is_moe else None,
+        "quantization": info.quantization,
+        "weight_bytes_read_per_token": read_per_token,
+        "threads": threads,
+        "backend": backend_info()["backend"],
+        "n_gpu_layers": cfg.n_gpu_layers,
+        "offloaded_layers": plan.offloaded_layers,
+        "total_layers": plan.total_layers,
+        "gpus": [g.to_dict() for g in gpus],
         "without_grammar": plain,
         "with_grammar": constrained,
         "grammar_generation_slowdown": round(
             plain["gen_tokens_per_s"] / max(constrained["gen_tokens_per_s"], 1e-9), 2
         ),
         # llama.cpp's eval rate leaves sampling out; under a grammar sampling is the larger cost
-        "grammar_wall_slowdown": round(
-            (plain["reply_tokens_per_s_wall"] or 0) / max(constrained["reply_tokens_per_s_wall"] or 0, 1e-9),
-            2,
-        ),
+        "grammar_wall_slowdown": round(wall_plain / wall_grammar, 2) if wall_plain and wall_grammar else None,
         "memory_read_bandwidth": bandwidth,
         "achieved_bytes_per_s": round(achieved),
-        "achieved_over_measured_bandwidth": round(achieved / measured, 3) if measured else None,
+        "achieved_over_measured_bandwidth": None if on_gpu or not measured else round(achieved / measured, 3),
+        "gpu_nominal_bandwidth_gb_s": gpu_peak,
+        "achieved_over_gpu_bandwidth": round(achieved / (gpu_peak * 1e9), 4) if gpu_peak else None,
     }

@@ -25,6 +25,7 @@ from trading_agents.core import DecisionContext, StrategyDecision
 from trading_agents.journal import MemoryJournal
 from trading_agents.market import load_bars
 from trading_agents.session import run_session
+from utils.llm_integration.gpu import backend_info, offload_kwargs, planned_offload
 from utils.llm_integration.grammar import json_schema_grammar
 from utils.llm_integration.loaded_model import LocalLLM, load_llama, physical_cores, ram_state_cache
 from utils.llm_integration.spec import SamplingParams
@@ -44,6 +45,7 @@ class _RawReplay:
             n_threads=spec.n_threads or physical_cores(),
             n_batch=spec.n_batch,
             seed=spec.seed,
+            **offload_kwargs(spec.n_gpu_layers, spec.main_gpu, spec.tensor_split),
         )
         if spec.ram_cache_mb:
             self.llama.set_cache(ram_state_cache(spec.ram_cache_mb << 20))
@@ -147,8 +149,14 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     raw_total = sum(timed.raw_wall)
     ratios = [w / r for w, r in zip(timed.wall, timed.raw_wall, strict=True) if r > 0]
     trades = sum(1 for o in strategy.outcomes if o.executor is not None)
+    spec = llm.spec
+    plan = planned_offload(spec.path, spec.n_ctx, spec.n_gpu_layers, spec.main_gpu, spec.tensor_split)
     return {
         "model": primary.name,
+        "backend": backend_info()["backend"],
+        "n_gpu_layers": llm.spec.n_gpu_layers,
+        "offloaded_layers": plan.offloaded_layers if plan else None,
+        "threads": spec.n_threads or physical_cores(),
         "days": days,
         "decisions": decisions,
         "llm_calls": stats["calls"],
@@ -167,6 +175,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         "raw_llama_cpp_s_total": round(raw_total, 2),
         "framework_overhead_ratio": round(framework / raw_total, 3) if raw_total else None,
         "framework_overhead_target": 1.10,
+        "decision_wall_s_p50": round(statistics.median(timed.wall), 3) if timed.wall else None,
         "decision_wall_s": [round(w, 2) for w in timed.wall],
         "raw_wall_s": [round(w, 2) for w in timed.raw_wall],
         "framework_overhead_per_decision_p50": round(statistics.median(ratios), 3) if ratios else None,

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from trading_agents.cli.common import console, emit_json, err_console
+from trading_agents.errors import UserInputError
 from trading_agents.fsutil import atomic_write_json
 
 BENCHES = {
@@ -54,11 +55,11 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _run_one(name: str, out: Path, quick: bool) -> dict[str, Any]:
+def _run_one(name: str, out: Path, quick: bool, **options: Any) -> dict[str, Any]:
     err_console.print(f"[cyan]bench {name}[/] ...")
     module = importlib.import_module(BENCHES[name])
     started = time.perf_counter()
-    result = module.run(out, quick=quick)
+    result = module.run(out, quick=quick, **options)
     result = {"bench": name, "quick": quick, "wall_s": round(time.perf_counter() - started, 2), **result}
     atomic_write_json(out / f"{name}.json", result)
     err_console.print(f"[green]bench {name}[/] -> {out / f'{name}.json'} ({result['wall_s']} s)")
@@ -82,7 +83,33 @@ def _command(name: str) -> Any:
 
 
 for _name in BENCHES:
-    app.command(_name)(_command(_name))
+    if _name != "llm":
+        app.command(_name)(_command(_name))
+
+
+@app.command("llm")
+def bench_llm(
+    out: OutOption = Path("bench-results"),
+    quick: QuickOption = False,
+    json_out: JsonFlag = False,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="A GGUF file to measure instead of the embedded model.")
+    ] = None,
+) -> None:
+    """Run the llm benchmark: prompt and generation speed against memory bandwidth.
+
+    Threads and GPU offload come from the llm settings.
+
+    Example: trading-agents bench llm --quick --out bench-results
+    Example: TRADING_AGENTS_LLM__N_GPU_LAYERS=-1 trading-agents bench llm --model big.gguf
+    """
+    if model is not None and not model.is_file():
+        raise UserInputError(f"--model {model} is not a file; give a .gguf model file")
+    result = _run_one("llm", out, quick, **({"model": model} if model is not None else {}))
+    if json_out:
+        emit_json(result)
+    else:
+        console.print_json(json.dumps(result, default=str))
 
 
 @app.command("all")

@@ -19,10 +19,10 @@ import os
 import re
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from trading_agents.errors import ConfigError
@@ -84,6 +84,23 @@ class LLMSettings(Section):
         None, description="A `trading-agents serve` base URL (http://host:8000); null: load models here."
     )
     server_api_key: SecretStr | None = Field(None, description="The server's API key, if it has one.")
+    n_gpu_layers: int = Field(
+        LLMSpec.n_gpu_layers, ge=-1, le=100_000, description="Layers offloaded to the GPU; -1: all."
+    )
+    main_gpu: int | None = Field(
+        LLMSpec.main_gpu, ge=0, le=63, description="Whole offload on this GPU; null: split."
+    )
+    tensor_split: list[Annotated[float, Field(ge=0.0)]] | None = Field(
+        None, min_length=1, max_length=16, description="Share of the offloaded layers per GPU."
+    )
+
+    @model_validator(mode="after")
+    def _one_placement(self) -> LLMSettings:
+        if self.main_gpu is not None and self.tensor_split:
+            raise ValueError("set llm.main_gpu (one GPU) or llm.tensor_split (several), not both")
+        if self.tensor_split and not any(self.tensor_split):
+            raise ValueError("llm.tensor_split needs at least one share above 0")
+        return self
 
 
 class HuggingFaceSettings(Section):

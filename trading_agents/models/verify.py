@@ -37,7 +37,19 @@ from trading_agents.models.registry import (
     looks_like_path,
     models_dir,
 )
+from utils.llm_integration.gpu import (
+    VRAM_RESERVE_BYTES,
+    GPUDevice,
+    OffloadError,
+    OffloadPlan,
+    backend_info,
+    check_offload,
+    gpu_devices,
+    offload_kwargs,
+    offload_plan,
+)
 from utils.llm_integration.loaded_model import load_llama
+
 
 if TYPE_CHECKING:
     pass
@@ -74,6 +86,9 @@ class VerifyReport:
     checks: list[Check] = field(default_factory=list)
     info: GGUFInfo | None = None
     smoke: dict[str, Any] | None = None
+    backend: str | None = None
+    gpus: list[GPUDevice] = field(default_factory=list)
+    offload: OffloadPlan | None = None
 
     @property
     def ok(self) -> bool:
@@ -97,6 +112,10 @@ class VerifyReport:
             "checks": [asdict(c) for c in self.checks],
             "gguf": self.info.to_dict() if self.info else None,
             "smoke": self.smoke,
+            "backend": self.backend,
+            "gpus": [g.to_dict() for g in self.gpus],
+            "offloaded_layers": self.offload.offloaded_layers if self.offload else None,
+            "offload": self.offload.to_dict() if self.offload else None,
         }
 
 
@@ -144,8 +163,11 @@ def verify_model(target: str | Path, settings: Settings, smoke: bool = False) ->
     _check_shape(report, info, entry)
     _check_context(report, info, n_ctx)
     _check_size(report, info, entry)
-    _check_memory(report, info, entry, n_ctx, settings)
     llama_ok = _check_llama_cpp(report)
+    if llama_ok:
+        _check_offload(report, info, n_ctx, settings)
+    _check_memory(report, info, entry, n_ctx, settings)
+    _check_vram(report, settings)
     if smoke and llama_ok:
         _check_smoke(report, path, settings)
     return report
@@ -224,10 +246,21 @@ def _check_memory(
     report: VerifyReport, info: GGUFInfo, entry: ModelEntry | None, n_ctx: int, settings: Settings
 ) -> None:
     kv = entry.kv_bytes_per_token * n_ctx if entry else 0
-    need = info.size_bytes + kv
+    weights = info.size_bytes
+    plan = report.offload
+    on_cpu = ""
+    if plan is not None and plan.offloaded_layers:  # only what stays on the CPU needs RAM
+        kv = (
+            kv
+            * (plan.total_layers - 1 - min(plan.offloaded_layers, plan.total_layers - 1))
+            // max(plan.total_layers - 1, 1)
+        )
+        weights = plan.cpu_weight_bytes
+        on_cpu = f" on the CPU ({plan.total_layers - plan.offloaded_layers} of {plan.total_layers} layers)"
+    need = weights + kv
     available = psutil.virtual_memory().available
     detail = (
-        f"needs {_gb(need)} (weights {_gb(info.size_bytes)} + KV cache {_gb(kv)}), {_gb(available)} available"
+        f"needs {_gb(need)}{on_cpu} (weights {_gb(weights)} + KV cache {_gb(kv)}), {_gb(available)} available"
     )
     if need <= available:
         report.add("memory", True, detail, "info")
@@ -238,6 +271,61 @@ def _check_memory(
     else:
         detail += "; close other programs or use a smaller model"
     report.add("memory", False, detail, "warning")
+
+
+def _check_offload(report: VerifyReport, info: GGUFInfo, n_ctx: int, settings: Settings) -> None:
+    """The build's backend, the GPUs llama.cpp sees and how many layers llm.n_gpu_layers offloads."""
+    llm = settings.llm
+    report.backend = backend_info()["backend"]
+    report.gpus = gpu_devices()
+    plan = offload_plan(
+        info, llm.n_gpu_layers, n_ctx, gpus=report.gpus, main_gpu=llm.main_gpu, tensor_split=llm.tensor_split
+    )
+    report.offload = plan
+    seen = ", ".join(f"{g.index}: {g.description} {_gb(g.memory_total_bytes)}" for g in report.gpus) or "none"
+    detail = (
+        f"llama.cpp built for {report.backend}; GPUs: {seen}; llm.n_gpu_layers {llm.n_gpu_layers}:"
+        f" {plan.offloaded_layers} of {plan.total_layers} layers on the GPU"
+    )
+    try:
+        warnings = check_offload(llm.n_gpu_layers, llm.main_gpu, llm.tensor_split)
+    except OffloadError as exc:
+        report.add("gpu offload", False, f"{detail}; {exc.message}")
+        return
+    if warnings:
+        report.add("gpu offload", False, f"{detail}; {'; '.join(warnings)}", "warning")
+    else:
+        report.add("gpu offload", True, detail, "info")
+
+
+def _check_vram(report: VerifyReport, settings: Settings) -> None:
+    """Warn, naming the fallback, when the offloaded layers will not fit the GPUs' free memory."""
+    plan = report.offload
+    if plan is None or not plan.offloaded_layers:
+        return
+    usable = [g for g in report.gpus if g.usable]
+    short = []
+    for gpu, need in zip(usable, plan.per_gpu_bytes, strict=False):
+        if need and need + VRAM_RESERVE_BYTES > gpu.memory_free_bytes:
+            short.append(
+                f"GPU {gpu.index} needs {_gb(need + VRAM_RESERVE_BYTES)}, {_gb(gpu.memory_free_bytes)} free"
+            )
+    per_gpu = ", ".join(
+        f"GPU {g.index}: {_gb(n)}" for g, n in zip(usable, plan.per_gpu_bytes, strict=False) if n
+    )
+    detail = (
+        f"offloaded weights {_gb(plan.gpu_weight_bytes)} + KV cache {_gb(plan.gpu_kv_bytes)} ({per_gpu};"
+        f" plus {_gb(VRAM_RESERVE_BYTES)} of buffers each)"
+    )
+    if not short:
+        report.add("vram", True, detail, "info")
+        return
+    fallback = settings.llm.fallback
+    if fallback and fallback != report.entry:
+        what = f"loading will fail and the fallback {fallback} will have to serve"
+    else:
+        what = "loading will fail; lower llm.n_gpu_layers"
+    report.add("vram", False, f"{detail}: {'; '.join(short)}; {what} (or lower llm.n_gpu_layers)", "warning")
 
 
 def _check_llama_cpp(report: VerifyReport) -> bool:
@@ -251,8 +339,18 @@ def _check_llama_cpp(report: VerifyReport) -> bool:
 
 
 def _check_smoke(report: VerifyReport, path: Path, settings: Settings) -> None:
-    n_threads = settings.llm.n_threads or psutil.cpu_count(logical=False) or 1
-    cmd = [sys.executable, "-m", "trading_agents.models.verify", str(path), str(SMOKE_N_CTX), str(n_threads)]
+    llm = settings.llm
+    n_threads = llm.n_threads or psutil.cpu_count(logical=False) or 1
+    offload = json.dumps(offload_kwargs(llm.n_gpu_layers, llm.main_gpu, llm.tensor_split))
+    cmd = [
+        sys.executable,
+        "-m",
+        "trading_agents.models.verify",
+        str(path),
+        str(SMOKE_N_CTX),
+        str(n_threads),
+        offload,
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
@@ -280,9 +378,9 @@ def _check_smoke(report: VerifyReport, path: Path, settings: Settings) -> None:
 
 
 @cache
-def _smoke_child(path: str, n_ctx: int, n_threads: int) -> dict[str, Any]:
+def _smoke_child(path: str, n_ctx: int, n_threads: int, offload: str = "{}") -> dict[str, Any]:
     start = time.perf_counter()
-    llm = load_llama(Path(path), n_ctx, n_threads=n_threads, seed=0)
+    llm = load_llama(Path(path), n_ctx, n_threads=n_threads, seed=0, **json.loads(offload))
     loaded = time.perf_counter()
     out = llm.create_completion("The market today", max_tokens=SMOKE_TOKENS, temperature=0.0)
     done = time.perf_counter()
@@ -302,10 +400,10 @@ def _gb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-if __name__ == "__main__":  # the --smoke child: python -m trading_agents.models.verify PATH N_CTX N_THREADS
+if __name__ == "__main__":  # the --smoke child: python -m ...verify PATH N_CTX N_THREADS [OFFLOAD_JSON]
     os.environ.setdefault("OMP_NUM_THREADS", sys.argv[3])
     try:
-        payload = _smoke_child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+        payload = _smoke_child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:5])
     except Exception as exc:  # reported to the parent as one line
         payload = {"error": f"{type(exc).__name__}: {exc}"}
     sys.stdout.write(json.dumps(payload) + "\n")

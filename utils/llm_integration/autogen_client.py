@@ -78,6 +78,11 @@ class LocalLlamaConfig(BaseModel):
     seed: int = Field(LLMSpec.seed, ge=0)
     chat_format: ChatFormat = LLMSpec.chat_format
     ram_cache_mb: int = Field(LLMSpec.ram_cache_mb, ge=0)
+    n_gpu_layers: int = Field(LLMSpec.n_gpu_layers, ge=-1, description="Layers on the GPU; -1: all, 0: none.")
+    main_gpu: int | None = Field(
+        LLMSpec.main_gpu, ge=0, description="Whole offload on this GPU; null: split."
+    )
+    tensor_split: list[float] | None = Field(None, description="Share of the layers per GPU.")
     max_tokens: int = Field(SamplingParams.max_tokens, ge=1)
     temperature: float = Field(SamplingParams.temperature, ge=0.0, le=2.0)
     top_p: float = Field(SamplingParams.top_p, gt=0.0, le=1.0)
@@ -213,6 +218,9 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
             seed=cfg.seed,
             chat_format=cfg.chat_format,
             ram_cache_mb=cfg.ram_cache_mb,
+            n_gpu_layers=cfg.n_gpu_layers,
+            main_gpu=cfg.main_gpu,
+            tensor_split=tuple(cfg.tensor_split) if cfg.tensor_split else None,
         )
         self.last_metrics: CallMetrics | None = None
         self.last_prompt = ""

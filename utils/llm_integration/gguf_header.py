@@ -17,7 +17,7 @@ Example::
 from __future__ import annotations
 
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -106,6 +106,8 @@ class GGUFInfo:
     chat_template: str | None
     tensor_count: int
     data_end: int
+    # (name, bytes) of every tensor, in file order: where each layer's weights would live
+    tensors: tuple[tuple[str, int], ...] = field(default=(), repr=False)
 
     @property
     def is_moe(self) -> bool:
@@ -131,6 +133,7 @@ class GGUFInfo:
         data = asdict(self)
         data["path"] = str(self.path)
         data["chat_template"] = None if self.chat_template is None else f"<{len(self.chat_template)} chars>"
+        del data["tensors"]
         return data
 
 
@@ -270,15 +273,18 @@ def _parse(reader: _Reader, path: Path, size: int) -> GGUFInfo:
         meta[key] = reader.value(vtype, keep=True)
 
     data_size = 0
+    tensors: list[tuple[str, int]] = []
     for _ in range(tensor_count):
-        reader.string()
+        tname = reader.string()
         n_dims = reader.unpack("<I")
         if n_dims > 8:
             raise ValueError(f"tensor with {n_dims} dimensions")
         dims = [reader.unpack("<Q") for _ in range(n_dims)]
         ttype = reader.unpack("<I")
         offset = reader.unpack("<Q")
-        data_size = max(data_size, offset + _tensor_nbytes(dims, ttype))
+        nbytes = _tensor_nbytes(dims, ttype)
+        tensors.append((tname, nbytes))
+        data_size = max(data_size, offset + nbytes)
     alignment = int(meta.get("general.alignment") or DEFAULT_ALIGNMENT)
     header_end = reader.fh.tell()
     data_start = -(-header_end // alignment) * alignment
@@ -312,6 +318,7 @@ def _parse(reader: _Reader, path: Path, size: int) -> GGUFInfo:
         chat_template=template if isinstance(template, str) else None,
         tensor_count=tensor_count,
         data_end=data_start + data_size,
+        tensors=tuple(tensors),
     )
 
 

@@ -258,6 +258,9 @@ class LocalLLM:
             import llama_cpp  # noqa: F401
         except ImportError as exc:  # pragma: no cover - install problem
             raise ModelLoadError(f"llama-cpp-python is not importable ({exc}); run `make install`") from None
+        from utils.llm_integration.gpu import prepare_offload
+
+        offload = prepare_offload(self.spec.n_gpu_layers, self.spec.main_gpu, self.spec.tensor_split)
         try:
             llama = load_llama(
                 path,
@@ -267,6 +270,7 @@ class LocalLLM:
                 use_mmap=self.spec.use_mmap,
                 use_mlock=self.spec.use_mlock,
                 seed=self.spec.seed,
+                **offload,
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(f"llama.cpp could not load {path}: {exc}") from None

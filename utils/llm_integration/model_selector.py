@@ -251,13 +251,24 @@ _KV_MEMO: dict[tuple[str, int, int], int | None] = {}
 
 
 def ram_needed_mb(spec: LLMSpec) -> float | None:
-    """File size plus KV cache for ``spec.n_ctx`` tokens, in MiB (None when the file is unreadable)."""
+    """File size plus KV cache for ``spec.n_ctx`` tokens, in MiB (None when the file is unreadable).
+
+    With ``n_gpu_layers`` set, only what stays on the CPU counts: the weights and KV cache of
+    the layers that this build and machine really offload live in GPU memory.
+    """
     try:
         size = spec.path.stat().st_size
     except OSError:
         return None
     kv = kv_bytes_per_token(spec.path) or 0
-    return round((size + spec.n_ctx * kv) / 2**20, 1)
+    need = size + spec.n_ctx * kv
+    if spec.n_gpu_layers:
+        from utils.llm_integration.gpu import planned_offload
+
+        plan = planned_offload(spec.path, spec.n_ctx, spec.n_gpu_layers, spec.main_gpu, spec.tensor_split)
+        if plan is not None and plan.offloaded_layers:
+            need = plan.cpu_bytes
+    return round(need / 2**20, 1)
 
 
 # --------------------------------------------------------------------------- shared primary health

@@ -31,6 +31,9 @@ class LLMSpec:
     seed: int = 42
     chat_format: ChatFormat = "gguf"
     ram_cache_mb: int = 512  # llama.cpp state cache shared by the prompts of one model; 0: off
+    n_gpu_layers: int = 0  # layers offloaded to the GPU; -1: all (see utils.llm_integration.gpu)
+    main_gpu: int | None = None  # the whole offload on this GPU; None: split by tensor_split
+    tensor_split: tuple[float, ...] | None = None  # share of the offloaded layers per GPU
 
     @property
     def display_name(self) -> str:
