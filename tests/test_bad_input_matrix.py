@@ -21,7 +21,7 @@ import yaml
 from trading_agents.cli.app import main
 from trading_agents.fsutil import exclusive_lock
 from trading_agents.market import yahoo
-from trading_agents.models.registry import embedded_model_path
+from trading_agents.model_files.registry import embedded_model_path
 
 GOOD_ROWS = [
     ("2024-01-02", 10.0, 11.0, 9.5, 10.5, 1000),

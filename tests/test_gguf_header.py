@@ -9,7 +9,7 @@ import pytest
 from gguf import GGUFReader
 
 from trading_agents.errors import ModelFileError
-from trading_agents.models import gguf_info
+from trading_agents.model_files import gguf_info
 from utils.llm_integration.gguf_header import GGUFHeaderError, GGUFInfo, read_gguf_info
 from utils.llm_integration.model_selector import kv_bytes_per_token, ram_needed_mb
 from utils.llm_integration.spec import LLMSpec

@@ -23,8 +23,8 @@ from trading_agents.agents.clients import local_client_config
 from trading_agents.cli.app import main
 from trading_agents.config.settings import load_settings, project_root
 from trading_agents.errors import ConfigError
-from trading_agents.models.registry import Registry, resolve_model
-from trading_agents.models.verify import verify_model
+from trading_agents.model_files.registry import Registry, resolve_model
+from trading_agents.model_files.verify import verify_model
 from utils.llm_integration import gpu
 from utils.llm_integration.autogen_client import LocalLlamaChatCompletionClient
 from utils.llm_integration.gguf_header import read_gguf_info
@@ -209,7 +209,7 @@ def test_verify_json_has_backend_gpus_and_offload(
 def test_verify_vram_check_names_the_fallback(
     tmp_path: Path, tiny_mixtral: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import trading_agents.models.verify as verify
+    import trading_agents.model_files.verify as verify
 
     shutil.copy(tiny_mixtral, tmp_path / MIXTRAL_FILE)
     settings = load_settings(None, {"paths.models_dir": str(tmp_path), "llm.n_gpu_layers": -1})

@@ -20,8 +20,8 @@ import yaml
 from trading_agents.cli.app import main
 from trading_agents.config.settings import load_settings
 from trading_agents.errors import DataUnavailableError, UserInputError
-from trading_agents.models.download import download_model, partial_path
-from trading_agents.models.registry import Registry
+from trading_agents.model_files.download import download_model, partial_path
+from trading_agents.model_files.registry import Registry
 
 REPO = "acme/tiny-GGUF"
 FILENAME = "tiny.Q4_K_M.gguf"

@@ -11,14 +11,14 @@ import yaml
 
 from trading_agents.config.settings import Settings, load_settings, project_root
 from trading_agents.errors import ConfigError, ModelFileError, UserInputError
-from trading_agents.models.gguf_info import read_gguf_info
-from trading_agents.models.registry import (
+from trading_agents.model_files.gguf_info import read_gguf_info
+from trading_agents.model_files.registry import (
     Registry,
     embedded_model_path,
     resolve_llm_pair,
     resolve_model,
 )
-from trading_agents.models.use import use_model
+from trading_agents.model_files.use import use_model
 
 REGISTRY = project_root() / "configs" / "models.yaml"
 

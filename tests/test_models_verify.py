@@ -10,9 +10,9 @@ import pytest
 from tests.gguf_factory import make_tiny_mixtral
 from trading_agents.config.settings import Settings, load_settings, project_root
 from trading_agents.errors import ModelFileError
-from trading_agents.models.gguf_info import read_gguf_info
-from trading_agents.models.registry import Registry
-from trading_agents.models.verify import verify_model
+from trading_agents.model_files.gguf_info import read_gguf_info
+from trading_agents.model_files.registry import Registry
+from trading_agents.model_files.verify import verify_model
 from utils.llm_integration.loaded_model import load_llama
 
 MIXTRAL_FILE = Registry.load(project_root() / "configs" / "models.yaml").get("mixtral").filename

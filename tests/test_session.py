@@ -21,7 +21,7 @@ from trading_agents.cli.app import main
 from trading_agents.config import load_settings
 from trading_agents.journal import Ledger
 from trading_agents.market import load_bars
-from trading_agents.models.registry import resolve_llm_pair
+from trading_agents.model_files.registry import resolve_llm_pair
 from trading_agents.session import run_session
 
 

@@ -20,8 +20,8 @@ from autogen_core.models import ChatCompletionClient
 from trading_agents.agents.team import ROLES
 from trading_agents.config.settings import Settings
 from trading_agents.errors import ModelFileError
-from trading_agents.models.gguf_info import read_gguf_info
-from trading_agents.models.registry import ResolvedModel, resolve_llm_pair
+from trading_agents.model_files.gguf_info import read_gguf_info
+from trading_agents.model_files.registry import ResolvedModel, resolve_llm_pair
 from utils.llm_integration.autogen_client import AutoGenLLMConfig, LocalLlamaChatCompletionClient
 
 if TYPE_CHECKING:

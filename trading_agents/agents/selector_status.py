@@ -15,7 +15,7 @@ from typing import Any
 
 from trading_agents.agents.clients import selector_config
 from trading_agents.config.settings import Settings
-from trading_agents.models.registry import resolve_llm_pair
+from trading_agents.model_files.registry import resolve_llm_pair
 from utils.llm_integration.autogen_client import LocalLlamaChatCompletionClient
 from utils.llm_integration.loaded_model import get_local_llm
 from utils.llm_integration.model_selector import (

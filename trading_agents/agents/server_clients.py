@@ -15,7 +15,7 @@ from pathlib import Path
 from trading_agents.agents.clients import DeskModels
 from trading_agents.agents.team import ROLES
 from trading_agents.config.settings import Settings
-from trading_agents.models.registry import ResolvedModel
+from trading_agents.model_files.registry import ResolvedModel
 from utils.llm_integration.server_client import ServerChatCompletionClient, ServerClientConfig, fetch_health
 
 

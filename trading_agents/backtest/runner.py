@@ -331,7 +331,7 @@ def lookahead_warnings(settings: Settings, start: dt.date, *, blind: bool) -> li
     Such a model may have read about the prices it is asked to predict, so its backtest
     is optimistic; ``--blind`` hides tickers and dates from the agents.
     """
-    from trading_agents.models.registry import resolve_llm_pair
+    from trading_agents.model_files.registry import resolve_llm_pair
 
     primary, fallback, _notes = resolve_llm_pair(settings)
     lines = []

@@ -28,8 +28,8 @@ import numpy as np
 
 from trading_agents.agents.schemas import AnalystReport
 from trading_agents.config.settings import load_settings
-from trading_agents.models.gguf_info import read_gguf_info
-from trading_agents.models.registry import embedded_model_path
+from trading_agents.model_files.gguf_info import read_gguf_info
+from trading_agents.model_files.registry import embedded_model_path
 from utils.llm_integration.errors import OutputTruncatedError
 from utils.llm_integration.gpu import (
     active_weight_bytes_per_token,

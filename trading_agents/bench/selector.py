@@ -76,7 +76,7 @@ def _models(settings: Settings, out_dir: Path) -> dict[str, Any]:
     """Component configs of the primary and fallback the bench runs on."""
     from trading_agents.agents.clients import local_client_config
     from trading_agents.errors import TradingAgentsError
-    from trading_agents.models.registry import embedded_model_path, resolve_model
+    from trading_agents.model_files.registry import embedded_model_path, resolve_model
     from utils.llm_integration.autogen_client import AutoGenLLMConfig
 
     try:

@@ -149,7 +149,7 @@ async def _sequence(client: Any, prompts: list[str]) -> dict[str, list[float]]:
 def _overhead(settings: Any, server: _Server, prompts: list[str], health: dict[str, Any]) -> dict[str, Any]:
     """Per-call latency in-process and through the server, the same prompts in the same order."""
     from trading_agents.agents.clients import local_client_config
-    from trading_agents.models.registry import resolve_model
+    from trading_agents.model_files.registry import resolve_model
     from utils.llm_integration.autogen_client import LocalLlamaChatCompletionClient
     from utils.llm_integration.server_client import ServerChatCompletionClient
 

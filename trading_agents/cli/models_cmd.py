@@ -20,8 +20,8 @@ from trading_agents.cli.common import (
 from trading_agents.cli.status_cmd import status
 from trading_agents.config.settings import Settings
 from trading_agents.errors import ModelFileError, UserInputError
-from trading_agents.models.download import download_model
-from trading_agents.models.registry import (
+from trading_agents.model_files.download import download_model
+from trading_agents.model_files.registry import (
     ModelEntry,
     Registry,
     embedded_model_path,
@@ -30,8 +30,8 @@ from trading_agents.models.registry import (
     models_dir,
     resolve_or_embedded,
 )
-from trading_agents.models.use import use_model
-from trading_agents.models.verify import VerifyReport, verify_model
+from trading_agents.model_files.use import use_model
+from trading_agents.model_files.verify import VerifyReport, verify_model
 
 app = typer.Typer(
     help="Local GGUF models: list the registry, download, verify, choose primary and fallback.",

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 
 from trading_agents.agents.clients import local_client_config
 from trading_agents.config.settings import Settings
-from trading_agents.models.registry import (
+from trading_agents.model_files.registry import (
     ResolvedModel,
     load_registry,
     models_dir,

@@ -28,8 +28,8 @@ import psutil
 
 from trading_agents.config.settings import Settings
 from trading_agents.errors import ModelFileError
-from trading_agents.models.gguf_info import GGUFInfo, read_gguf_info
-from trading_agents.models.registry import (
+from trading_agents.model_files.gguf_info import GGUFInfo, read_gguf_info
+from trading_agents.model_files.registry import (
     DEFAULT_N_CTX,
     ModelEntry,
     embedded_model_path,
@@ -49,7 +49,6 @@ from utils.llm_integration.gpu import (
     offload_plan,
 )
 from utils.llm_integration.loaded_model import load_llama
-
 
 if TYPE_CHECKING:
     pass
@@ -345,7 +344,7 @@ def _check_smoke(report: VerifyReport, path: Path, settings: Settings) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "trading_agents.models.verify",
+        "trading_agents.model_files.verify",
         str(path),
         str(SMOKE_N_CTX),
         str(n_threads),

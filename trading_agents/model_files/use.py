@@ -24,8 +24,8 @@ import yaml
 from trading_agents.config.settings import Settings, read_yaml_config, resolve_config_path
 from trading_agents.errors import ConfigError, ModelFileError
 from trading_agents.fsutil import atomic_write_text
-from trading_agents.models.gguf_info import read_gguf_info
-from trading_agents.models.registry import load_registry, looks_like_path, resolve_path_in_models_dir
+from trading_agents.model_files.gguf_info import read_gguf_info
+from trading_agents.model_files.registry import load_registry, looks_like_path, resolve_path_in_models_dir
 
 _TOP_KEY = re.compile(r"^(?P<key>[A-Za-z_][\w-]*)\s*:(?P<rest>.*)$")
 _PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./@+-]*")

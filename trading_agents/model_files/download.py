@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from trading_agents.config.settings import Settings
 from trading_agents.errors import ConfigError, DataUnavailableError, ResourceError, UserInputError
 from trading_agents.fsutil import exclusive_lock
-from trading_agents.models.registry import ModelEntry, embedded_model_path, models_dir
+from trading_agents.model_files.registry import ModelEntry, embedded_model_path, models_dir
 
 SIZE_TOLERANCE = 0.01
 TOKEN_ENV = "TRADING_AGENTS_HUGGINGFACE__TOKEN"
