@@ -56,6 +56,10 @@ def run(
         int | None,
         typer.Option("--days", min=1, help="With no dates: the last N bars (config session.days)."),
     ] = None,
+    news: Annotated[
+        str | None,
+        typer.Option("--news", help="News for the agents: a JSONL/CSV file or 'yahoo' (config data.news)."),
+    ] = None,
     account: Annotated[str, typer.Option("--account", help="Paper account in the ledger.")] = "paper",
     seed: Annotated[
         int | None, typer.Option("--seed", min=0, help="LLM sampling seed (config llm.seed).")
@@ -76,6 +80,8 @@ def run(
 
       trading-agents run --data my_prices.csv --date 2024-05-02 --json
 
+      trading-agents run --news trading_agents/market/data/GOOG.news.jsonl --start 2013-02-19
+
     Exit codes: 0 ok, 2 bad input, 3 model failure, 4 data unavailable, 5 the account ended
     HALTED (kill switch), 6 another session holds the ledger.
     """
@@ -83,6 +89,7 @@ def run(
     from trading_agents.backtest.engine import EngineConfig, run_engine
     from trading_agents.broker.ledger import Ledger, default_ledger_path
     from trading_agents.market import load_bars
+    from trading_agents.market.news import open_news
 
     if ticker and data is not None:
         raise UserInputError("--ticker and --data are exclusive; pass tickers or a CSV file, not both")
@@ -93,13 +100,14 @@ def run(
         first = last = parse_date(date, "--date")
     if first and last and first > last:
         raise UserInputError(f"--start {first} is after --end {last}; swap the dates")
-    settings = settings_from(config, **{"llm.seed": seed, "session.days": days})
+    settings = settings_from(config, **{"llm.seed": seed, "session.days": days, "data.news": news})
     tickers = [t.upper() for t in (ticker or settings.session.tickers)]
 
     bars = load_bars(data_file=data) if data is not None else load_bars(tickers=tickers)
     window = _window(bars, first, last, settings.session.days, exact_date=date is not None)
+    news_source = open_news(settings.data.news, home=settings.paths.home)  # a bad file stops here
 
-    strategy = build_agent_strategy(settings, use_cache=False)
+    strategy = build_agent_strategy(settings, use_cache=False, news=news_source)
     try:
         strategy.desk.preload()  # a model that cannot load stops the run before any bar is recorded
     except BaseException:
@@ -114,6 +122,7 @@ def run(
     started = time.monotonic()
     try:
         with Ledger.open(ledger_path) as ledger, view.running():
+            strategy.remember(ledger.decisions(account))  # track-record handoff: the run's earlier calls
             result = run_engine(
                 bars,
                 strategy,
@@ -130,6 +139,8 @@ def run(
             positions = ledger.positions(account)
     finally:
         strategy.close()
+    for note in getattr(news_source, "notes", ()):
+        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     summary = _summary(
         view.events, result, strategy, account, account_state, positions, window, time.monotonic() - started
     )
@@ -188,6 +199,7 @@ def _summary(
                     "intent": rec.get("intent"),
                     "error": rec.get("error"),
                     "skipped": rec.get("skipped"),
+                    **{k: rec[k] for k in _INPUT_FIELDS if k in rec},
                 }
             )
     # a step reports every order it touched, so one order appears when placed and again when
@@ -213,6 +225,7 @@ def _summary(
     }
 
 
+_INPUT_FIELDS = ("news", "track_record", "call", "outcomes")  # what the decision read and settled
 _AGENT_FIELDS = (
     "role",
     "model",
