@@ -24,6 +24,7 @@ from trading_agents.agents.schemas import ROLE_SCHEMAS
 from trading_agents.agents.strategy import AgentStrategy, build_agent_strategy
 from trading_agents.backtest.engine import EngineConfig, run_engine
 from trading_agents.backtest.strategy import DecisionContext, StrategyDecision
+from trading_agents.bench.inputs import measure as measure_inputs
 from trading_agents.broker.ledger import Ledger
 from trading_agents.config.settings import load_settings
 from trading_agents.market import load_bars
@@ -110,7 +111,8 @@ class _Interleaved:
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     days = 5 if quick else 20
     with tempfile.TemporaryDirectory() as home:
-        settings = load_settings(overrides={"paths.home": home})
+        # the plain desk: no news, no track record (their cost is measured next to it, below)
+        settings = load_settings(overrides={"paths.home": home, "memory.enabled": False})
         bars = load_bars(tickers=["GOOG"])
         dates = bars["GOOG"].index[-days:]
         strategy = build_agent_strategy(settings, use_cache=False, stream=True)
@@ -164,6 +166,8 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     raw_total = sum(timed.raw_wall)
     ratios = [w / r for w, r in zip(timed.wall, timed.raw_wall, strict=True) if r > 0]
     trades = sum(1 for o in strategy.outcomes if o.executor is not None)
+    with tempfile.TemporaryDirectory() as home:
+        with_inputs = measure_inputs(days, Path(home), news_items=5, memory=True)
     return {
         "model": primary.name,
         "days": days,
@@ -191,4 +195,5 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         "raw_replay_identical_outputs": f"{raw.identical}/{len(raw.times)}",
         "session_wall_s": round(session_wall - raw_total, 2),
         "failed_steps": stats["failed_steps"],
+        "with_news_and_memory": with_inputs,
     }
