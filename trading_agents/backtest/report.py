@@ -106,7 +106,7 @@ def write_results(
         "metric_names": METRICS,
         "meta": meta,
     }
-    track = _track_record(result)
+    track = track_record_summary(result)
     if track is not None:
         summary["track_record"] = track
     paths = {name.split(".")[0]: out_dir / name for name in RESULT_FILES}
@@ -282,7 +282,7 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _track_record(result: Any) -> dict[str, Any] | None:
+def track_record_summary(result: Any) -> dict[str, Any] | None:
     """Hit rate and mean realised return per action, when the decisions hold calls."""
     from trading_agents.agents.track_record import action_stats
 

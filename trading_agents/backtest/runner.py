@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict
 
 from trading_agents.backtest.calendar import DEFAULT_EXCHANGE, exchange_today, is_trading_day
 from trading_agents.backtest.metrics import compute_metrics
-from trading_agents.backtest.report import package_versions, write_results
+from trading_agents.backtest.report import package_versions, track_record_summary, write_results
 from trading_agents.config.settings import Settings
 from trading_agents.errors import UserInputError
 
@@ -242,6 +242,7 @@ def run_backtest(
     )
     paths["ledger"] = ledger_file
     summary = {"metrics": metrics, "baselines": baseline_metrics, "meta": meta, "out_dir": str(out_dir)}
+    summary["track_record"] = track_record_summary(result)  # agents: hit rate per action
     log.info(
         "backtest %s done: return %.2f%%, %s trades; results in %s",
         request.strategy,
