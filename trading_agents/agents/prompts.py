@@ -63,8 +63,10 @@ def render_task(
     portfolio: PortfolioView,
     ticker: str,
     risk: RiskSettings,
+    track_record: str = "",
 ) -> str:
-    """The day's task for all three agents: snapshot, the account, the limits (deterministic text)."""
+    """The day's task for all three agents: snapshot (with its news), the desk's track record
+    when there is one, the account, the limits (deterministic text)."""
     held = int(portfolio.positions.get(ticker, 0))
     price = float(portfolio.prices.get(ticker, 0.0))
     value = held * price
@@ -72,6 +74,7 @@ def render_task(
     lines = [
         "TASK",
         snapshot_text,
+        *(["", track_record] if track_record else []),
         "",
         "ACCOUNT",
         f"equity: {portfolio.equity:,.2f}",

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from trading_agents.agents.clients import DeskModels, build_desk_models
 from trading_agents.agents.guards import outcome_to_intent
+from trading_agents.agents.inputs import DeskInputs
 from trading_agents.agents.prompts import render_task
 from trading_agents.agents.team import TeamOutcome, TradingTeam
 from trading_agents.config.settings import Settings
 from trading_agents.core import DecisionContext, OrderIntent, StrategyDecision
-from trading_agents.market.snapshot import build_snapshot, snapshot_to_prompt
-
-BLIND_LABEL = "ASSET"
+from trading_agents.market.news import BLIND_LABEL, NewsSource
 
 
 class AgentStrategy:
@@ -38,6 +37,7 @@ class AgentStrategy:
         blind: bool = False,
         include_prompts: bool = True,
         stream: bool = True,
+        news: NewsSource | None = None,
     ) -> None:
         self.desk = desk
         self.settings = settings
@@ -49,6 +49,12 @@ class AgentStrategy:
         self._loop = asyncio.new_event_loop()
         self._steps: list[dict[str, Any]] = []
         self.outcomes: list[TeamOutcome] = []
+        self.inputs = DeskInputs(settings, news, blind=blind)
+
+    def remember(self, decisions: Iterable[Mapping[str, Any]]) -> None:
+        """Hand the strategy the run's earlier decision rows (``ledger.decisions(run_id)``) so the
+        track record continues where a resumed session left off. Call before the engine runs."""
+        self.inputs.remember(decisions)
 
     def decide(self, ctx: DecisionContext) -> StrategyDecision:
         intents: list[OrderIntent] = []
@@ -58,14 +64,15 @@ class AgentStrategy:
             if bars.empty or bars.index[-1] != ctx.as_of:
                 per_ticker[ticker] = {"skipped": "no bar at the decision date"}
                 continue
-            snapshot = build_snapshot(ticker, bars, ctx.as_of)
             label = BLIND_LABEL if self.blind else ticker
+            seen = self.inputs.prepare(ticker, bars, ctx.as_of, label)  # snapshot, news cut, track record
             task = render_task(
-                snapshot_to_prompt(snapshot, blind=self.blind),
+                seen.snapshot_text,
                 label,
                 ctx.portfolio,
                 ticker,
                 self.settings.risk,
+                track_record=seen.track_text,
             )
             if self.on_ticker:
                 self.on_ticker(ticker, ctx.as_of)
@@ -84,6 +91,8 @@ class AgentStrategy:
                 "intent": _intent_dict(intent),
                 "wall_s": round(outcome.wall_s, 3),
                 "error": outcome.error,
+                **seen.record,
+                **self.inputs.settle(ticker, ctx.as_of, outcome.analyst, seen),
             }
         return StrategyDecision(intents=intents, record={"tickers": per_ticker})
 
@@ -124,9 +133,11 @@ def build_agent_strategy(
     blind: bool = False,
     cache_path: Path | None = None,
     stream: bool = True,
+    news: NewsSource | None = None,
 ) -> AgentStrategy:
     """The desk on the configured models; ``use_cache`` turns on the replay response cache
-    (``<home>/llm_cache.sqlite`` unless ``cache_path`` is given)."""
+    (``<home>/llm_cache.sqlite`` unless ``cache_path`` is given); ``news``: what the analyst
+    may read (see :func:`trading_agents.market.news.open_news`)."""
     cache = (cache_path or settings.paths.home / "llm_cache.sqlite") if use_cache else None
     desk = build_desk_models(settings, response_cache=cache)
-    return AgentStrategy(desk, settings, blind=blind, stream=stream)
+    return AgentStrategy(desk, settings, blind=blind, stream=stream, news=news)

@@ -5,6 +5,8 @@
 ``summary.json``
     ``{"metrics": {...}, "baselines": {name: {...}}, "metric_names": {...}, "meta": {...}}``:
     this strategy's metrics (snake_case keys, see :mod:`trading_agents.backtest.metrics`),
+    for the agents a ``track_record`` (per action: calls, hit rate, mean realised return; see
+    :func:`trading_agents.agents.track_record.action_stats`),
     the baselines' metrics on the same data, the display name of each key, and how the run
     was made (strategy, parameters, tickers, window, costs, model sha256s, seed, the config
     with secrets masked, package versions, LLM call counts, look-ahead warnings).
@@ -104,6 +106,9 @@ def write_results(
         "metric_names": METRICS,
         "meta": meta,
     }
+    track = track_record_summary(result)
+    if track is not None:
+        summary["track_record"] = track
     paths = {name.split(".")[0]: out_dir / name for name in RESULT_FILES}
 
     trades = result.trades if result.trades is not None else pd.DataFrame()
@@ -178,6 +183,9 @@ def render_html(
     if baselines:
         parts.append("<h2>Against baselines (same data, same engine, same costs)</h2>")
         parts.append(_comparison_table(name, metrics, baselines))
+    if summary.get("track_record"):
+        parts.append("<h2>Track record (the desk's BUY and SELL calls)</h2>")
+        parts.append(_track_table(summary["track_record"]))
     parts.append("<h2>Run</h2>")
     parts.append(_meta_table(meta))
     decisions = list(getattr(result, "decisions", None) or [])
@@ -272,6 +280,33 @@ def png_data_uri(fig: Any) -> str:
     fig.tight_layout()
     fig.savefig(buf, format="png")
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def track_record_summary(result: Any) -> dict[str, Any] | None:
+    """Hit rate and mean realised return per action, when the decisions hold calls."""
+    from trading_agents.agents.track_record import action_stats
+
+    stats = action_stats(getattr(result, "decisions", None) or [])
+    return stats if any(s["calls"] for s in stats.values()) else None
+
+
+def _track_table(stats: Mapping[str, Mapping[str, Any]]) -> str:
+    cols = ("calls", "realised", "partial", "pending", "hit_rate", "mean_return_pct")
+    head = "<tr><th>action</th>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr>"
+    rows = []
+    for action, s in stats.items():
+        cells = []
+        for c in cols:
+            v = s.get(c)
+            if v is None:
+                text = "-"
+            elif c == "hit_rate":
+                text = f"{v:.0%}"
+            else:
+                text = f"{v:+.2f}%" if c == "mean_return_pct" else str(v)
+            cells.append(f"<td>{_e(text)}</td>")
+        rows.append(f"<tr><td>{_e(action)}</td>{''.join(cells)}</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
 
 
 def _metrics_table(metrics: Mapping[str, Any]) -> str:

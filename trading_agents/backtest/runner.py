@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict
 
 from trading_agents.backtest.calendar import DEFAULT_EXCHANGE, exchange_today, is_trading_day
 from trading_agents.backtest.metrics import compute_metrics
-from trading_agents.backtest.report import package_versions, write_results
+from trading_agents.backtest.report import package_versions, track_record_summary, write_results
 from trading_agents.config.settings import Settings
 from trading_agents.core.risk import caps_in_force
 from trading_agents.errors import UserInputError
@@ -83,6 +83,7 @@ class BacktestRequest(BaseModel):
     baselines: bool = True
     out: Path | None = None
     source: str = "auto"
+    news: str | None = None  # agents: a news file or "yahoo" (config data.news)
 
     def validate_inputs(self) -> None:
         """Raise :class:`UserInputError` (one line: what is wrong, what to do) for a bad request."""
@@ -119,6 +120,7 @@ class BacktestRequest(BaseModel):
             "broker.slippage_bps": self.slippage_bps,
             "risk.max_position_pct": self.max_position_pct,
             "llm.seed": self.seed,
+            "data.news": self.news,
         }
 
 
@@ -153,6 +155,7 @@ def run_backtest(
     warn = warn or log.warning
     began = time.monotonic()
     bars = load_request_bars(request)
+    news = _open_news(request, settings)  # before anything is written: a bad news file is exit 2
     tickers = list(bars)
     start, end, n_bars = choose_window(bars, request.strategy, request.start, request.end)
     log.info(
@@ -169,7 +172,7 @@ def run_backtest(
     run_id = make_run_id(request.strategy, tickers, start, end)
     out_dir = Path(request.out or default_out_dir(request.strategy, tickers))
     created = ensure_writable(out_dir)  # before the run: an LLM backtest can take hours
-    strategy = build_strategy(request.strategy, request, settings)
+    strategy = build_strategy(request.strategy, request, settings, news=news)
     journal = MemoryJournal()
     try:
         result = run_engine(
@@ -239,6 +242,7 @@ def run_backtest(
     )
     paths["ledger"] = ledger_file
     summary = {"metrics": metrics, "baselines": baseline_metrics, "meta": meta, "out_dir": str(out_dir)}
+    summary["track_record"] = track_record_summary(result)  # agents: hit rate per action
     log.info(
         "backtest %s done: return %.2f%%, %s trades; results in %s",
         request.strategy,
@@ -351,15 +355,28 @@ def lookahead_warnings(settings: Settings, start: dt.date, *, blind: bool) -> li
     return lines
 
 
-def build_strategy(name: str, request: BacktestRequest, settings: Settings) -> Any:
-    """The strategy object ``name`` stands for, with the request's parameters."""
+def _open_news(request: BacktestRequest, settings: Settings) -> Any:
+    if request.strategy != "agents":
+        return None
+    from trading_agents.market.news import open_news
+
+    return open_news(settings.data.news, home=settings.paths.home)
+
+
+def build_strategy(name: str, request: BacktestRequest, settings: Settings, *, news: Any = None) -> Any:
+    """The strategy object ``name`` stands for, with the request's parameters (``news``: the
+    agents' news source)."""
     if name == "agents":
         try:
             from trading_agents.agents.strategy import build_agent_strategy
         except ImportError as exc:
             raise UserInputError(f"the agents strategy is not available in this install: {exc}") from None
         return build_agent_strategy(
-            settings, use_cache=request.use_cache, blind=request.blind, cache_path=request.response_cache
+            settings,
+            use_cache=request.use_cache,
+            blind=request.blind,
+            cache_path=request.response_cache,
+            news=news,
         )
     from trading_agents.backtest.baselines import make_baseline
 
@@ -401,6 +418,8 @@ def strategy_params(request: BacktestRequest, settings: Settings) -> dict[str, A
             "fallback": settings.llm.fallback,
             "temperature": settings.llm.temperature,
             "seed": settings.llm.seed,
+            "news": settings.data.news,
+            "memory": settings.memory.model_dump(),
         }
     return _baseline_params(request.strategy, request, settings)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from trading_agents.agents.schemas import ROLE_SCHEMAS
 from trading_agents.agents.strategy import AgentStrategy, build_agent_strategy
+from trading_agents.bench.inputs import measure as measure_inputs
 from trading_agents.config.settings import load_settings
 from trading_agents.core import DecisionContext, StrategyDecision
 from trading_agents.journal import MemoryJournal
@@ -105,7 +106,8 @@ class _Interleaved:
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     days = 5 if quick else 20
     with tempfile.TemporaryDirectory() as home:
-        settings = load_settings(overrides={"paths.home": home})
+        # the plain desk: no news, no track record (their cost is measured next to it, below)
+        settings = load_settings(overrides={"paths.home": home, "memory.enabled": False})
         bars = load_bars(tickers=["GOOG"])
         dates = bars["GOOG"].index[-days:]
         strategy = build_agent_strategy(settings, use_cache=False, stream=True)
@@ -151,6 +153,8 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     trades = sum(1 for o in strategy.outcomes if o.executor is not None)
     spec = llm.spec
     plan = planned_offload(spec.path, spec.n_ctx, spec.n_gpu_layers, spec.main_gpu, spec.tensor_split)
+    with tempfile.TemporaryDirectory() as home:
+        with_inputs = measure_inputs(days, Path(home), news_items=5, memory=True)
     return {
         "model": primary.name,
         "backend": backend_info()["backend"],
@@ -183,4 +187,5 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         "raw_replay_identical_outputs": f"{raw.identical}/{len(raw.times)}",
         "session_wall_s": round(session_wall - raw_total, 2),
         "failed_steps": stats["failed_steps"],
+        "with_news_and_memory": with_inputs,
     }

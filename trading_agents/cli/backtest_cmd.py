@@ -87,6 +87,10 @@ def backtest(
         bool,
         typer.Option("--blind", help="agents: hide tickers and dates from the models (look-ahead guard)."),
     ] = False,
+    news: Annotated[
+        str | None,
+        typer.Option("--news", help="agents: news file (JSONL/CSV) or 'yahoo' (config data.news)."),
+    ] = None,
     baselines: Annotated[
         bool,
         typer.Option("--baselines/--no-baselines", help="Also run the rule-based baselines for comparison."),
@@ -139,6 +143,7 @@ def backtest(
         seed=seed,
         use_cache=not no_cache,
         blind=blind,
+        news=news,
         baselines=baselines,
         out=out,
     )

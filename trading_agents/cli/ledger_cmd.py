@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from trading_agents.agents.track_record import action_stats
 from trading_agents.cli.common import ConfigOption, JsonOption, console, emit_json, settings_from
 from trading_agents.core import RunInfo
 from trading_agents.errors import UserInputError
@@ -114,6 +115,7 @@ def _run_doc(led: Ledger, info: RunInfo, limit: int) -> dict[str, Any]:
         "positions": positions,
         "orders": [o.as_dict() for o in led.orders(info.run_id, limit=limit, newest_first=True)],
         "decisions": led.decisions(info.run_id, limit=limit),
+        "track_record": action_stats(led.decisions(info.run_id)),
         "risk_events": led.risk_events(info.run_id, limit=limit),
         "reconcile_problems": led.reconcile(info.run_id),
     }
@@ -184,6 +186,15 @@ def _print(doc: dict[str, Any]) -> None:
             for row in _decision_rows(d):
                 table.add_row(*row)
         console.print(table)
+    for action, s in (run.get("track_record") or {}).items():
+        if s["calls"]:
+            rate = f"{s['hit_rate']:.0%}" if s["hit_rate"] is not None else "-"
+            mean = f"{s['mean_return_pct']:+.2f}%" if s["mean_return_pct"] is not None else "-"
+            console.print(
+                f"track record {action}: {s['calls']} calls, {s['realised']} realised, "
+                f"hit rate {rate}, mean realised move {mean}",
+                highlight=False,
+            )
     for problem in run["reconcile_problems"]:
         console.print(f"[bold red]ledger inconsistency:[/] {problem}", highlight=False)
 

@@ -56,6 +56,10 @@ def run(
         int | None,
         typer.Option("--days", min=1, help="With no dates: the last N bars (config session.days)."),
     ] = None,
+    news: Annotated[
+        str | None,
+        typer.Option("--news", help="News for the agents: a JSONL/CSV file or 'yahoo' (config data.news)."),
+    ] = None,
     account: Annotated[str, typer.Option("--account", help="Paper account in the ledger.")] = "paper",
     seed: Annotated[
         int | None, typer.Option("--seed", min=0, help="LLM sampling seed (config llm.seed).")
@@ -76,10 +80,13 @@ def run(
 
       trading-agents run --data my_prices.csv --date 2024-05-02 --json
 
+      trading-agents run --news trading_agents/market/data/GOOG.news.jsonl --start 2013-02-19
+
     Exit codes: 0 ok, 2 bad input, 3 model failure, 4 data unavailable, 5 the account ended
     HALTED (kill switch), 6 another session holds the ledger.
     """
     from trading_agents.market import load_bars
+    from trading_agents.market.news import open_news
     from trading_agents.session import run_session
 
     if ticker and data is not None:
@@ -91,11 +98,12 @@ def run(
         first = last = parse_date(date, "--date")
     if first and last and first > last:
         raise UserInputError(f"--start {first} is after --end {last}; swap the dates")
-    settings = settings_from(config, **{"llm.seed": seed, "session.days": days})
+    settings = settings_from(config, **{"llm.seed": seed, "session.days": days, "data.news": news})
     tickers = [t.upper() for t in (ticker or settings.session.tickers)]
 
     bars = load_bars(data_file=data) if data is not None else load_bars(tickers=tickers)
     window = _window(bars, first, last, settings.session.days, exact_date=date is not None)
+    news_source = open_news(settings.data.news, home=settings.paths.home)  # a bad file stops here
 
     view = _LiveView(enabled=interactive() and not json_out, plain=not json_out)
 
@@ -111,10 +119,13 @@ def run(
             window[0],
             window[1],
             account=account,
+            news=news_source,
             on_step=view.step,
             on_note=lambda note: err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True),
             prepare=hook,
         )
+    for note in getattr(news_source, "notes", ()):
+        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     summary = _summary(view.events, outcome, account, window, time.monotonic() - started)
     if json_out:
         emit_json(summary)
@@ -166,6 +177,7 @@ def _summary(
                     "intent": rec.get("intent"),
                     "error": rec.get("error"),
                     "skipped": rec.get("skipped"),
+                    **{k: rec[k] for k in _INPUT_FIELDS if k in rec},
                 }
             )
     # a step reports every order it touched, so one order appears when placed and again when
@@ -191,6 +203,7 @@ def _summary(
     }
 
 
+_INPUT_FIELDS = ("news", "track_record", "call", "outcomes")  # what the decision read and settled
 _AGENT_FIELDS = (
     "role",
     "model",

@@ -152,6 +152,29 @@ class SessionSettings(Section):
     mode: Literal["paper"] = "paper"
 
 
+class DataSettings(Section):
+    news: str | None = Field(
+        None, description="News for the agents: a JSONL/CSV file, 'yahoo' (live sessions), or null for none."
+    )
+
+
+class NewsSettings(Section):
+    max_items: int = Field(5, ge=0, le=50, description="Most recent items per ticker in a prompt.")
+    max_chars: int = Field(240, ge=40, le=2000, description="Each item is cut to this many characters.")
+    exchange: str = Field("XNYS", description="Whose close cuts the news (ISO MIC).")
+    names: dict[str, list[str]] = Field(
+        default_factory=dict, description="Per ticker, names that --blind masks in news text."
+    )
+
+
+class MemorySettings(Section):
+    enabled: bool = Field(True, description="Show the analyst the desk's track record for the ticker.")
+    max_items: int = Field(5, ge=0, le=50, description="Latest BUY/SELL calls in the track record.")
+    horizon_days: int | None = Field(
+        5, ge=1, le=60, description="Bars after which a call's outcome is realised; null: the analyst's."
+    )
+
+
 class Settings(BaseSettings):
     """All settings. Build with :func:`load_settings`, not directly."""
 
@@ -170,6 +193,9 @@ class Settings(BaseSettings):
     selector: SelectorSettings = Field(default_factory=SelectorSettings)
     session: SessionSettings = Field(default_factory=SessionSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    news: NewsSettings = Field(default_factory=NewsSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
 
     # Set by load_settings: the file the YAML layer came from (None when there was none).
     _source_file: Path | None = None

@@ -7,6 +7,11 @@ caller passes). The snapshot describes the market after the close of its last ba
 :func:`snapshot_to_prompt` renders a snapshot as compact, deterministic text for a model;
 ``blind=True`` hides the ticker, the dates and the price level so a model cannot recognise
 the period and "remember" what happened next.
+
+News (:mod:`trading_agents.market.news`) enters a prompt only through a snapshot: given a
+``news`` source, :func:`build_snapshot` keeps the items published by the close of the
+decision date (the cut of :func:`~trading_agents.market.news.news_at`), so no caller can
+hand a model a later item.
 """
 
 from __future__ import annotations
@@ -20,6 +25,16 @@ from pydantic import BaseModel, ConfigDict
 
 from trading_agents.errors import UserInputError
 from trading_agents.market import indicators as ind
+from trading_agents.market.news import (
+    BLIND_LABEL,
+    DEFAULT_EXCHANGE,
+    DEFAULT_MAX_CHARS,
+    DEFAULT_MAX_ITEMS,
+    NewsItem,
+    NewsSource,
+    news_at,
+    news_to_prompt,
+)
 
 YEAR_BARS = 252
 RECENT = 5
@@ -58,23 +73,43 @@ class MarketSnapshot(BaseModel):
     volume_ratio_20d: float | None
     recent_closes: list[float]
     bars_available: int
+    # None: no news source; () : a source with nothing published by this close
+    news: tuple[NewsItem, ...] | None = None
+    decision_date: date | None = None
 
 
-def build_snapshot(ticker: str, bars: pd.DataFrame, as_of: date | pd.Timestamp) -> MarketSnapshot:
+def build_snapshot(
+    ticker: str,
+    bars: pd.DataFrame,
+    as_of: date | pd.Timestamp,
+    *,
+    news: NewsSource | None = None,
+    max_news: int = DEFAULT_MAX_ITEMS,
+    exchange: str = DEFAULT_EXCHANGE,
+) -> MarketSnapshot:
     """Snapshot of ``ticker`` from the bars up to and including ``as_of``.
 
     ``bars`` are validated bars (see :mod:`trading_agents.market.base`); rows after
     ``as_of`` are cut off here, first. On a day without a bar (weekend, holiday) the last
     earlier bar is used and ``as_of`` in the result is that bar's date.
+    With ``news``, the snapshot holds the ``max_news`` most recent items published by the
+    close of the date ``as_of`` on ``exchange`` (see :func:`~trading_agents.market.news.news_at`).
     Raises :class:`UserInputError` when ``as_of`` is before the first bar.
     """
     cutoff = _cutoff(ticker, bars, as_of)
     window = bars.loc[:cutoff]
-    return _snapshot_at(ticker, window, _indicator_table(window), len(window) - 1)
+    snap = _snapshot_at(ticker, window, _indicator_table(window), len(window) - 1)
+    return _with_news(snap, cutoff, news, max_news, exchange)
 
 
 def build_snapshots(
-    ticker: str, bars: pd.DataFrame, dates: Sequence[date | pd.Timestamp]
+    ticker: str,
+    bars: pd.DataFrame,
+    dates: Sequence[date | pd.Timestamp],
+    *,
+    news: NewsSource | None = None,
+    max_news: int = DEFAULT_MAX_ITEMS,
+    exchange: str = DEFAULT_EXCHANGE,
 ) -> list[MarketSnapshot]:
     """``[build_snapshot(ticker, bars, d) for d in dates]``, computed in one pass (for backtests).
 
@@ -88,7 +123,21 @@ def build_snapshots(
     window = bars.loc[: max(cutoffs)]
     table = _indicator_table(window)
     positions = window.index.searchsorted(cutoffs, side="right") - 1
-    return [_snapshot_at(ticker, window.iloc[: pos + 1], table, int(pos)) for pos in positions]
+    return [
+        _with_news(
+            _snapshot_at(ticker, window.iloc[: pos + 1], table, int(pos)), cut, news, max_news, exchange
+        )
+        for pos, cut in zip(positions, cutoffs, strict=True)
+    ]
+
+
+def _with_news(
+    snap: MarketSnapshot, cutoff: pd.Timestamp, news: NewsSource | None, max_news: int, exchange: str
+) -> MarketSnapshot:
+    if news is None:
+        return snap
+    items = news_at(news, snap.ticker, cutoff, max_items=max_news, exchange=exchange)
+    return snap.model_copy(update={"news": items, "decision_date": cutoff.date()})
 
 
 def _cutoff(ticker: str, bars: pd.DataFrame, as_of: date | pd.Timestamp) -> pd.Timestamp:
@@ -168,12 +217,20 @@ def _snapshot_at(ticker: str, window: pd.DataFrame, table: pd.DataFrame, pos: in
     )
 
 
-def snapshot_to_prompt(s: MarketSnapshot, blind: bool = False) -> str:
+def snapshot_to_prompt(
+    s: MarketSnapshot,
+    blind: bool = False,
+    *,
+    names: Sequence[str] = (),
+    max_news_chars: int = DEFAULT_MAX_CHARS,
+) -> str:
     """Compact text for a model (about 150-250 tokens); the same snapshot always gives the same text.
 
     ``blind=True`` writes ``ASSET`` instead of the ticker, a day number instead of the date,
     and every price rebased so that the first of the recent closes is 100 (returns,
     percentages, RSI and volume ratio are unchanged), so the model cannot recall the period.
+    A snapshot with news ends with a NEWS section (:func:`~trading_agents.market.news.news_to_prompt`;
+    under ``blind`` the ticker, ``names`` and dates inside the items are masked too).
     """
     base = s.recent_closes[0] if blind and s.recent_closes and s.recent_closes[0] > 0 else None
 
@@ -191,7 +248,7 @@ def snapshot_to_prompt(s: MarketSnapshot, blind: bool = False) -> str:
         return pct(value) if s.bars_available > k else "n/a"
 
     if blind:
-        head = f"ASSET, day {s.bars_available} (daily bars; prices rebased: first recent close = 100)"
+        head = f"{BLIND_LABEL}, day {s.bars_available} (daily bars; prices rebased: first recent close = 100)"
     else:
         head = f"{s.ticker} after the close of {s.as_of.isoformat()} ({s.bars_available} daily bars)"
     atr_pct = ""
@@ -215,6 +272,11 @@ def snapshot_to_prompt(s: MarketSnapshot, blind: bool = False) -> str:
         f"{year}; volume vs 20-day average "
         f"{f'{s.volume_ratio_20d:.2f}x' if s.volume_ratio_20d is not None else 'n/a'}.",
     ]
+    if s.news is not None:
+        day = s.decision_date or s.as_of
+        lines.append(
+            news_to_prompt(s.news, s.ticker, day, blind=blind, names=names, max_chars=max_news_chars)
+        )
     return "\n".join(lines)
 
 

@@ -67,6 +67,7 @@ def run_session(
     account: str = DEFAULT_ACCOUNT,
     journal: Journal | None = None,
     strategy: Strategy | None = None,
+    news: Any = None,
     on_step: Callable[[StepEvent], None] | None = None,
     on_note: Callable[[str], None] | None = None,
     prepare: Callable[[Any], None] | None = None,
@@ -76,15 +77,18 @@ def run_session(
 
     ``journal`` defaults to the session ledger, ``<paths.home>/ledger.sqlite``; ``strategy``
     to the agent desk of ``settings`` (without the response cache: a live session decides
-    afresh). A strategy built here is closed at the end; ``prepare(strategy)`` runs after its
-    models loaded and before the first bar (for example to hook a live view). ``on_note``
-    receives the desk's notes (a fallback model in use, a missing file).
+    afresh), reading ``news`` (a :class:`~trading_agents.market.news.NewsSource`) when given.
+    A strategy with a track record (``remember``) is handed the run's earlier decisions from
+    the journal first, so a resumed session remembers what it decided before. A strategy
+    built here is closed at the end; ``prepare(strategy)`` runs after its models loaded and
+    before the first bar (for example to hook a live view). ``on_note`` receives the desk's
+    notes (a fallback model in use, a missing file).
     """
     with ExitStack() as stack:
         if strategy is None:
             from trading_agents.agents.strategy import build_agent_strategy
 
-            built = build_agent_strategy(settings, use_cache=False, stream=stream)
+            built = build_agent_strategy(settings, use_cache=False, stream=stream, news=news)
             stack.callback(built.close)
             built.desk.preload()  # a model that cannot load stops the run before any bar is recorded
             strategy = built
@@ -96,6 +100,9 @@ def run_session(
             prepare(strategy)
         if journal is None:
             journal = stack.enter_context(Ledger.open(default_ledger_path(settings.paths.home)))
+        remember = getattr(strategy, "remember", None)
+        if callable(remember) and journal.get_run(account) is not None:
+            remember(journal.decisions(account))  # the track record continues across sessions
         result = run_engine(
             bars,
             strategy,
