@@ -268,3 +268,18 @@ def test_mixtral_integration_script_runs_one_decision_on_the_embedded_model(tmp_
     assert (result["mixtral"], result["backend"], result["offloaded_layers"]) == (False, "CPU", 0)
     assert result["llm_calls"] >= 1 and result["completion_tokens"] > 0 and result["tokens_per_s"] > 0
     assert _script("test_mixtral_integration.py", "--bogus").returncode == 2
+
+
+def test_a_gpu_build_that_sees_no_gpu_says_so_rather_than_asking_for_a_rebuild(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Measured on the H200 machine with CUDA_VISIBLE_DEVICES= : the build is CUDA, no device
+    is usable, and the advice must point at the devices, not at `make install GPU=cuda`."""
+    cuda_without_devices = {"backend": "CUDA", "gpu_offload": False, "registries": ["CUDA", "CPU"]}
+    monkeypatch.setattr(gpu, "backend_info", lambda: cuda_without_devices)
+    [warning] = gpu.check_offload(-1)
+    assert "sees no usable GPU" in warning and "CUDA_VISIBLE_DEVICES" in warning
+    assert "make install GPU=cuda" not in warning
+    monkeypatch.setattr(gpu, "backend_info", lambda: {**cuda_without_devices, "backend": "CPU"})
+    [warning] = gpu.check_offload(-1)
+    assert "rebuild it with `make install GPU=cuda`" in warning

@@ -154,7 +154,7 @@ def _overhead(settings: Any, server: _Server, prompts: list[str], health: dict[s
     from utils.llm_integration.server_client import ServerChatCompletionClient
 
     model = resolve_model(settings.llm.primary, settings)
-    local = LocalLlamaChatCompletionClient.load_component(local_client_config(model, settings, None))
+    local = LocalLlamaChatCompletionClient.load_component(local_client_config(model, settings))
     in_process = asyncio.run(_sequence(local, prompts))
     local.llm.close()
     remote = ServerChatCompletionClient(

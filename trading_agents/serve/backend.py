@@ -127,7 +127,7 @@ class Backend:
         for role, model in (("primary", primary), ("fallback", fallback)):
             if model is not None and model.name not in self.models:
                 self.models[model.name] = ServedModel(
-                    model.name, model, local_client_config(model, settings, None), role
+                    model.name, model, local_client_config(model, settings), role
                 )
         registry = load_registry(settings)
         for entry in registry.entries():
@@ -136,7 +136,7 @@ class Backend:
             if (models_dir(settings) / entry.filename).is_file():
                 model = resolve_model(entry.name, settings)
                 self.models[model.name] = ServedModel(
-                    model.name, model, local_client_config(model, settings, None), "registry"
+                    model.name, model, local_client_config(model, settings), "registry"
                 )
         self._registry = registry
         self.primary = self.models[primary.name]

@@ -375,6 +375,11 @@ def check_offload(
             return ["llm.main_gpu/llm.tensor_split are set but llm.n_gpu_layers is 0: nothing is offloaded"]
         return []
     info = backend_info()
+    if not info["gpu_offload"] and info["backend"] != "CPU":  # a GPU build that sees no GPU
+        return [
+            f"llm.n_gpu_layers is {n_gpu_layers} but llama.cpp ({info['backend']} build) sees no usable"
+            " GPU: every layer runs on the CPU; check CUDA_VISIBLE_DEVICES and the GPU driver"
+        ]
     if not info["gpu_offload"]:
         return [
             f"llm.n_gpu_layers is {n_gpu_layers} but this llama.cpp build ({info['backend']}) cannot"
