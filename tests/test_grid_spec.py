@@ -190,3 +190,42 @@ def test_status_of_a_folder_without_grid_is_exit_2(
 def test_the_shipped_example_is_valid() -> None:
     spec = load_spec(Path(__file__).resolve().parents[1] / "configs" / "grids" / "example.yaml")
     assert len(expand(spec)) == 3 * 15 * 4 and spec.reference_label() == "buy-hold"
+
+
+NEWS_SPEC = """
+data:
+  tickers: [GOOG, SPX]
+  news: {GOOG: goog.jsonl}
+windows: [{start: 2013-01-02, end: 2013-03-01}]
+strategies:
+  - {name: agents, model: embedded}
+  - {name: sma-cross}
+"""
+
+
+def test_news_per_data_item_reaches_only_that_items_agent_cells(tmp_path: Path) -> None:
+    (tmp_path / "goog.jsonl").write_text(
+        '{"published_at": "2013-02-01T10:00:00-05:00", "ticker": "GOOG", "headline": "h"}\n'
+    )
+    (tmp_path / "grid.yaml").write_text(NEWS_SPEC)
+    spec = load_spec(tmp_path / "grid.yaml")
+    news = str((tmp_path / "goog.jsonl").resolve())
+    requests = {(c.data, c.name): c.request(tmp_path, spec.seed) for c in expand(spec)}
+    assert requests[("GOOG", "agents")].news == news  # relative to the spec's folder
+    assert requests[("SPX", "agents")].news is None
+    assert requests[("GOOG", "sma-cross")].news is None  # rules read no news
+
+
+@pytest.mark.parametrize(
+    ("news", "message"),
+    [
+        ("{IBM: goog.jsonl}", "data.news: Value error, news for IBM, which is no data item"),
+        ("{GOOG: missing.jsonl}", "data.news.GOOG: "),
+    ],
+)
+def test_bad_news_entries_are_named(tmp_path: Path, news: str, message: str) -> None:
+    (tmp_path / "goog.jsonl").write_text("")
+    (tmp_path / "grid.yaml").write_text(NEWS_SPEC.replace("{GOOG: goog.jsonl}", news))
+    with pytest.raises(ConfigError) as exc:
+        load_spec(tmp_path / "grid.yaml")
+    assert message.replace("Value error, ", "") in str(exc.value)

@@ -37,6 +37,7 @@ class Cell:
     label: str
     strategy: dict[str, Any]
     seed: int
+    news: str | None = None  # the news the data item's agent cells read (data.news)
 
     @property
     def name(self) -> str:
@@ -69,6 +70,7 @@ class Cell:
             use_cache=True,
             response_cache=Path(grid_dir) / "llm_cache.sqlite",
             blind=strategy.blind,
+            news=self.news if self.is_agents else None,
             baselines=False,
             out=Path(grid_dir) / "cells" / self.folder,
         )
@@ -106,6 +108,7 @@ def expand(spec: GridSpec) -> list[Cell]:
                         label=label,
                         strategy=strategy.model_dump(mode="json", exclude_defaults=True),
                         seed=cell_seed(spec.seed, key),
+                        news=spec.data.news.get(data),
                     )
                 )
     return cells

@@ -35,6 +35,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
@@ -76,15 +77,30 @@ BrokerSpec = _partial(BrokerSettings, "BrokerSpec")
 
 
 class DataSpec(_Strict):
-    """Data items: bundled or Yahoo tickers, and CSV files (one instrument each)."""
+    """Data items: bundled or Yahoo tickers, and CSV files (one instrument each); ``news``
+    maps a data item (a ticker, or a file's stem) to the news its agent cells read: a JSONL
+    or CSV news file, or ``yahoo``."""
 
     tickers: list[str] = Field(default_factory=list)
     files: list[Path] = Field(default_factory=list)
+    news: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("tickers")
     @classmethod
     def _upper(cls, value: list[str]) -> list[str]:
         return [t.strip().upper() for t in value]
+
+    @field_validator("news")
+    @classmethod
+    def _known_items(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        items = {*info.data.get("tickers", []), *(Path(f).stem for f in info.data.get("files", []))}
+        unknown = sorted(set(value) - items)
+        if unknown:
+            raise ValueError(
+                f"news for {', '.join(unknown)}, which is no data item; use a ticker or a file's stem"
+                f" ({', '.join(sorted(items))})"
+            )
+        return value
 
     @model_validator(mode="after")
     def _some(self) -> DataSpec:
@@ -263,12 +279,25 @@ def parse_spec(data: Any, source: str, base_dir: Path | None = None, *, check_fi
         raise ConfigError(f"{source}: {key}: {msg}{more}; see {EXAMPLE} for valid keys") from None
     if base_dir is not None:
         files = [p if p.is_absolute() else (base_dir / p) for p in spec.data.files]
+        news = {
+            item: where
+            if where == "yahoo" or Path(where).is_absolute()
+            else str((base_dir / where).resolve())
+            for item, where in spec.data.news.items()
+        }
         spec = spec.model_copy(
-            update={"data": spec.data.model_copy(update={"files": [f.resolve() for f in files]})}
+            update={
+                "data": spec.data.model_copy(update={"files": [f.resolve() for f in files], "news": news})
+            }
         )
     for path in spec.data.files if check_files else ():
         if not path.is_file():
             raise ConfigError(f"{source}: data.files: {path} does not exist; give a CSV of daily bars")
+    for item, where in spec.data.news.items() if check_files else ():
+        if where != "yahoo" and not Path(where).is_file():
+            raise ConfigError(
+                f"{source}: data.news.{item}: {where} does not exist; give a JSONL/CSV news file or 'yahoo'"
+            )
     return spec
 
 
