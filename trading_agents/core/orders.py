@@ -126,6 +126,21 @@ class Fill:
     def client_order_id(self) -> str:
         return self.order_id
 
+    def row(self) -> tuple[Any, ...]:
+        """The fill as one plain tuple (``filled_at`` as an ISO date), in field order: what the
+        journals store and the results frame is built from."""
+        return (
+            self.order_id,
+            self.ticker,
+            self.side,
+            self.quantity,
+            self.price,
+            self.commission,
+            self.slippage_cost,
+            iso_date(self.filled_at),
+            self.reason,
+        )
+
     @property
     def value(self) -> float:
         """Traded value before commission."""

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trading_agents.core.orders import Fill, Order, iso_date
+from trading_agents.core.orders import Fill, Order
 from trading_agents.core.records import Journal
 from trading_agents.errors import UserInputError
 
@@ -78,20 +78,7 @@ def build_result(
     # Rows as tuples: the frame pandas builds from them is the one it builds from the
     # as_dict() of each fill and order, without a dict per row.
     fills_df = pd.DataFrame(
-        [
-            (
-                f.order_id,
-                f.ticker,
-                f.side,
-                f.quantity,
-                f.price,
-                f.commission,
-                f.slippage_cost,
-                iso_date(f.filled_at),
-                f.reason,
-            )
-            for f in fills
-        ],
+        [f.row() for f in fills],
         columns=FILL_COLUMNS,
     )
     fills_df["filled_at"] = _to_datetime(fills_df["filled_at"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from trading_agents.fsutil import atomic_write_bytes
 from trading_agents.journal.memory import MemoryJournal
-from trading_agents.journal.rows import compact_json, fill_row, stamp_text
+from trading_agents.journal.rows import compact_json, stamp_text
 from trading_agents.journal.sqlite import (
     INSERT_DECISION,
     INSERT_EVENT,
@@ -65,7 +65,7 @@ def export_run(journal: MemoryJournal, run_id: str, path: Path) -> Path:
                 INSERT_ORDER,
                 [(run_id, *r[:at], r[at] or "", *r[at + 1 :]) for r in run.orders.values()],
             )
-            db.executemany(INSERT_FILL, [(run_id, *fill_row(f)) for f in run.fills])
+            db.executemany(INSERT_FILL, [(run_id, *f.row()) for f in run.fills])
             db.executemany(INSERT_POSITION, position_rows(run_id, run.positions))
             encoded: dict[int, str] = {}
             db.executemany(

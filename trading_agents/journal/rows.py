@@ -35,7 +35,7 @@ ORDER_KEYS = (
     "filled_quantity",
     "updated_at",
 )
-#: The columns of a fill row, after ``run_id`` (which stores put second).
+#: The columns of a fill row (:meth:`Fill.row`), after ``run_id`` (which stores put second).
 FILL_KEYS = (
     "client_order_id",
     "ticker",
@@ -131,21 +131,6 @@ def order_from_row(row: Sequence[Any]) -> Order:
         requested_quantity=r["requested_quantity"],
         filled_quantity=r["filled_quantity"],
         updated_at=_ts(r["updated_at"]),
-    )
-
-
-def fill_row(f: Fill) -> tuple[Any, ...]:
-    """A fill as a :data:`FILL_KEYS` row."""
-    return (
-        f.order_id,
-        f.ticker,
-        f.side,
-        f.quantity,
-        f.price,
-        f.commission,
-        f.slippage_cost,
-        iso_date(f.filled_at),
-        f.reason,
     )
 
 

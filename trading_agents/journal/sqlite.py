@@ -47,7 +47,6 @@ from trading_agents.journal.rows import (
     ORDER_KEYS,
     compact_json,
     fill_from_row,
-    fill_row,
     now_text,
     order_from_row,
     order_row,
@@ -604,7 +603,7 @@ def write_step(db: sqlite3.Connection, rec: StepRecord, now: str) -> None:
             _UPDATE_ORDER, [(*order_update(o, bar), o.client_order_id, run_id) for o in rec.updated_orders]
         )
     if rec.fills:
-        db.executemany(INSERT_FILL, [(run_id, *fill_row(f)) for f in rec.fills])
+        db.executemany(INSERT_FILL, [(run_id, *f.row()) for f in rec.fills])
         db.execute("DELETE FROM positions WHERE run_id = ?", (run_id,))
         db.executemany(INSERT_POSITION, position_rows(run_id, rec.positions))
     db.execute(
