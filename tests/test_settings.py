@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from trading_agents.config.settings import load_settings, project_root
 from trading_agents.errors import ConfigError
@@ -154,3 +155,12 @@ def test_keys_that_are_not_names_are_config_errors(tmp_path: Path, text: str, ke
     path = tmp_path / "c.yaml"
     path.write_text(text)
     assert _error(path).startswith(f"{path}: {key}: keys must be names")
+
+
+def test_a_key_with_a_line_break_is_named_on_one_line(tmp_path: Path) -> None:
+    """Found by the config fuzz: a key holding a newline split the error over two lines."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"llm": {"\n": None}}))
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path)
+    assert "\n" not in str(exc.value) and "llm.'\\n': unknown key" in str(exc.value)

@@ -318,7 +318,7 @@ def describe_validation_error(exc: ValidationError) -> tuple[list[str], str, str
 
 def _describe(exc: ValidationError, path: Path | None, data: dict[str, Any], flags: dict[str, Any]) -> str:
     loc, msg, more = describe_validation_error(exc)
-    key = ".".join(loc)
+    key = ".".join(p if p.isprintable() and p.strip() == p and p else repr(p) for p in loc)  # one line
     env_name = ENV_PREFIX + "__".join(p.upper() for p in loc)
     env_keys = {k.upper() for k in os.environ}
     # the layers from the top down: flags override the environment, which overrides the file
