@@ -95,6 +95,7 @@ def local_client_config(model: ResolvedModel, settings: Settings) -> dict[str, A
         "seed": llm.seed,
         "chat_format": model.chat_format,
         "ram_cache_mb": llm.ram_cache_mb,
+        "state_dir": str(settings.paths.home),
         "max_tokens": llm.max_tokens,
         "temperature": llm.temperature,
         "top_p": llm.top_p,

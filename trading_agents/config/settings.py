@@ -19,7 +19,7 @@ import os
 import re
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -69,7 +69,10 @@ class LLMSettings(Section):
     fallback: str | None = Field("tinyllama-1.1b-chat", description="Alias or path; null for none.")
     n_ctx: int | None = Field(None, ge=256, le=131072, description="Context; null: the registry's.")
     # defaults: the LLM layer's LLMSpec and SamplingParams (declared once there); bounds: ours
-    n_threads: int | None = Field(LLMSpec.n_threads, ge=1, le=512, description="null: physical cores.")
+    n_threads: Annotated[int, Field(ge=1, le=512)] | Literal["auto"] | None = Field(
+        LLMSpec.n_threads,
+        description="auto: the fastest count measured once per model file and CPU; null: physical cores.",
+    )
     n_batch: int = Field(LLMSpec.n_batch, ge=8, le=8192)
     use_mmap: bool = LLMSpec.use_mmap
     use_mlock: bool = LLMSpec.use_mlock

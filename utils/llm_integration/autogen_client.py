@@ -34,7 +34,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from autogen_core import CancellationToken, Component, ComponentModel
@@ -71,7 +71,7 @@ class LocalLlamaConfig(BaseModel):
     model_name: str = ""
     # defaults: LLMSpec's and SamplingParams' (declared once, in utils.llm_integration.spec)
     n_ctx: int = Field(LLMSpec.n_ctx, ge=256)
-    n_threads: int | None = Field(LLMSpec.n_threads, ge=1)
+    n_threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = LLMSpec.n_threads
     n_batch: int = Field(LLMSpec.n_batch, ge=8)
     use_mmap: bool = LLMSpec.use_mmap
     use_mlock: bool = LLMSpec.use_mlock
@@ -83,6 +83,9 @@ class LocalLlamaConfig(BaseModel):
     top_p: float = Field(SamplingParams.top_p, gt=0.0, le=1.0)
     family: str = "unknown"
     allowed_dir: str | None = Field(None, description="If set, the model file must resolve inside it.")
+    state_dir: str | None = Field(
+        None, description="Where measured thread counts and file digests are kept; null: not kept."
+    )
 
 
 def resolve_model_path(model_path: str, allowed_dir: str | Path | None = None) -> Path:
@@ -231,7 +234,8 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
     @property
     def llm(self) -> LocalLLM:
         """The shared model behind this client (loaded on first use)."""
-        return get_local_llm(self._spec)
+        state = self._config.state_dir
+        return get_local_llm(self._spec, hash_cache_dir=Path(state).expanduser() if state else None)
 
     @property
     def spec(self) -> LLMSpec:

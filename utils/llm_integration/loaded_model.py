@@ -24,7 +24,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
-import os
 import threading
 import time
 from collections import deque
@@ -46,6 +45,9 @@ from utils.llm_integration.errors import (
 from utils.llm_integration.files import file_sha256
 from utils.llm_integration.grammar import json_schema_grammar, parse_json_reply, parse_reply
 from utils.llm_integration.spec import LLMSpec, Message, SamplingParams
+from utils.llm_integration.threads import ThreadChoice, choose_threads, physical_cores
+
+__all__ = ["physical_cores"]  # re-exported: callers count cores through the loaded-model module
 
 
 @dataclass
@@ -75,17 +77,6 @@ class Completion:
     metrics: CallMetrics
     parsed: BaseModel | None = None
     prompt: str = field(default="", repr=False)
-
-
-def physical_cores() -> int:
-    """Physical cores (llama.cpp runs best with one thread per physical core)."""
-    try:
-        import psutil
-
-        n = psutil.cpu_count(logical=False)
-    except Exception:  # psutil missing or unsupported platform
-        n = None
-    return max(1, n or os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------- loading
@@ -152,18 +143,19 @@ STDIO_LOCK = threading.Lock()
 
 
 def load_llama(path: Path, n_ctx: int, *, extra_buffers: bool | None = None, **kwargs: Any) -> Any:
-    """``llama_cpp.Llama(path, n_ctx=..., **kwargs)``, safe with a llama.cpp built with AMX.
+    """``llama_cpp.Llama(path, n_ctx=..., **kwargs)``, safe with a llama.cpp built with AMX, with
+    grammar calls sampled by :class:`~utils.llm_integration.sampling.RejectionGrammarSampler`.
 
     With AMX kernels compiled in, the extra buffer types (AMX and weight repacking) are turned
     off unless ``extra_buffers=True``; without them (our build) nothing changes.
     """
-    import llama_cpp
+    from utils.llm_integration.sampling import llama_class
 
     if extra_buffers is None:
         extra_buffers = not llama_has_amx_kernels()
     kwargs.setdefault("verbose", False)
     with STDIO_LOCK, llama_model_params_patch(use_extra_bufts=extra_buffers):
-        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, **kwargs)
+        return llama_class()(model_path=str(path), n_ctx=n_ctx, **kwargs)
 
 
 class FifoLock:
@@ -232,6 +224,7 @@ class LocalLLM:
         self._grammars: dict[str, Any] = {}
         self._add_bos = True
         self._bos_text = ""
+        self.threads: ThreadChoice | None = None  # set at load
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -262,7 +255,7 @@ class LocalLLM:
             llama = load_llama(
                 path,
                 self.spec.n_ctx,
-                n_threads=self.spec.n_threads or physical_cores(),
+                n_threads=n if isinstance(n := self.spec.n_threads, int) else physical_cores(),
                 n_batch=self.spec.n_batch,
                 use_mmap=self.spec.use_mmap,
                 use_mlock=self.spec.use_mlock,
@@ -270,6 +263,8 @@ class LocalLLM:
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(f"llama.cpp could not load {path}: {exc}") from None
+        sha = self.sha256 if self.spec.n_threads == "auto" else None
+        self.threads = choose_threads(llama, self.spec.n_threads, sha, self._hash_cache_dir)
         if self.spec.ram_cache_mb > 0:
             llama.set_cache(ram_state_cache(self.spec.ram_cache_mb << 20))
         self._setup_format(llama)
@@ -311,6 +306,13 @@ class LocalLLM:
     @property
     def n_ctx(self) -> int:
         return self.spec.n_ctx
+
+    @property
+    def n_threads(self) -> int:
+        """The thread count the loaded model runs with (``n_threads: auto`` resolved; loads it)."""
+        _ = self.llama
+        assert self.threads is not None
+        return self.threads.n_threads
 
     @property
     def sha256(self) -> str:

@@ -24,7 +24,9 @@ class LLMSpec:
     path: Path
     name: str = ""
     n_ctx: int = 2048
-    n_threads: int | None = None  # None: one thread per physical core
+    # "auto": measured once per model file and CPU (utils.llm_integration.threads); None: one
+    # thread per physical core; a number: exactly that
+    n_threads: int | Literal["auto"] | None = "auto"
     n_batch: int = 512
     use_mmap: bool = True
     use_mlock: bool = False
