@@ -78,7 +78,9 @@ def test_n_threads_defaults_to_auto_and_accepts_a_number_or_null() -> None:
         load_settings(overrides={"llm.n_threads": "fast"})
 
 
-def test_auto_threads_are_measured_once_then_read_from_the_cache(embedded_model: Path, tmp_path: Path) -> None:
+def test_auto_threads_are_measured_once_then_read_from_the_cache(
+    embedded_model: Path, tmp_path: Path
+) -> None:
     spec = LLMSpec(path=embedded_model, n_threads="auto", ram_cache_mb=0)
     first = LocalLLM(spec, hash_cache_dir=tmp_path)
     assert first.threads is None and first.n_threads >= 1
@@ -96,7 +98,9 @@ def test_auto_threads_are_measured_once_then_read_from_the_cache(embedded_model:
     second = LocalLLM(spec, hash_cache_dir=tmp_path)
     assert second.n_threads == 7 and second.threads is not None and second.threads.source == "cached"
     assert second.llama.n_threads == 7
-    assert second.complete([{"role": "user", "content": "Say OK."}], sampling=SamplingParams(max_tokens=4)).text
+    assert second.complete(
+        [{"role": "user", "content": "Say OK."}], sampling=SamplingParams(max_tokens=4)
+    ).text
     second.close()
 
 
@@ -171,3 +175,120 @@ def test_rejection_sampler_stays_valid_when_sampling_with_temperature(fast_and_s
             )
             assert out["choices"][0]["finish_reason"] == "stop", role
             _assert_grammar_valid(schema, out["choices"][0]["text"])
+
+
+# ----------------------------------------------------------------------------- degenerate replies
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        ({"rationale": "Trend up; RSI 64 is not stretched, MACD above signal."}, []),
+        ({"rationale": "Buy 1,000,000 shares at 798.20 (up 0.4%)."}, []),
+        ({"rationale": "Up .0.0.0.0.0.0.0.0"}, ["rationale repeats '.0'"]),
+        ({"rationale": "aaaaaaaa"}, ["rationale repeats 'a'"]),
+        ({"rationale": "buy buy buy now"}, ["rationale repeats the word 'buy'"]),
+        ({"key_signals": [], "rationale": "Flat."}, ["empty key_signals"]),
+        ({"reasons": ["ok", "limit limit limit"]}, ["reasons repeats the word 'limit'"]),
+        ({"side": "none", "quantity": 0}, []),
+        (None, []),
+    ],
+)
+def test_degenerate_reply_detector(output: dict | None, expected: list[str]) -> None:
+    from trading_agents.agents.replies import degenerate_reasons
+
+    assert degenerate_reasons(output) == expected
+
+
+def test_the_rationale_grammar_cannot_hold_a_run_longer_than_a_word() -> None:
+    from pydantic import ValidationError
+
+    from trading_agents.agents.schemas import AnalystReport
+
+    ok = {"action": "HOLD", "conviction": 0.5, "horizon_days": 5, "key_signals": ["RSI 64"]}
+    AnalystReport(**ok, rationale="Trend up, RSI 64 neutral; MACD above signal.")
+    for bad in (".0.0.0.0.0.0.0.0.0.0", "0.0.0.0.0.0.0.0.0.0.0.0", "Up " + "x" * 20):
+        with pytest.raises(ValidationError):
+            AnalystReport(**ok, rationale=bad)
+    with pytest.raises(ValidationError):
+        AnalystReport(**{**ok, "key_signals": []}, rationale="Flat.")
+
+
+# ----------------------------------------------------------------------------- what stopped an order
+
+
+def test_order_text_names_the_rule_that_stopped_a_proposal() -> None:
+    from trading_agents.agents.guards import order_text, stopped_by
+
+    def rec(action: str, decision: str, side: str, guards: list[dict], intent: dict | None = None) -> dict:
+        return {
+            "agents": [
+                {"role": "analyst", "output": {"action": action}},
+                {"role": "risk", "output": {"decision": decision}},
+                {"role": "executor", "output": {"side": side, "quantity": 10}},
+            ],
+            "guards": guards,
+            "intent": intent,
+        }
+
+    veto = {"stage": "executor", "kind": "veto", "rule": "side_mismatch", "detail": "..."}
+    clip = {"stage": "risk", "kind": "clip", "rule": "max_position_pct", "detail": "..."}
+    assert order_text(rec("BUY", "approve", "sell", [clip, veto])) == (
+        "none (sell 10 stopped by executor veto: side_mismatch)"
+    )
+    assert order_text(rec("HOLD", "approve", "buy", [])) == "none (buy 10 stopped by analyst: HOLD)"
+    assert order_text(rec("BUY", "reject", "buy", [])) == "none (buy 10 stopped by risk: reject)"
+    assert order_text(rec("HOLD", "approve", "none", [])) == "none"  # nothing was proposed
+    assert stopped_by(rec("HOLD", "approve", "none", [])) is None
+    placed = rec("BUY", "approve", "buy", [], {"side": "buy", "quantity": 4})
+    assert order_text(placed) == "buy 4"
+    assert order_text(placed, ["veto:max_daily_loss"]) == "buy 4 (veto:max_daily_loss)"
+
+
+def test_the_ledger_shows_what_stopped_the_executors_order(
+    capsys: pytest.CaptureFixture[str], isolated_state: Path
+) -> None:
+    import pandas as pd
+
+    from tests.scripted_client import ScriptedClient
+    from trading_agents.agents.clients import DeskModels
+    from trading_agents.agents.strategy import AgentStrategy
+    from trading_agents.cli.app import main
+    from trading_agents.journal import Ledger, default_ledger_path
+    from trading_agents.market import load_bars
+    from trading_agents.models.registry import resolve_llm_pair
+    from trading_agents.session import run_session
+
+    settings = load_settings()
+    primary, _, notes = resolve_llm_pair(settings)
+    analyst = {
+        "action": "BUY",
+        "conviction": 0.8,
+        "horizon_days": 5,
+        "key_signals": ["up"],
+        "rationale": "Up.",
+    }
+    risk = {"decision": "approve", "max_position_pct": 0.1, "stop_loss_pct": 0.05, "reasons": ["ok"]}
+    order = {"side": "sell", "quantity": 10, "order_type": "market", "time_in_force": "day"}
+    clients = {
+        role: ScriptedClient([json.dumps(reply)])
+        for role, reply in (("analyst", analyst), ("risk", risk), ("executor", order))
+    }
+    strategy = AgentStrategy(DeskModels(primary, None, notes, clients), settings, stream=False)
+    bars = load_bars(tickers=["GOOG"])
+    with Ledger.open(default_ledger_path(settings.paths.home)) as ledger:
+        run_session(
+            settings,
+            bars,
+            pd.Timestamp("2013-02-27"),
+            pd.Timestamp("2013-02-27"),
+            journal=ledger,
+            strategy=strategy,
+        )
+    strategy.close()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["ledger"])
+    out = capsys.readouterr().out
+    assert exc.value.code in (0, None)
+    assert "side_mismatch" in out and "stopped by" in out

@@ -44,6 +44,11 @@ class DeskModels:
         out["fallback"] = self.fallback.name if self.fallback else None
         if self.server is not None:
             out["server"] = self.server
+        else:
+            from utils.llm_integration.loaded_model import loaded_models
+
+            # llama.cpp threads per loaded model: n_threads auto resolved, and how
+            out["threads"] = {m.display: m.threads.to_dict() for m in loaded_models() if m.threads}
         return out
 
     def model_sha256(self, home: Path) -> dict[str, str]:
@@ -99,6 +104,8 @@ def local_client_config(model: ResolvedModel, settings: Settings) -> dict[str, A
         "max_tokens": llm.max_tokens,
         "temperature": llm.temperature,
         "top_p": llm.top_p,
+        "top_k": llm.top_k,
+        "repeat_penalty": llm.repeat_penalty,
         "family": "mistral" if "mistral" in model.chat_format else "unknown",
     }
     return AutoGenLLMConfig.local(model.path, **options)

@@ -60,10 +60,15 @@ class AgentStep:
     from_response_cache: bool = False
     prompt: str = ""
     error: str | None = None
+    time_breakdown: dict[str, float] | None = None  # see BREAKDOWN_FIELDS
 
     def to_record(self, include_prompt: bool = True) -> dict[str, Any]:
         rec = {k: v for k, v in self.__dict__.items() if include_prompt or k != "prompt"}
         return rec
+
+
+# CallMetrics fields a step's time is split into (the rest of latency_s is everything else)
+BREAKDOWN_FIELDS = ("prompt_eval_s", "generation_s", "sampling_s", "cache_state_s")
 
 
 @dataclass
@@ -95,6 +100,8 @@ def _step_from_client(role: str, client: ChatCompletionClient, output: BaseModel
         step.latency_s = m.latency_s
         step.ttft_s = m.ttft_s
         step.from_response_cache = m.from_response_cache
+        if not m.from_response_cache:
+            step.time_breakdown = {k: getattr(m, k, 0.0) for k in BREAKDOWN_FIELDS}
     step.prompt = getattr(client, "last_prompt", "") or ""
     return step
 

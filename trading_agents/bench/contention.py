@@ -8,6 +8,8 @@ among 2 (3) concurrent ones over the wall time of one alone. ``threads`` is each
 llama.cpp thread count (``llm.n_threads``, ``auto`` unless ``threads`` is given) and
 ``wait_policy`` the OpenMP wait policy the processes ran with (set by the LLM layer unless the
 environment says otherwise). Sessions decide greedily, so every process makes the same decisions.
+``before`` repeats 1 and 2 sessions the way they ran before (one thread per physical core,
+libgomp's default spin-wait) in the same run, as the baseline.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ def _child(days: int, home: str, threads: str) -> None:
     from utils.llm_integration.runtime import wait_policy_state
     from utils.llm_integration.spec import SamplingParams
 
-    overrides: dict[str, Any] = {"paths.home": home, "llm.fallback": None}
-    if threads != "default":
-        overrides["llm.n_threads"] = threads if threads == "auto" else int(threads)
+    overrides: dict[str, Any] = {
+        "paths.home": home,
+        "llm.fallback": None,
+        "llm.n_threads": threads if threads == "auto" else int(threads),
+    }
     settings = load_settings(overrides=overrides)
     bars = load_bars(tickers=["GOOG"])
     dates = bars["GOOG"].index[-days:]
@@ -65,9 +69,11 @@ def _child(days: int, home: str, threads: str) -> None:
     )
 
 
-def run_concurrent(n: int, days: int, home: Path, threads: str = "auto") -> list[dict[str, Any]]:
+def run_concurrent(
+    n: int, days: int, home: Path, threads: str = "auto", env: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """Start ``n`` session processes, release them together, and return each one's figures."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "trading_agents.bench.contention", str(days), str(home), threads],
@@ -101,17 +107,24 @@ def run_concurrent(n: int, days: int, home: Path, threads: str = "auto") -> list
                 p.kill()
 
 
-def run(out_dir: Path, quick: bool = False, threads: str = "auto") -> dict[str, Any]:
+def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
+    from utils.llm_integration.loaded_model import physical_cores
+
     days = 2 if quick else 6
     with tempfile.TemporaryDirectory() as home:
         # the thread count is measured once (n_threads: auto) before anything is timed
-        run_concurrent(1, 1, Path(home), threads)
-        levels = {n: run_concurrent(n, days, Path(home), threads) for n in (1, 2, 3)}
+        run_concurrent(1, 1, Path(home))
+        levels = {n: run_concurrent(n, days, Path(home)) for n in (1, 2, 3)}
+        # the baseline in the same run: what a session did before, one thread per physical core
+        # and libgomp's default spin-wait (an empty OMP_WAIT_POLICY is the library default)
+        spin = {"OMP_WAIT_POLICY": ""}
+        cores = str(physical_cores())
+        before = {n: run_concurrent(n, days, Path(home), cores, spin) for n in (1, 2)}
+
+    def mean_wall(rs: list[dict[str, Any]]) -> float:
+        return sum(r["wall_s"] for r in rs) / len(rs)
+
     alone = levels[1][0]["wall_s"]
-
-    def mean_wall(n: int) -> float:
-        return sum(r["wall_s"] for r in levels[n]) / n
-
     same = all(r["actions"] == levels[1][0]["actions"] for rs in levels.values() for r in rs)
     return {
         "model": "smollm2-135m-instruct",
@@ -120,13 +133,20 @@ def run(out_dir: Path, quick: bool = False, threads: str = "auto") -> dict[str, 
         "threads_by_level": {str(n): [r["threads"] for r in rs] for n, rs in levels.items()},
         "wait_policy": levels[1][0].get("omp_wait_policy"),
         "session_wall_s": {str(n): [r["wall_s"] for r in rs] for n, rs in levels.items()},
-        "slowdown_2": round(mean_wall(2) / alone, 3),
-        "slowdown_3": round(mean_wall(3) / alone, 3),
+        "slowdown_2": round(mean_wall(levels[2]) / alone, 3),
+        "slowdown_3": round(mean_wall(levels[3]) / alone, 3),
         "slowdown_2_target": 1.3,
         # throughput: sessions finished per second with n at once, over one alone
         "throughput_ratio_2": round(2 * alone / max(r["wall_s"] for r in levels[2]), 3),
         "throughput_ratio_3": round(3 * alone / max(r["wall_s"] for r in levels[3]), 3),
         "same_decisions": same,
+        "before": {
+            "threads": int(cores),
+            "wait_policy": "libgomp default (spin)",
+            "session_wall_s": {str(n): [r["wall_s"] for r in rs] for n, rs in before.items()},
+            "slowdown_2": round(mean_wall(before[2]) / before[1][0]["wall_s"], 3),
+            "mean_wall_2_over_new_alone": round(mean_wall(before[2]) / alone, 3),
+        },
         "cpu_count": os.cpu_count(),
     }
 

@@ -79,6 +79,10 @@ class LLMSettings(Section):
     seed: int = Field(LLMSpec.seed, ge=0)
     temperature: float = Field(SamplingParams.temperature, ge=0.0, le=2.0)
     top_p: float = Field(SamplingParams.top_p, gt=0.0, le=1.0)
+    top_k: int = Field(SamplingParams.top_k, ge=0, le=100_000, description="0: the whole vocabulary.")
+    repeat_penalty: float = Field(
+        SamplingParams.repeat_penalty, ge=1.0, le=2.0, description="1: off; on the last 64 tokens."
+    )
     max_tokens: int = Field(SamplingParams.max_tokens, ge=16, le=8192, description="Cap for one agent reply.")
     ram_cache_mb: int = Field(
         LLMSpec.ram_cache_mb, ge=0, le=65536, description="KV state cache shared by agents; 0: off."

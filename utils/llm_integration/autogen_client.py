@@ -59,7 +59,7 @@ from utils.llm_integration.files import atomic_write_text
 from utils.llm_integration.loaded_model import CallMetrics, Completion, LocalLLM, get_local_llm
 from utils.llm_integration.spec import ChatFormat, LLMSpec, SamplingParams
 
-_EXTRA_ARGS = {"max_tokens", "temperature", "top_p", "seed", "deadline_s"}
+_EXTRA_ARGS = {"max_tokens", "temperature", "top_p", "top_k", "repeat_penalty", "seed", "deadline_s"}
 
 
 class LocalLlamaConfig(BaseModel):
@@ -81,6 +81,8 @@ class LocalLlamaConfig(BaseModel):
     max_tokens: int = Field(SamplingParams.max_tokens, ge=1)
     temperature: float = Field(SamplingParams.temperature, ge=0.0, le=2.0)
     top_p: float = Field(SamplingParams.top_p, gt=0.0, le=1.0)
+    top_k: int = Field(SamplingParams.top_k, ge=0)
+    repeat_penalty: float = Field(SamplingParams.repeat_penalty, ge=1.0, le=2.0)
     family: str = "unknown"
     allowed_dir: str | None = Field(None, description="If set, the model file must resolve inside it.")
     state_dir: str | None = Field(
@@ -290,6 +292,8 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
             temperature=float(extra_create_args.get("temperature", cfg.temperature)),
             top_p=float(extra_create_args.get("top_p", cfg.top_p)),
             seed=int(extra_create_args.get("seed", cfg.seed)),
+            top_k=int(extra_create_args.get("top_k", cfg.top_k)),
+            repeat_penalty=float(extra_create_args.get("repeat_penalty", cfg.repeat_penalty)),
         )
         deadline_s = extra_create_args.get("deadline_s")
         deadline = time.monotonic() + float(deadline_s) if deadline_s is not None else None

@@ -66,6 +66,13 @@ class CallMetrics:
     finish_reason: str
     grammar: bool
     from_response_cache: bool = False
+    # where the call's time went (seconds): llama.cpp's prompt evaluation and generation
+    # forward passes, sampling (under a grammar: its checks), the RAM state cache's saves and
+    # restores; the rest of latency_s is everything else (tokenizing, streaming, Python)
+    prompt_eval_s: float = 0.0
+    generation_s: float = 0.0
+    sampling_s: float = 0.0
+    cache_state_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -407,7 +414,8 @@ class LocalLLM:
             schema: a pydantic model; the reply is grammar-constrained to its JSON schema,
                 parsed and validated (``Completion.parsed``).
             json_mode: any JSON object (grammar-constrained), when no schema is given.
-            sampling: max_tokens, temperature, top_p, seed (defaults: greedy, seed 42).
+            sampling: max_tokens, temperature, top_p, top_k, repeat_penalty, seed (defaults:
+                greedy with a repeat penalty, seed 42).
             on_text: called with each streamed piece of text.
             deadline: ``time.monotonic()`` value; generation stops there and
                 :class:`DeadlineExceededError` is raised.
@@ -459,6 +467,7 @@ class LocalLLM:
                 raise GenerationCancelledError(f"generation on {self.display} was cancelled while queued")
             llama = self.llama
             llama_cpp.llama_perf_context_reset(llama._ctx.ctx)
+            llama.reset_timings()
             start = time.monotonic()
             ttft = 0.0
             n_gen = 0
@@ -467,6 +476,8 @@ class LocalLLM:
                 max_tokens=max_tokens,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                repeat_penalty=sampling.repeat_penalty,
                 seed=sampling.seed,
                 stop=stops,
                 grammar=grammar,
@@ -524,6 +535,10 @@ class LocalLLM:
             gen_tokens_per_s=round(g_rate, 1),
             finish_reason=finish,
             grammar=grammar is not None,
+            prompt_eval_s=round(perf.t_p_eval_ms / 1e3, 4),
+            generation_s=round(perf.t_eval_ms / 1e3, 4),
+            sampling_s=round(llama.timings["sampling_s"], 4),
+            cache_state_s=round(llama.timings["cache_state_s"], 4),
         )
         text = "".join(pieces)
         if grammar is not None and finish == "length":
@@ -604,6 +619,12 @@ def get_local_llm(spec: LLMSpec, *, hash_cache_dir: Path | None = None) -> Local
         if llm is None:
             llm = _REGISTRY[spec] = LocalLLM(spec, hash_cache_dir=hash_cache_dir)
         return llm
+
+
+def loaded_models() -> list[LocalLLM]:
+    """The shared models of this process that are loaded now."""
+    with _REGISTRY_LOCK:
+        return [llm for llm in _REGISTRY.values() if llm.loaded]
 
 
 def release_all() -> None:

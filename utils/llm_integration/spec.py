@@ -47,3 +47,6 @@ class SamplingParams:
     temperature: float = 0.0
     top_p: float = 0.95
     seed: int = LLMSpec.seed
+    top_k: int = 40
+    # >1 makes tokens of the last 64 less likely: what stops a small model's ".0.0.0.0" runs
+    repeat_penalty: float = 1.15
