@@ -292,3 +292,47 @@ def test_the_ledger_shows_what_stopped_the_executors_order(
     out = capsys.readouterr().out
     assert exc.value.code in (0, None)
     assert "side_mismatch" in out and "stopped by" in out
+
+
+def test_a_decision_after_a_failed_one_runs_every_agent_again() -> None:
+    """A model failure inside the flow used to leave the graph's state behind, so every later
+    decision stopped after the analyst."""
+    import asyncio
+
+    from tests.scripted_client import ScriptedClient
+    from trading_agents.agents.team import TradingTeam
+
+    class FailsFirst(ScriptedClient):
+        async def create(self, messages, **kwargs):  # type: ignore[no-untyped-def,override]
+            if self.calls == 0:
+                self.calls += 1
+                raise RuntimeError("llama.cpp went away")
+            return await super().create(messages, **kwargs)
+
+    analyst = {
+        "action": "BUY",
+        "conviction": 0.8,
+        "horizon_days": 5,
+        "key_signals": ["up"],
+        "rationale": "Up.",
+    }
+    risk = {"decision": "approve", "max_position_pct": 0.1, "stop_loss_pct": 0.05, "reasons": ["ok"]}
+    order = {"side": "buy", "quantity": 3, "order_type": "market", "time_in_force": "day"}
+    team = TradingTeam(
+        {
+            "analyst": ScriptedClient([json.dumps(analyst)]),
+            "risk": ScriptedClient([json.dumps(risk)]),
+            "executor": FailsFirst([json.dumps(order)]),
+        },
+        stream=False,
+    )
+    loop = asyncio.new_event_loop()
+    try:
+        first = loop.run_until_complete(team.decide("TASK one"))
+        second = loop.run_until_complete(team.decide("TASK two"))
+        loop.run_until_complete(team.close())
+    finally:
+        loop.close()
+    assert first.error is not None and first.executor is None
+    assert second.error is None and [s.role for s in second.steps] == ["analyst", "risk", "executor"]
+    assert second.executor is not None and second.executor.quantity == 3

@@ -131,13 +131,16 @@ class TradingTeam:
             )
             for role in ROLES
         }
+        self.flow = self._build_flow()
+
+    def _build_flow(self) -> GraphFlow:
         builder = DiGraphBuilder()
         for agent in self.agents.values():
             builder.add_node(agent)
         builder.add_edge(self.agents["analyst"], self.agents["risk"], condition=_proposes_trade)
         builder.add_edge(self.agents["risk"], self.agents["executor"], condition=_approves)
         builder.set_entry_point(self.agents["analyst"])
-        self.flow = GraphFlow(
+        return GraphFlow(
             participants=builder.get_participants(),
             graph=builder.build(),
             custom_message_types=[StructuredMessage[kind] for kind in ROLE_SCHEMAS.values()],
@@ -181,6 +184,10 @@ class TradingTeam:
             steps.append(step)
             if on_event:
                 on_event("done", step)
+        if error is not None:
+            # a run that failed inside the flow leaves its graph state behind (the next run
+            # would stop after the analyst): the next decision starts on a fresh flow
+            self.flow = self._build_flow()
         return TeamOutcome(
             analyst=_typed(outputs.get("analyst"), AnalystReport),
             risk=_typed(outputs.get("risk"), RiskVerdict),
