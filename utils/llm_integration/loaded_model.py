@@ -47,8 +47,6 @@ from utils.llm_integration.grammar import json_schema_grammar, parse_json_reply,
 from utils.llm_integration.spec import LLMSpec, Message, SamplingParams
 from utils.llm_integration.threads import ThreadChoice, choose_threads, physical_cores
 
-__all__ = ["physical_cores"]  # re-exported: callers count cores through the loaded-model module
-
 
 @dataclass
 class CallMetrics:
