@@ -63,8 +63,9 @@ class AgentStep:
     time_breakdown: dict[str, float] | None = None  # see BREAKDOWN_FIELDS
 
     def to_record(self, include_prompt: bool = True) -> dict[str, Any]:
-        rec = {k: v for k, v in self.__dict__.items() if include_prompt or k != "prompt"}
-        return rec
+        # time_breakdown is for benchmarks: timings are not part of what a decision recorded
+        skip = {"time_breakdown"} if include_prompt else {"time_breakdown", "prompt"}
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
 
 
 # CallMetrics fields a step's time is split into (the rest of latency_s is everything else)
