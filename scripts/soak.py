@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decisions", type=int, default=1000, help="session bars to decide (default 1000)")
     parser.add_argument("--warmup", type=int, default=None, help="decisions before the baseline sample")
     parser.add_argument("--max-tokens", type=int, default=512, help="llm.max_tokens (default 512)")
-    parser.add_argument("--threads", type=int, default=None, help="llm.n_threads (default: physical cores)")
+    parser.add_argument("--threads", type=int, default=None, help="llm.n_threads (default: auto, measured)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report to this file")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:

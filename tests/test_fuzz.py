@@ -260,7 +260,7 @@ analysts = st.builds(
     action=st.sampled_from(["BUY", "SELL", "HOLD"]),
     conviction=st.floats(0, 1),
     horizon_days=st.integers(1, 20),
-    key_signals=st.lists(st.sampled_from(VOCAB), max_size=3),
+    key_signals=st.lists(st.sampled_from(VOCAB), min_size=1, max_size=3),
     rationale=st.sampled_from(VOCAB),
 )
 verdicts = st.builds(
@@ -268,7 +268,7 @@ verdicts = st.builds(
     decision=st.sampled_from(["approve", "reduce", "reject"]),
     max_position_pct=st.floats(0, 1),
     stop_loss_pct=st.floats(0, 0.5),
-    reasons=st.lists(st.sampled_from(VOCAB[:3]), max_size=3),
+    reasons=st.lists(st.sampled_from(VOCAB[:3]), min_size=1, max_size=3),
 )
 proposals = st.builds(
     OrderProposal,

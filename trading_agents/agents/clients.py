@@ -44,6 +44,11 @@ class DeskModels:
         out["fallback"] = self.fallback.name if self.fallback else None
         if self.server is not None:
             out["server"] = self.server
+        else:
+            from utils.llm_integration.loaded_model import loaded_models
+
+            # llama.cpp threads per loaded model: n_threads auto resolved, and how
+            out["threads"] = {m.display: m.threads.to_dict() for m in loaded_models() if m.threads}
         return out
 
     def model_sha256(self, home: Path) -> dict[str, str]:
@@ -98,9 +103,12 @@ def local_client_config(model: ResolvedModel, settings: Settings) -> dict[str, A
         "n_gpu_layers": llm.n_gpu_layers,
         "main_gpu": llm.main_gpu,
         "tensor_split": llm.tensor_split,
+        "state_dir": str(settings.paths.home),
         "max_tokens": llm.max_tokens,
         "temperature": llm.temperature,
         "top_p": llm.top_p,
+        "top_k": llm.top_k,
+        "repeat_penalty": llm.repeat_penalty,
         "family": "mistral" if "mistral" in model.chat_format else "unknown",
     }
     return AutoGenLLMConfig.local(model.path, **options)

@@ -10,7 +10,9 @@ event with its reason. The risk engine then applies the account-level limits aga
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from trading_agents.agents.team import TeamOutcome
 from trading_agents.config.settings import RiskSettings
@@ -126,3 +128,40 @@ def outcome_to_intent(
         reason=report.rationale[:160],
     )
     return intent, events
+
+
+def stopped_by(rec: Mapping[str, Any]) -> str | None:
+    """What left a decision without an order though the executor proposed one, read from its
+    record (``{"agents": [...], "guards": [...], "intent": ...}``): the guard rule that vetoed
+    or failed closed, else the analyst's HOLD or the risk manager's reject. None when there is
+    an order or the executor proposed none."""
+    outputs = {a.get("role"): a.get("output") or {} for a in rec.get("agents") or []}
+    side = outputs.get("executor", {}).get("side")
+    if rec.get("intent") or side in (None, "none"):
+        return None
+    stops = [g for g in rec.get("guards") or [] if g.get("kind") in ("veto", "fail_closed")]
+    if stops:
+        return f"{stops[-1]['stage']} {stops[-1]['kind']}: {stops[-1]['rule']}"
+    if outputs.get("analyst", {}).get("action") == "HOLD":
+        return "analyst: HOLD"
+    if outputs.get("risk", {}).get("decision") == "reject":
+        return "risk: reject"
+    return None
+
+
+def order_text(rec: Mapping[str, Any], risk_rules: Sequence[str] = ()) -> str:
+    """A decision's order in brief: ``buy 12``, with the risk engine's ``kind:rule`` events in
+    brackets, or ``none`` with what stopped the executor's proposal (:func:`stopped_by`)."""
+    intent = rec.get("intent")
+    if intent:
+        text = f"{intent['side']} {intent['quantity']}"
+        return f"{text} ({', '.join(risk_rules)})" if risk_rules else text
+    why = stopped_by(rec)
+    return f"none ({side_text(rec)} stopped by {why})" if why else "none"
+
+
+def side_text(rec: Mapping[str, Any]) -> str:
+    """The executor's proposal in brief, ``buy 100``."""
+    outputs = {a.get("role"): a.get("output") or {} for a in rec.get("agents") or []}
+    proposal = outputs.get("executor", {})
+    return f"{proposal.get('side')} {proposal.get('quantity')}"

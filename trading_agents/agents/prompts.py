@@ -33,7 +33,9 @@ position, SELL means do nothing.
 4. Prefer HOLD when signals disagree or the position already matches the view; every fill costs \
 commission and slippage.
 5. Size is a fraction of equity within the limits; the risk engine clips or vetoes more.
-6. Reply with one JSON object in exactly the requested shape, plain decimals, nothing else."""
+6. Reply with one JSON object in exactly the requested shape, plain decimals, nothing else.
+7. Write signals, reasons and rationales as a few plain words about this task's numbers, for \
+example "close above SMA 20" or "RSI 72 stretched"."""
 
 ANALYST_INSTRUCTIONS = """You are the analyst. Weigh trend (close vs SMA 20/50, EMA 12 vs 26), \
 momentum (MACD vs signal, 5 and 20 day change), RSI 14 (above 70 stretched, below 30 washed out) \

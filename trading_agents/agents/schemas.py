@@ -15,6 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 Signal = Annotated[str, StringConstraints(max_length=40)]
 Reason = Annotated[str, StringConstraints(max_length=60)]
 
+# A rationale is words: it starts with a letter and no "word" is longer than 14 characters, so
+# the grammar itself stops a run like ".0.0.0.0..." from filling the field (at most 8 words,
+# 119 characters: within max_length)
+_WORD = "[A-Za-z0-9%.,:;+/'()$-]"
+RATIONALE_PATTERN = rf"^[A-Za-z]{_WORD}{{0,13}}( {_WORD}{{1,14}}){{0,7}}$"
+
 
 class _Reply(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -26,8 +32,8 @@ class AnalystReport(_Reply):
     action: Literal["BUY", "SELL", "HOLD"]
     conviction: float = Field(ge=0.0, le=1.0, description="0 = none, 1 = certain")
     horizon_days: int = Field(ge=1, le=20, description="expected holding period in trading days")
-    key_signals: list[Signal] = Field(max_length=3)
-    rationale: str = Field(max_length=120)
+    key_signals: list[Signal] = Field(min_length=1, max_length=3)
+    rationale: str = Field(max_length=120, pattern=RATIONALE_PATTERN)
 
 
 class RiskVerdict(_Reply):
@@ -36,7 +42,7 @@ class RiskVerdict(_Reply):
     decision: Literal["approve", "reduce", "reject"]
     max_position_pct: float = Field(ge=0.0, le=1.0, description="largest position, fraction of equity")
     stop_loss_pct: float = Field(ge=0.0, le=0.5, description="stop distance below entry, fraction")
-    reasons: list[Reason] = Field(max_length=3)
+    reasons: list[Reason] = Field(min_length=1, max_length=3)
 
 
 class OrderProposal(_Reply):

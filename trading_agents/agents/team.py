@@ -60,10 +60,16 @@ class AgentStep:
     from_response_cache: bool = False
     prompt: str = ""
     error: str | None = None
+    time_breakdown: dict[str, float] | None = None  # see BREAKDOWN_FIELDS
 
     def to_record(self, include_prompt: bool = True) -> dict[str, Any]:
-        rec = {k: v for k, v in self.__dict__.items() if include_prompt or k != "prompt"}
-        return rec
+        # time_breakdown is for benchmarks: timings are not part of what a decision recorded
+        skip = {"time_breakdown"} if include_prompt else {"time_breakdown", "prompt"}
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+
+# CallMetrics fields a step's time is split into (the rest of latency_s is everything else)
+BREAKDOWN_FIELDS = ("prompt_eval_s", "generation_s", "sampling_s", "cache_state_s")
 
 
 @dataclass
@@ -95,6 +101,8 @@ def _step_from_client(role: str, client: ChatCompletionClient, output: BaseModel
         step.latency_s = m.latency_s
         step.ttft_s = m.ttft_s
         step.from_response_cache = m.from_response_cache
+        if not m.from_response_cache:
+            step.time_breakdown = {k: getattr(m, k, 0.0) for k in BREAKDOWN_FIELDS}
     step.prompt = getattr(client, "last_prompt", "") or ""
     return step
 
@@ -124,13 +132,16 @@ class TradingTeam:
             )
             for role in ROLES
         }
+        self.flow = self._build_flow()
+
+    def _build_flow(self) -> GraphFlow:
         builder = DiGraphBuilder()
         for agent in self.agents.values():
             builder.add_node(agent)
         builder.add_edge(self.agents["analyst"], self.agents["risk"], condition=_proposes_trade)
         builder.add_edge(self.agents["risk"], self.agents["executor"], condition=_approves)
         builder.set_entry_point(self.agents["analyst"])
-        self.flow = GraphFlow(
+        return GraphFlow(
             participants=builder.get_participants(),
             graph=builder.build(),
             custom_message_types=[StructuredMessage[kind] for kind in ROLE_SCHEMAS.values()],
@@ -174,6 +185,10 @@ class TradingTeam:
             steps.append(step)
             if on_event:
                 on_event("done", step)
+        if error is not None:
+            # a run that failed inside the flow leaves its graph state behind (the next run
+            # would stop after the analyst): the next decision starts on a fresh flow
+            self.flow = self._build_flow()
         return TeamOutcome(
             analyst=_typed(outputs.get("analyst"), AnalystReport),
             risk=_typed(outputs.get("risk"), RiskVerdict),

@@ -26,11 +26,15 @@ BENCHES = {
     "backtest": "trading_agents.bench.backtest",
     "grid": "trading_agents.bench.grid",
     "serve": "trading_agents.bench.serve",
+    "contention": "trading_agents.bench.contention",
 }
 
 app = typer.Typer(
     no_args_is_help=True,
-    help="Benchmarks: llm, session, selector, backtest, grid, serve, or all (JSON files under --out).",
+    help=(
+        "Benchmarks: llm, session, selector, backtest, grid, serve, contention, or all"
+        " (JSON files under --out)."
+    ),
 )
 
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Folder for the JSON results.")]

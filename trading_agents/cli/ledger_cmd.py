@@ -7,11 +7,13 @@ next bar.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
+from trading_agents.agents.guards import order_text
 from trading_agents.agents.track_record import action_stats
 from trading_agents.cli.common import ConfigOption, JsonOption, console, emit_json, settings_from
 from trading_agents.core import RunInfo
@@ -183,7 +185,7 @@ def _print(doc: dict[str, Any]) -> None:
         for col in ("Date", "Ticker", "Desk", "Order", "Served by"):
             table.add_column(col)
         for d in run["decisions"]:
-            for row in _decision_rows(d):
+            for row in _decision_rows(d, run["risk_events"]):
                 table.add_row(*row)
         console.print(table)
     for action, s in (run.get("track_record") or {}).items():
@@ -199,8 +201,9 @@ def _print(doc: dict[str, Any]) -> None:
         console.print(f"[bold red]ledger inconsistency:[/] {problem}", highlight=False)
 
 
-def _decision_rows(d: dict[str, Any]) -> list[tuple[str, ...]]:
-    """One row per ticker of an agent decision: replies in brief, the order, model (route reason)."""
+def _decision_rows(d: dict[str, Any], risk_events: Sequence[dict[str, Any]] = ()) -> list[tuple[str, ...]]:
+    """One row per ticker of an agent decision: replies in brief, the order (with the risk
+    engine's events of that bar, or what stopped the executor's proposal), model (route reason)."""
     record = d.get("record") or {}
     tickers = record.get("tickers") if isinstance(record, dict) else None
     if not tickers:
@@ -209,8 +212,12 @@ def _decision_rows(d: dict[str, Any]) -> list[tuple[str, ...]]:
     for ticker, rec in tickers.items():
         agents = rec.get("agents") or []
         desk = " / ".join(_brief_reply(a) for a in agents) or rec.get("skipped") or "-"
-        intent = rec.get("intent")
-        order = f"{intent['side']} {intent['quantity']}" if intent else "none"
+        rules = [
+            f"{e['kind']}:{e['rule']}"
+            for e in risk_events
+            if str(e.get("bar_date"))[:10] == str(d["bar_date"])[:10] and e.get("ticker") in (ticker, None)
+        ]
+        order = order_text(rec, rules)
         served = ", ".join(sorted({f"{a.get('model')} ({a.get('route_reason')})" for a in agents})) or "-"
         rows.append((d["bar_date"], ticker, _short(desk, 60), order, _short(served, 60)))
     return rows

@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from trading_agents.agents.guards import order_text, stopped_by
 from trading_agents.cli.common import (
     ConfigOption,
     JsonOption,
@@ -175,6 +176,7 @@ def _summary(
                     "agents": agents,
                     "guards": rec.get("guards", []),
                     "intent": rec.get("intent"),
+                    "stopped_by": stopped_by(rec),
                     "error": rec.get("error"),
                     "skipped": rec.get("skipped"),
                     **{k: rec[k] for k in _INPUT_FIELDS if k in rec},
@@ -326,11 +328,8 @@ class _LiveView:
                 _brief(r, agents[r]["output"], agents[r].get("error")) if r in agents else "-"
                 for r in ROLE_ORDER
             ]
-            intent = rec.get("intent")
-            order = f"{intent['side']} {intent['quantity']}" if intent else "none"
             vetoes = [e for e in event.risk_events if getattr(e, "ticker", tick) in (tick, None)]
-            if intent and vetoes:
-                order += " (" + ", ".join(f"{e.kind}:{e.rule}" for e in vetoes) + ")"
+            order = order_text(rec, [f"{e.kind}:{e.rule}" for e in vetoes])
             model = next((f"{a['model']} ({a['route_reason']})" for a in agents.values()), "-")
             row = (str(event.bar_date)[:10], tick, *cells, order, model)
             self.rows.append(row)

@@ -69,13 +69,20 @@ class LLMSettings(Section):
     fallback: str | None = Field("tinyllama-1.1b-chat", description="Alias or path; null for none.")
     n_ctx: int | None = Field(None, ge=256, le=131072, description="Context; null: the registry's.")
     # defaults: the LLM layer's LLMSpec and SamplingParams (declared once there); bounds: ours
-    n_threads: int | None = Field(LLMSpec.n_threads, ge=1, le=512, description="null: physical cores.")
+    n_threads: Annotated[int, Field(ge=1, le=512)] | Literal["auto"] | None = Field(
+        LLMSpec.n_threads,
+        description="auto: the fastest count measured once per model file and CPU; null: physical cores.",
+    )
     n_batch: int = Field(LLMSpec.n_batch, ge=8, le=8192)
     use_mmap: bool = LLMSpec.use_mmap
     use_mlock: bool = LLMSpec.use_mlock
     seed: int = Field(LLMSpec.seed, ge=0)
     temperature: float = Field(SamplingParams.temperature, ge=0.0, le=2.0)
     top_p: float = Field(SamplingParams.top_p, gt=0.0, le=1.0)
+    top_k: int = Field(SamplingParams.top_k, ge=0, le=100_000, description="0: the whole vocabulary.")
+    repeat_penalty: float = Field(
+        SamplingParams.repeat_penalty, ge=1.0, le=2.0, description="1: off; on the last 64 tokens."
+    )
     max_tokens: int = Field(SamplingParams.max_tokens, ge=16, le=8192, description="Cap for one agent reply.")
     ram_cache_mb: int = Field(
         LLMSpec.ram_cache_mb, ge=0, le=65536, description="KV state cache shared by agents; 0: off."

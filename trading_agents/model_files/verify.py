@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -348,6 +347,7 @@ def _check_smoke(report: VerifyReport, path: Path, settings: Settings) -> None:
         str(path),
         str(SMOKE_N_CTX),
         str(n_threads),
+        str(settings.paths.home),
         offload,
     ]
     try:
@@ -371,15 +371,39 @@ def _check_smoke(report: VerifyReport, path: Path, settings: Settings) -> None:
             "smoke",
             True,
             f"{result['tokens']} tokens at {result['tokens_per_s']:.1f} tok/s "
-            f"(load {result['load_s']:.1f} s)",
+            f"(load {result['load_s']:.1f} s; {_threads_text(result.get('threads'))})",
             "info",
         )
 
 
+def _threads_text(threads: dict[str, Any] | None) -> str:
+    if not threads:
+        return "threads unknown"
+    how = {"measured": "auto, measured now", "cached": "auto, measured before"}.get(
+        threads["source"], threads["source"]
+    )
+    return f"{threads['n_threads']} thread{'s' if threads['n_threads'] != 1 else ''} ({how})"
+
+
 @cache
-def _smoke_child(path: str, n_ctx: int, n_threads: int, offload: str = "{}") -> dict[str, Any]:
+def _smoke_child(
+    path: str, n_ctx: int, n_threads: str, home: str | None = None, offload: str = "{}"
+) -> dict[str, Any]:
+    from utils.llm_integration.files import file_sha256
+    from utils.llm_integration.threads import choose_threads, physical_cores
+
+    requested: int | str = int(n_threads) if n_threads.isdigit() else n_threads
     start = time.perf_counter()
-    llm = load_llama(Path(path), n_ctx, n_threads=n_threads, seed=0, **json.loads(offload))
+    llm = load_llama(
+        Path(path),
+        n_ctx,
+        n_threads=requested if isinstance(requested, int) else physical_cores(),
+        seed=0,
+        **json.loads(offload),
+    )
+    cache_dir = Path(home) if home else None
+    sha = file_sha256(Path(path), cache_dir) if requested == "auto" else None
+    threads = choose_threads(llm, requested, sha, cache_dir)
     loaded = time.perf_counter()
     out = llm.create_completion("The market today", max_tokens=SMOKE_TOKENS, temperature=0.0)
     done = time.perf_counter()
@@ -389,6 +413,7 @@ def _smoke_child(path: str, n_ctx: int, n_threads: int, offload: str = "{}") -> 
         "load_s": round(loaded - start, 3),
         "generate_s": round(done - loaded, 3),
         "tokens_per_s": round(tokens / max(done - loaded, 1e-9), 2),
+        "threads": threads.to_dict(),
         "text": out["choices"][0]["text"],
     }
 
@@ -399,10 +424,9 @@ def _gb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-if __name__ == "__main__":  # the --smoke child: python -m ...verify PATH N_CTX N_THREADS [OFFLOAD_JSON]
-    os.environ.setdefault("OMP_NUM_THREADS", sys.argv[3])
+if __name__ == "__main__":  # the --smoke child: python -m ...verify PATH N_CTX THREADS [HOME [OFFLOAD_JSON]]
     try:
-        payload = _smoke_child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:5])
+        payload = _smoke_child(sys.argv[1], int(sys.argv[2]), sys.argv[3], *sys.argv[4:6])
     except Exception as exc:  # reported to the parent as one line
         payload = {"error": f"{type(exc).__name__}: {exc}"}
     sys.stdout.write(json.dumps(payload) + "\n")

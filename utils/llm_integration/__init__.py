@@ -3,6 +3,7 @@
 Nothing here knows about trading, and nothing here imports the trading package; the trading
 package builds on it. One module per concern:
 
+``runtime``         llama.cpp's thread wait policy, set before llama.cpp is first imported
 ``errors``          every error (all derive from ``LLMError``)
 ``spec``            ``LLMSpec`` / ``SamplingParams``: what a model is loaded and sampled with, defaults once
 ``chat_formats``    prompt formats for models without a usable chat template
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from utils.llm_integration import runtime as _runtime  # noqa: F401  (sets the wait policy first)
 
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(

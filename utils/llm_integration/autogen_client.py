@@ -34,7 +34,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from autogen_core import CancellationToken, Component, ComponentModel
@@ -59,7 +59,7 @@ from utils.llm_integration.files import atomic_write_text
 from utils.llm_integration.loaded_model import CallMetrics, Completion, LocalLLM, get_local_llm
 from utils.llm_integration.spec import ChatFormat, LLMSpec, SamplingParams
 
-_EXTRA_ARGS = {"max_tokens", "temperature", "top_p", "seed", "deadline_s"}
+_EXTRA_ARGS = {"max_tokens", "temperature", "top_p", "top_k", "repeat_penalty", "seed", "deadline_s"}
 
 
 class LocalLlamaConfig(BaseModel):
@@ -71,7 +71,7 @@ class LocalLlamaConfig(BaseModel):
     model_name: str = ""
     # defaults: LLMSpec's and SamplingParams' (declared once, in utils.llm_integration.spec)
     n_ctx: int = Field(LLMSpec.n_ctx, ge=256)
-    n_threads: int | None = Field(LLMSpec.n_threads, ge=1)
+    n_threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = LLMSpec.n_threads
     n_batch: int = Field(LLMSpec.n_batch, ge=8)
     use_mmap: bool = LLMSpec.use_mmap
     use_mlock: bool = LLMSpec.use_mlock
@@ -86,8 +86,13 @@ class LocalLlamaConfig(BaseModel):
     max_tokens: int = Field(SamplingParams.max_tokens, ge=1)
     temperature: float = Field(SamplingParams.temperature, ge=0.0, le=2.0)
     top_p: float = Field(SamplingParams.top_p, gt=0.0, le=1.0)
+    top_k: int = Field(SamplingParams.top_k, ge=0)
+    repeat_penalty: float = Field(SamplingParams.repeat_penalty, ge=1.0, le=2.0)
     family: str = "unknown"
     allowed_dir: str | None = Field(None, description="If set, the model file must resolve inside it.")
+    state_dir: str | None = Field(
+        None, description="Where measured thread counts and file digests are kept; null: not kept."
+    )
 
 
 def resolve_model_path(model_path: str, allowed_dir: str | Path | None = None) -> Path:
@@ -239,7 +244,8 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
     @property
     def llm(self) -> LocalLLM:
         """The shared model behind this client (loaded on first use)."""
-        return get_local_llm(self._spec)
+        state = self._config.state_dir
+        return get_local_llm(self._spec, hash_cache_dir=Path(state).expanduser() if state else None)
 
     @property
     def spec(self) -> LLMSpec:
@@ -294,6 +300,8 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
             temperature=float(extra_create_args.get("temperature", cfg.temperature)),
             top_p=float(extra_create_args.get("top_p", cfg.top_p)),
             seed=int(extra_create_args.get("seed", cfg.seed)),
+            top_k=int(extra_create_args.get("top_k", cfg.top_k)),
+            repeat_penalty=float(extra_create_args.get("repeat_penalty", cfg.repeat_penalty)),
         )
         deadline_s = extra_create_args.get("deadline_s")
         deadline = time.monotonic() + float(deadline_s) if deadline_s is not None else None

@@ -35,6 +35,14 @@ def grammar_schema(schema: Mapping[str, Any], steps: int = 20) -> dict[str, Any]
     one, validates the parsed reply.
     """
 
+    def integer_part(hi: float) -> str:
+        """Integer digits up to ``hi``: a bound like 10,000,000 is its 7-digit numbers or
+        itself, so the grammar cannot write 20,220,101 (8 digits, over the bound)."""
+        top = str(int(hi))
+        if len(top) > 1 and top == "1" + "0" * (len(top) - 1):
+            return f"([0-9]{{1,{len(top) - 1}}}|{top})"
+        return f"[0-9]{{1,{len(top)}}}"
+
     def bound(node: Mapping[str, Any], *keys: str) -> float | None:
         values = [node[k] for k in keys if node.get(k) is not None]
         return values[0] if values else None
@@ -52,13 +60,11 @@ def grammar_schema(schema: Mapping[str, Any], steps: int = 20) -> dict[str, Any]
             step = (hi - lo) / steps
             return {"enum": sorted({round(lo + i * step, 4) for i in range(steps + 1)})}
         if kind == "number" and lo is not None and lo >= 0 and hi is not None:
-            digits = len(str(int(hi)))
-            return {"type": "string", "pattern": f"^[0-9]{{1,{digits}}}([.][0-9]{{1,4}})?$"}
+            return {"type": "string", "pattern": f"^{integer_part(hi)}([.][0-9]{{1,4}})?$"}
         if kind == "integer" and lo is not None and hi is not None and hi - lo <= 100:
             return {"enum": list(range(int(lo), int(hi) + 1))}
         if kind == "integer" and lo is not None and lo >= 0:
-            digits = len(str(int(hi))) if hi is not None else 9
-            return {"type": "string", "pattern": f"^[0-9]{{1,{digits}}}$"}
+            return {"type": "string", "pattern": f"^{integer_part(hi) if hi is not None else '[0-9]{1,9}'}$"}
         return out
 
     return walk(dict(schema))

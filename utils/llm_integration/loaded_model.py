@@ -24,7 +24,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
-import os
 import threading
 import time
 from collections import deque
@@ -46,6 +45,7 @@ from utils.llm_integration.errors import (
 from utils.llm_integration.files import file_sha256
 from utils.llm_integration.grammar import json_schema_grammar, parse_json_reply, parse_reply
 from utils.llm_integration.spec import LLMSpec, Message, SamplingParams
+from utils.llm_integration.threads import ThreadChoice, choose_threads, physical_cores
 
 
 @dataclass
@@ -64,6 +64,13 @@ class CallMetrics:
     finish_reason: str
     grammar: bool
     from_response_cache: bool = False
+    # where the call's time went (seconds): llama.cpp's prompt evaluation and generation
+    # forward passes, sampling (under a grammar: its checks), the RAM state cache's saves and
+    # restores; the rest of latency_s is everything else (tokenizing, streaming, Python)
+    prompt_eval_s: float = 0.0
+    generation_s: float = 0.0
+    sampling_s: float = 0.0
+    cache_state_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,17 +82,6 @@ class Completion:
     metrics: CallMetrics
     parsed: BaseModel | None = None
     prompt: str = field(default="", repr=False)
-
-
-def physical_cores() -> int:
-    """Physical cores (llama.cpp runs best with one thread per physical core)."""
-    try:
-        import psutil
-
-        n = psutil.cpu_count(logical=False)
-    except Exception:  # psutil missing or unsupported platform
-        n = None
-    return max(1, n or os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------- loading
@@ -152,18 +148,19 @@ STDIO_LOCK = threading.Lock()
 
 
 def load_llama(path: Path, n_ctx: int, *, extra_buffers: bool | None = None, **kwargs: Any) -> Any:
-    """``llama_cpp.Llama(path, n_ctx=..., **kwargs)``, safe with a llama.cpp built with AMX.
+    """``llama_cpp.Llama(path, n_ctx=..., **kwargs)``, safe with a llama.cpp built with AMX, with
+    grammar calls sampled by :class:`~utils.llm_integration.sampling.RejectionGrammarSampler`.
 
     With AMX kernels compiled in, the extra buffer types (AMX and weight repacking) are turned
     off unless ``extra_buffers=True``; without them (our build) nothing changes.
     """
-    import llama_cpp
+    from utils.llm_integration.sampling import llama_class
 
     if extra_buffers is None:
         extra_buffers = not llama_has_amx_kernels()
     kwargs.setdefault("verbose", False)
     with STDIO_LOCK, llama_model_params_patch(use_extra_bufts=extra_buffers):
-        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, **kwargs)
+        return llama_class()(model_path=str(path), n_ctx=n_ctx, **kwargs)
 
 
 class FifoLock:
@@ -232,6 +229,7 @@ class LocalLLM:
         self._grammars: dict[str, Any] = {}
         self._add_bos = True
         self._bos_text = ""
+        self.threads: ThreadChoice | None = None  # set at load
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -265,7 +263,7 @@ class LocalLLM:
             llama = load_llama(
                 path,
                 self.spec.n_ctx,
-                n_threads=self.spec.n_threads or physical_cores(),
+                n_threads=n if isinstance(n := self.spec.n_threads, int) else physical_cores(),
                 n_batch=self.spec.n_batch,
                 use_mmap=self.spec.use_mmap,
                 use_mlock=self.spec.use_mlock,
@@ -274,6 +272,8 @@ class LocalLLM:
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(f"llama.cpp could not load {path}: {exc}") from None
+        sha = self.sha256 if self.spec.n_threads == "auto" else None
+        self.threads = choose_threads(llama, self.spec.n_threads, sha, self._hash_cache_dir)
         if self.spec.ram_cache_mb > 0:
             llama.set_cache(ram_state_cache(self.spec.ram_cache_mb << 20))
         self._setup_format(llama)
@@ -315,6 +315,13 @@ class LocalLLM:
     @property
     def n_ctx(self) -> int:
         return self.spec.n_ctx
+
+    @property
+    def n_threads(self) -> int:
+        """The thread count the loaded model runs with (``n_threads: auto`` resolved; loads it)."""
+        _ = self.llama
+        assert self.threads is not None
+        return self.threads.n_threads
 
     @property
     def sha256(self) -> str:
@@ -409,7 +416,8 @@ class LocalLLM:
             schema: a pydantic model; the reply is grammar-constrained to its JSON schema,
                 parsed and validated (``Completion.parsed``).
             json_mode: any JSON object (grammar-constrained), when no schema is given.
-            sampling: max_tokens, temperature, top_p, seed (defaults: greedy, seed 42).
+            sampling: max_tokens, temperature, top_p, top_k, repeat_penalty, seed (defaults:
+                greedy with a repeat penalty, seed 42).
             on_text: called with each streamed piece of text.
             deadline: ``time.monotonic()`` value; generation stops there and
                 :class:`DeadlineExceededError` is raised.
@@ -461,6 +469,7 @@ class LocalLLM:
                 raise GenerationCancelledError(f"generation on {self.display} was cancelled while queued")
             llama = self.llama
             llama_cpp.llama_perf_context_reset(llama._ctx.ctx)
+            llama.reset_timings()
             start = time.monotonic()
             ttft = 0.0
             n_gen = 0
@@ -469,6 +478,8 @@ class LocalLLM:
                 max_tokens=max_tokens,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                repeat_penalty=sampling.repeat_penalty,
                 seed=sampling.seed,
                 stop=stops,
                 grammar=grammar,
@@ -526,6 +537,10 @@ class LocalLLM:
             gen_tokens_per_s=round(g_rate, 1),
             finish_reason=finish,
             grammar=grammar is not None,
+            prompt_eval_s=round(perf.t_p_eval_ms / 1e3, 4),
+            generation_s=round(perf.t_eval_ms / 1e3, 4),
+            sampling_s=round(llama.timings["sampling_s"], 4),
+            cache_state_s=round(llama.timings["cache_state_s"], 4),
         )
         text = "".join(pieces)
         if grammar is not None and finish == "length":
@@ -606,6 +621,12 @@ def get_local_llm(spec: LLMSpec, *, hash_cache_dir: Path | None = None) -> Local
         if llm is None:
             llm = _REGISTRY[spec] = LocalLLM(spec, hash_cache_dir=hash_cache_dir)
         return llm
+
+
+def loaded_models() -> list[LocalLLM]:
+    """The shared models of this process that are loaded now."""
+    with _REGISTRY_LOCK:
+        return [llm for llm in _REGISTRY.values() if llm.loaded]
 
 
 def release_all() -> None:

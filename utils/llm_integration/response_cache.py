@@ -297,7 +297,10 @@ def _replayed(record: Mapping[str, Any]) -> dict[str, Any]:
     raw = record.get("metrics")
     metrics = None
     if raw is not None:
-        metrics = CallMetrics(**{**raw, "from_response_cache": True, "ttft_s": 0.0, "latency_s": 0.0})
+        spent = dict.fromkeys(
+            ("ttft_s", "latency_s", "prompt_eval_s", "generation_s", "sampling_s", "cache_state_s"), 0.0
+        )
+        metrics = CallMetrics(**{**raw, "from_response_cache": True, **spent})
         usage = RequestUsage(prompt_tokens=metrics.prompt_tokens, completion_tokens=metrics.completion_tokens)
         finish = "length" if metrics.finish_reason == "length" else "stop"
     else:

@@ -24,7 +24,9 @@ class LLMSpec:
     path: Path
     name: str = ""
     n_ctx: int = 2048
-    n_threads: int | None = None  # None: one thread per physical core
+    # "auto": measured once per model file and CPU (utils.llm_integration.threads); None: one
+    # thread per physical core; a number: exactly that
+    n_threads: int | Literal["auto"] | None = "auto"
     n_batch: int = 512
     use_mmap: bool = True
     use_mlock: bool = False
@@ -48,3 +50,6 @@ class SamplingParams:
     temperature: float = 0.0
     top_p: float = 0.95
     seed: int = LLMSpec.seed
+    top_k: int = 40
+    # >1 makes tokens of the last 64 less likely: what stops a small model's ".0.0.0.0" runs
+    repeat_penalty: float = 1.15
