@@ -416,8 +416,11 @@ def test_news_text_is_one_data_line_per_item_whatever_it_says(
 
 @pytest.mark.parametrize("headline", INJECTIONS)
 def test_an_injected_headline_cannot_lift_the_guards(headline: str) -> None:
-    """Whatever the news said and the desk replied, the order stays inside the hard limits."""
-    report = AnalystReport(
+    """Whatever the news said and the desk replied, the order stays inside the hard limits.
+
+    The rationale pattern keeps such text out of a grammar-bound reply; the report is built
+    without validation here so that the guards meet it all the same."""
+    report = AnalystReport.model_construct(
         action="BUY", conviction=1.0, horizon_days=5, key_signals=["news"], rationale=headline[:120]
     )
     verdict = RiskVerdict(decision="approve", max_position_pct=1.0, stop_loss_pct=0.0, reasons=["news"])
