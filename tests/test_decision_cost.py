@@ -252,7 +252,7 @@ def test_the_ledger_shows_what_stopped_the_executors_order(
 
     from tests.scripted_client import ScriptedClient
     from trading_agents.agents.clients import DeskModels
-    from trading_agents.agents.strategy import AgentStrategy
+    from trading_agents.agents.desk_strategy import AgentStrategy
     from trading_agents.cli.app import main
     from trading_agents.journal import Ledger, default_ledger_path
     from trading_agents.market import load_bars

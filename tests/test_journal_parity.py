@@ -91,7 +91,7 @@ def test_every_baseline_is_the_same_run_in_both_journals(name: str, tmp_path: Pa
 
 
 def test_an_agents_backtest_from_the_response_cache_is_the_same_run_in_both_journals(tmp_path: Path) -> None:
-    from trading_agents.agents.strategy import build_agent_strategy
+    from trading_agents.agents.desk_strategy import build_agent_strategy
 
     settings = load_settings()
     bars = load_bars(tickers=["GOOG"])

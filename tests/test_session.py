@@ -16,7 +16,7 @@ import pytest
 
 from tests.scripted_client import ScriptedClient
 from trading_agents.agents.clients import DeskModels
-from trading_agents.agents.strategy import AgentStrategy
+from trading_agents.agents.desk_strategy import AgentStrategy
 from trading_agents.cli.app import main
 from trading_agents.config import load_settings
 from trading_agents.journal import Ledger

@@ -15,7 +15,7 @@ import pytest
 
 from tests.scripted_client import ScriptedClient
 from trading_agents.agents.clients import DeskModels
-from trading_agents.agents.strategy import AgentStrategy
+from trading_agents.agents.desk_strategy import AgentStrategy
 from trading_agents.agents.track_record import Call, action_stats, outcome_of
 from trading_agents.config import load_settings
 from trading_agents.journal import Ledger

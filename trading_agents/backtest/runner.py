@@ -368,7 +368,7 @@ def build_strategy(name: str, request: BacktestRequest, settings: Settings, *, n
     agents' news source)."""
     if name == "agents":
         try:
-            from trading_agents.agents.strategy import build_agent_strategy
+            from trading_agents.agents.desk_strategy import build_agent_strategy
         except ImportError as exc:
             raise UserInputError(f"the agents strategy is not available in this install: {exc}") from None
         return build_agent_strategy(

@@ -185,7 +185,7 @@ def _die_with_parent() -> None:
 def agents_replay_inline(out_dir: Path, bars: int = 20) -> dict[str, Any]:
     """First run vs cached replay of an agents backtest over the last ``bars`` GOOG bars."""
     try:
-        from trading_agents.agents.strategy import build_agent_strategy
+        from trading_agents.agents.desk_strategy import build_agent_strategy
     except ImportError as exc:
         return {"skipped": f"agent strategy not importable: {exc}"}
     from trading_agents.config.settings import load_settings

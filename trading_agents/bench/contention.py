@@ -28,7 +28,7 @@ READY = "ready"
 
 def _child(days: int, home: str, threads: str) -> None:
     """One session process: load, warm up, say ready, wait for go, run, print the figures."""
-    from trading_agents.agents.strategy import build_agent_strategy
+    from trading_agents.agents.desk_strategy import build_agent_strategy
     from trading_agents.config.settings import load_settings
     from trading_agents.journal import MemoryJournal
     from trading_agents.market import load_bars

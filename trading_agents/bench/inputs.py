@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from trading_agents.agents.strategy import build_agent_strategy
+from trading_agents.agents.desk_strategy import build_agent_strategy
 from trading_agents.config.settings import load_settings
 from trading_agents.journal import MemoryJournal
 from trading_agents.market import load_bars

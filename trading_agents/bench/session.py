@@ -19,9 +19,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from trading_agents.agents.desk_strategy import AgentStrategy, build_agent_strategy
 from trading_agents.agents.replies import degenerate_reasons
 from trading_agents.agents.schemas import ROLE_SCHEMAS
-from trading_agents.agents.strategy import AgentStrategy, build_agent_strategy
 from trading_agents.bench.inputs import measure as measure_inputs
 from trading_agents.config.settings import load_settings
 from trading_agents.core import DecisionContext, StrategyDecision

@@ -86,7 +86,7 @@ def run_session(
     """
     with ExitStack() as stack:
         if strategy is None:
-            from trading_agents.agents.strategy import build_agent_strategy
+            from trading_agents.agents.desk_strategy import build_agent_strategy
 
             built = build_agent_strategy(settings, use_cache=False, stream=stream, news=news)
             stack.callback(built.close)
