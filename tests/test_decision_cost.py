@@ -85,19 +85,25 @@ def test_auto_threads_are_measured_once_then_read_from_the_cache(
     first = LocalLLM(spec, hash_cache_dir=tmp_path)
     assert first.threads is None and first.n_threads >= 1
     assert first.threads is not None and first.threads.source == "measured"
-    assert first.threads.timings_s and first.threads.n_threads in first.threads.timings_s
+    timings = first.threads.timings_s
+    assert timings and first.threads.n_threads in timings and first.threads.n_threads_batch in timings
+    # each count is the fastest of the candidates for its half of the work
+    assert timings[first.threads.n_threads]["decode"] == min(t["decode"] for t in timings.values())
+    assert timings[first.threads.n_threads_batch]["prompt"] == min(t["prompt"] for t in timings.values())
     assert first.llama.n_threads == first.n_threads
+    assert first.llama.n_threads_batch == first.threads.n_threads_batch
     saved = json.loads((tmp_path / THREADS_FILE).read_text())
     [(key, entry)] = saved.items()
     assert key == f"{first.sha256}|{cpu_signature()}" and entry["n_threads"] == first.n_threads
+    assert entry["n_threads_batch"] == first.threads.n_threads_batch
     first.close()
 
     # a planted choice proves the second load reads the cache instead of measuring again
-    saved[key]["n_threads"] = 7
+    saved[key]["n_threads"], saved[key]["n_threads_batch"] = 7, 3
     (tmp_path / THREADS_FILE).write_text(json.dumps(saved))
     second = LocalLLM(spec, hash_cache_dir=tmp_path)
     assert second.n_threads == 7 and second.threads is not None and second.threads.source == "cached"
-    assert second.llama.n_threads == 7
+    assert second.llama.n_threads == 7 and second.llama.n_threads_batch == 3
     assert second.complete(
         [{"role": "user", "content": "Say OK."}], sampling=SamplingParams(max_tokens=4)
     ).text
@@ -107,7 +113,7 @@ def test_auto_threads_are_measured_once_then_read_from_the_cache(
 def test_an_explicit_thread_count_wins_over_the_cache(embedded_model: Path, tmp_path: Path) -> None:
     auto = LocalLLM(LLMSpec(path=embedded_model, ram_cache_mb=0), hash_cache_dir=tmp_path)
     key = f"{auto.sha256}|{cpu_signature()}"
-    (tmp_path / THREADS_FILE).write_text(json.dumps({key: {"n_threads": 5}}))
+    (tmp_path / THREADS_FILE).write_text(json.dumps({key: {"n_threads": 5, "n_threads_batch": 5}}))
     explicit = LocalLLM(LLMSpec(path=embedded_model, n_threads=1, ram_cache_mb=0), hash_cache_dir=tmp_path)
     assert explicit.n_threads == 1 and explicit.threads is not None and explicit.threads.source == "explicit"
     assert explicit.llama.n_threads == 1 and explicit.llama.n_threads_batch == 1

@@ -17,7 +17,7 @@ from typing import Any
 from trading_agents.agents.clients import DeskModels, build_desk_models
 from trading_agents.agents.guards import outcome_to_intent
 from trading_agents.agents.inputs import DeskInputs
-from trading_agents.agents.prompts import render_task
+from trading_agents.agents.prompts import desk_rules, render_task
 from trading_agents.agents.team import TeamOutcome, TradingTeam
 from trading_agents.config.settings import Settings
 from trading_agents.core import DecisionContext, OrderIntent, StrategyDecision
@@ -43,7 +43,7 @@ class AgentStrategy:
         self.settings = settings
         self.blind = blind
         self.include_prompts = include_prompts
-        self.team = TradingTeam(desk.clients, stream=stream)
+        self.team = TradingTeam(desk.clients, stream=stream, system_message=desk_rules(settings.risk))
         self.on_event: Callable[[str, Any], None] | None = None
         self.on_ticker: Callable[[str, Any], None] | None = None
         self._loop = asyncio.new_event_loop()
@@ -71,7 +71,6 @@ class AgentStrategy:
                 label,
                 ctx.portfolio,
                 ticker,
-                self.settings.risk,
                 track_record=seen.track_text,
             )
             if self.on_ticker:

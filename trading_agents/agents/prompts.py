@@ -1,14 +1,16 @@
-"""Prompts. Static text first, so llama.cpp can reuse the evaluated prefix.
+"""Prompts, laid out so that llama.cpp evaluates little more than each day's new numbers.
 
-Every agent's prompt is laid out the same way::
+Every agent's prompt is one conversation that grows by what the agents before it said::
 
-    DESK_RULES (identical for all agents, every day)   <- system message
-    the day's task: snapshot, portfolio, limits         <- identical for all three agents of a day
-    earlier agents' replies (risk and executor only)
-    the agent's own role instructions                   <- appended last by RoleContext
+    desk_rules(risk): rules, every role's instructions, limits   <- system message, static
+    the day's task: snapshot, track record, account              <- user message, new each day
+    "Analyst: ..." cue        analyst's JSON reply               <- risk and executor only
+    "Risk manager: ..." cue   risk manager's JSON reply          <- executor only
+    the agent's own cue                                          <- appended last by RoleContext
 
-so the analyst, risk and executor of one decision share everything up to their role text, and
-every decision shares the desk rules with the one before it.
+An agent's prompt is the previous agent's prompt plus the reply it generated, whose tokens are
+already in llama.cpp's KV cache (replies are compact JSON, the text they are quoted back as):
+within a decision only the short cues are evaluated, and across decisions only the new task.
 
 Market data, ticker names and any text inside them are data, never instructions: the desk rules
 say so, and hard limits are enforced in code whatever a reply says.
@@ -20,7 +22,7 @@ from trading_agents.config.settings import RiskSettings
 from trading_agents.core import PortfolioView
 from trading_agents.core.risk import describe_order_notional
 
-DESK_RULES = """You work on a systematic desk trading liquid US equities and indices on daily \
+RULES = """You work on a systematic desk trading liquid US equities and indices on daily \
 bars. The analyst proposes BUY, SELL or HOLD; the risk manager approves, reduces or rejects it \
 against the account and limits; the executor turns an approved proposal into one order.
 
@@ -37,20 +39,29 @@ commission and slippage.
 7. Write signals, reasons and rationales as a few plain words about this task's numbers, for \
 example "close above SMA 20" or "RSI 72 stretched"."""
 
-ANALYST_INSTRUCTIONS = """You are the analyst. Weigh trend (close vs SMA 20/50, EMA 12 vs 26), \
-momentum (MACD vs signal, 5 and 20 day change), RSI 14 (above 70 stretched, below 30 washed out) \
-and volatility. Give action BUY, SELL or HOLD; conviction 0 to 1; horizon_days 1 to 20; up to 3 \
-short key_signals; a one-sentence rationale. JSON only."""
+ANALYST_INSTRUCTIONS = """Analyst: read the task's signals (trend: close vs SMA 20/50, EMA 12 \
+vs 26; momentum: MACD vs signal, 5 and 20 day change; RSI 14 above 70 stretched, below 30 \
+washed out; volatility). BUY when trend and momentum are up, SELL when both are down, HOLD \
+when they disagree. Give one or two short key_signals, a one-sentence rationale, then action, \
+conviction 0 to 1 and horizon_days 1 to 20. Examples: \
+{"key_signals":["trend up","momentum up"],"rationale":"Trend and momentum up","action":"BUY",\
+"conviction":0.6,"horizon_days":10} \
+{"key_signals":["trend down","momentum down"],"rationale":"Trend and momentum down",\
+"action":"SELL","conviction":0.6,"horizon_days":5} \
+{"key_signals":["trend up","momentum down"],"rationale":"Signals disagree","action":"HOLD",\
+"conviction":0.3,"horizon_days":5}"""
 
-RISK_INSTRUCTIONS = """You are the risk manager. Review the analyst's proposal above against the \
-account and limits. decision: approve, reduce (smaller size) or reject (no trade); \
-max_position_pct: largest position as a fraction of equity, within the limit; stop_loss_pct: stop \
-distance below entry, wider when volatile; up to 3 short reasons. JSON only."""
+RISK_INSTRUCTIONS = """Risk manager: review the analyst's proposal against the account and \
+limits. decision: approve, reduce (smaller size) or reject (no trade); max_position_pct: largest \
+position as a fraction of equity, within the limit; stop_loss_pct: stop distance below entry, \
+wider when volatile; one or two short reasons. Example: \
+{"decision":"reduce","max_position_pct":0.1,"stop_loss_pct":0.05,"reasons":["ATR 2% of close"]}"""
 
-EXECUTOR_INSTRUCTIONS = """You are the executor. Turn the approved proposal above into one order: \
-side buy, sell or none; quantity in whole shares (a buy at most max_position_pct of equity over \
-the last close minus shares held; a sell at most the shares held); order_type market, or limit \
-with a limit_price near the last close; time_in_force day. JSON only."""
+EXECUTOR_INSTRUCTIONS = """Executor: turn the approved proposal into one order: side buy, sell \
+or none; quantity in whole shares (a buy at most max_position_pct of equity over the last close \
+minus shares held; a sell at most the shares held); order_type market, or limit with a \
+limit_price near the last close; time_in_force day. Example: \
+{"side":"buy","quantity":"12","order_type":"market","time_in_force":"day","limit_price":null}"""
 
 ROLE_INSTRUCTIONS: dict[str, str] = {
     "analyst": ANALYST_INSTRUCTIONS,
@@ -58,35 +69,50 @@ ROLE_INSTRUCTIONS: dict[str, str] = {
     "executor": EXECUTOR_INSTRUCTIONS,
 }
 
+# the last message of each agent's prompt: its role, the instructions being in the system message
+ROLE_CUES: dict[str, str] = {
+    "analyst": "You are the analyst. Reply with the analyst's JSON.",
+    "risk": "You are the risk manager. Reply with the risk manager's JSON.",
+    "executor": "You are the executor. Reply with the executor's JSON.",
+}
+
+
+def desk_rules(risk: RiskSettings) -> str:
+    """The system message every agent gets: rules, every role's instructions and the limits.
+
+    The same for all agents and all days of a session, so llama.cpp evaluates it once.
+    """
+    return "\n\n".join(
+        [
+            RULES,
+            "Roles and reply shapes:\n" + "\n".join(ROLE_INSTRUCTIONS.values()),
+            "LIMITS\n"
+            f"max position: {risk.max_position_pct:.0%} of equity per instrument\n"
+            f"max order notional: {describe_order_notional(risk)}\n"
+            f"short selling: {'allowed' if risk.allow_short else 'not allowed'}",
+        ]
+    )
+
 
 def render_task(
     snapshot_text: str,
     ticker_label: str,
     portfolio: PortfolioView,
     ticker: str,
-    risk: RiskSettings,
     track_record: str = "",
 ) -> str:
     """The day's task for all three agents: snapshot (with its news), the desk's track record
-    when there is one, the account, the limits (deterministic text)."""
+    when there is one, and the account (deterministic text; the limits are in
+    :func:`desk_rules`)."""
     held = int(portfolio.positions.get(ticker, 0))
     price = float(portfolio.prices.get(ticker, 0.0))
     value = held * price
     pct = value / portfolio.equity if portfolio.equity > 0 else 0.0
     lines = [
-        "TASK",
         snapshot_text,
-        *(["", track_record] if track_record else []),
-        "",
-        "ACCOUNT",
-        f"equity: {portfolio.equity:,.2f}",
-        f"cash: {portfolio.cash:,.2f}",
-        f"{ticker_label} shares held: {held} (value {value:,.2f}, {pct:.1%} of equity)",
-        f"risk state: {portfolio.risk_state}",
-        "",
-        "LIMITS",
-        f"max position: {risk.max_position_pct:.0%} of equity per instrument",
-        f"max order notional: {describe_order_notional(risk)}",
-        f"short selling: {'allowed' if risk.allow_short else 'not allowed'}",
+        *([track_record] if track_record else []),
+        f"ACCOUNT equity {portfolio.equity:,.2f}, cash {portfolio.cash:,.2f}, risk state"
+        f" {portfolio.risk_state}; {ticker_label} shares held {held} (value {value:,.2f},"
+        f" {pct:.1%} of equity)",
     ]
     return "\n".join(lines)

@@ -12,14 +12,23 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-Signal = Annotated[str, StringConstraints(max_length=40)]
-Reason = Annotated[str, StringConstraints(max_length=60)]
-
-# A rationale is words: it starts with a letter and no "word" is longer than 14 characters, so
-# the grammar itself stops a run like ".0.0.0.0..." from filling the field (at most 8 words,
-# 119 characters: within max_length)
 _WORD = "[A-Za-z0-9%.,:;+/'()$-]"
-RATIONALE_PATTERN = rf"^[A-Za-z]{_WORD}{{0,13}}( {_WORD}{{1,14}}){{0,7}}$"
+
+
+def words_pattern(words: int, longest: int) -> str:
+    """Text of 1 to ``words`` words of at most ``longest`` characters, the first starting with
+    a letter and at least 2 long: so the grammar itself stops a run like ".0.0.0.0..." or a
+    string of random capitals, and the longest match, ``words * (longest + 1) - 1`` characters,
+    is within the field's max_length (the grammar follows the pattern, not max_length)."""
+    return rf"^[A-Za-z]{_WORD}{{1,{longest - 1}}}( {_WORD}{{1,{longest}}}){{0,{words - 1}}}$"
+
+
+RATIONALE_PATTERN = words_pattern(8, 14)  # at most 119 characters
+SIGNAL_PATTERN = words_pattern(4, 9)  # at most 39
+REASON_PATTERN = words_pattern(5, 11)  # at most 59
+
+Signal = Annotated[str, StringConstraints(min_length=2, max_length=40, pattern=SIGNAL_PATTERN)]
+Reason = Annotated[str, StringConstraints(min_length=2, max_length=60, pattern=REASON_PATTERN)]
 
 
 class _Reply(BaseModel):
@@ -27,13 +36,17 @@ class _Reply(BaseModel):
 
 
 class AnalystReport(_Reply):
-    """The analyst's read of one instrument at one bar's close."""
+    """The analyst's read of one instrument at one bar's close.
 
+    Signals and rationale come before the action: the reply states what it sees, then
+    decides, instead of justifying an action it picked first.
+    """
+
+    key_signals: list[Signal] = Field(min_length=1, max_length=2)
+    rationale: str = Field(max_length=120, pattern=RATIONALE_PATTERN)
     action: Literal["BUY", "SELL", "HOLD"]
     conviction: float = Field(ge=0.0, le=1.0, description="0 = none, 1 = certain")
     horizon_days: int = Field(ge=1, le=20, description="expected holding period in trading days")
-    key_signals: list[Signal] = Field(min_length=1, max_length=3)
-    rationale: str = Field(max_length=120, pattern=RATIONALE_PATTERN)
 
 
 class RiskVerdict(_Reply):
@@ -42,7 +55,7 @@ class RiskVerdict(_Reply):
     decision: Literal["approve", "reduce", "reject"]
     max_position_pct: float = Field(ge=0.0, le=1.0, description="largest position, fraction of equity")
     stop_loss_pct: float = Field(ge=0.0, le=0.5, description="stop distance below entry, fraction")
-    reasons: list[Reason] = Field(min_length=1, max_length=3)
+    reasons: list[Reason] = Field(min_length=1, max_length=2)
 
 
 class OrderProposal(_Reply):

@@ -4,8 +4,10 @@ Each agent is a stock ``autogen_agentchat`` ``AssistantAgent`` with structured o
 (``output_content_type``) on its own model client; the clients may share one loaded model.
 Edges are conditional: the risk manager runs only when the analyst proposes a trade, the
 executor only when the risk manager approves or reduces. Every agent's prompt starts with the
-same static desk rules and the day's task and ends with its role text (:class:`RoleContext`),
-so llama.cpp reuses the shared prefix.
+same static desk rules and the day's task; :class:`RoleContext` quotes the earlier agents'
+replies back as the turns they were and ends with the agent's own cue, so each prompt extends
+the one before it and llama.cpp evaluates only what is new (see
+:mod:`trading_agents.agents.prompts`).
 
 The team only proposes. :mod:`trading_agents.agents.guards` and the risk engine turn the
 replies into an order under hard limits that no reply can bypass.
@@ -23,25 +25,39 @@ from autogen_agentchat.base import TaskResult
 from autogen_agentchat.messages import BaseChatMessage, StructuredMessage, TextMessage
 from autogen_agentchat.teams import DiGraphBuilder, GraphFlow
 from autogen_core.model_context import UnboundedChatCompletionContext
-from autogen_core.models import ChatCompletionClient, LLMMessage, UserMessage
+from autogen_core.models import AssistantMessage, ChatCompletionClient, LLMMessage, UserMessage
 from pydantic import BaseModel
 
-from trading_agents.agents.prompts import DESK_RULES, ROLE_INSTRUCTIONS
+from trading_agents.agents.prompts import ROLE_CUES, desk_rules
 from trading_agents.agents.schemas import ROLE_SCHEMAS, AnalystReport, OrderProposal, RiskVerdict
+from trading_agents.config.settings import RiskSettings
 
 ROLES = ("analyst", "risk", "executor")
 
 
 class RoleContext(UnboundedChatCompletionContext):
-    """Model context that appends the agent's role instructions after the shared thread."""
+    """Model context that lays the shared thread out as one conversation.
 
-    def __init__(self, instructions: str) -> None:
+    Each earlier agent's reply becomes that agent's cue and its reply as an assistant turn,
+    exactly as it was asked and answered, then the agent's own cue comes last. So the analyst's
+    prompt plus its reply is the start of the risk manager's prompt, and so on: the reply's
+    tokens are reused from llama.cpp's KV cache instead of evaluated again.
+    """
+
+    def __init__(self, role: str) -> None:
         super().__init__()
-        self._instructions = instructions
+        self._cue = ROLE_CUES[role]
 
     async def get_messages(self) -> list[LLMMessage]:
-        messages = await super().get_messages()
-        return [*messages, UserMessage(content=self._instructions, source="desk")]
+        out: list[LLMMessage] = []
+        for message in await super().get_messages():
+            source = getattr(message, "source", "")
+            if isinstance(message, UserMessage) and source in ROLE_CUES and isinstance(message.content, str):
+                out.append(UserMessage(content=ROLE_CUES[source], source="desk"))
+                out.append(AssistantMessage(content=message.content, source=source))
+            else:
+                out.append(message)
+        return [*out, UserMessage(content=self._cue, source="desk")]
 
 
 @dataclass
@@ -113,9 +129,17 @@ class TradingTeam:
     Args:
         clients: one model client per role (``analyst``, ``risk``, ``executor``).
         stream: stream tokens from the clients (``create_stream``) instead of ``create``.
+        system_message: what every agent is told first (:func:`~trading_agents.agents.prompts.desk_rules`
+            for the session's limits; the default limits when not given).
     """
 
-    def __init__(self, clients: Mapping[str, ChatCompletionClient], *, stream: bool = True) -> None:
+    def __init__(
+        self,
+        clients: Mapping[str, ChatCompletionClient],
+        *,
+        stream: bool = True,
+        system_message: str | None = None,
+    ) -> None:
         missing = [r for r in ROLES if r not in clients]
         if missing:
             raise ValueError(f"missing model clients for roles {missing}")
@@ -124,8 +148,8 @@ class TradingTeam:
             role: AssistantAgent(
                 role,
                 model_client=self.clients[role],
-                system_message=DESK_RULES,
-                model_context=RoleContext(ROLE_INSTRUCTIONS[role]),
+                system_message=system_message or desk_rules(RiskSettings()),
+                model_context=RoleContext(role),
                 output_content_type=ROLE_SCHEMAS[role],
                 model_client_stream=stream,
                 description=f"the desk's {role}",

@@ -1,7 +1,9 @@
 """``bench session``: what a decision costs, and what the framework adds to llama.cpp.
 
 A session of N trading days (60, or 5 with ``--quick``) runs the desk on the embedded model
-over bundled GOOG bars. Reported: per-agent latency; prompt and completion tokens per decision
+over bundled GOOG bars ending on :data:`WINDOW_END`: a window with a fall (October 2012, -16%)
+and a recovery, so ``analyst_actions`` shows whether the analyst's action follows the market.
+Reported: per-agent latency; prompt and completion tokens per decision
 (TradingAgents spends 11 LLM calls and 20+ tool calls per decision); the share of prompt tokens
 served from the KV cache; and framework overhead: each decision's wall time (snapshot, AutoGen
 team, guards) divided by the time raw llama.cpp takes for the same prompts and outputs, replayed
@@ -123,13 +125,17 @@ def _time_breakdown(steps: list[Any]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in out.items()}
 
 
+WINDOW_END = "2013-01-02"
+
+
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     days = 5 if quick else 60
     with tempfile.TemporaryDirectory() as home:
         # the plain desk: no news, no track record (their cost is measured next to it, below)
         settings = load_settings(overrides={"paths.home": home, "memory.enabled": False})
         bars = load_bars(tickers=["GOOG"])
-        dates = bars["GOOG"].index[-days:]
+        index = bars["GOOG"].index
+        dates = index[index <= WINDOW_END][-days:]
         strategy = build_agent_strategy(settings, use_cache=False, stream=True)
         primary = strategy.desk.primary
         llm: LocalLLM = strategy.desk.clients["analyst"].llm  # type: ignore[attr-defined]
@@ -205,7 +211,9 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         "degenerate_reply_share": round(len(degenerate) / len(flagged), 3) if flagged else None,
         "degenerate_reply_share_target": 0.0,
         "degenerate_examples": [f"{role}: {'; '.join(why)}" for role, why in degenerate[:5]],
+        "window": [str(dates[0].date()), str(dates[-1].date())],
         "analyst_actions": dict(actions),
+        "analyst_actions_vary": len(actions) > 1,
         "threads": llm.n_threads,
         "tokens_per_decision": round(total_tokens / decisions, 1) if decisions else None,
         "tokens_per_decision_target": 3000,

@@ -271,6 +271,7 @@ def snapshot_to_prompt(
         f"{pct(s.volatility_20d_pct, signed=False)}; drawdown from peak {pct(s.drawdown_pct)}.",
         f"{year}; volume vs 20-day average "
         f"{f'{s.volume_ratio_20d:.2f}x' if s.volume_ratio_20d is not None else 'n/a'}.",
+        *([f"Signals: {reading}."] if (reading := signal_reading(s)) else []),
     ]
     if s.news is not None:
         day = s.decision_date or s.as_of
@@ -278,6 +279,25 @@ def snapshot_to_prompt(
             news_to_prompt(s.news, s.ticker, day, blind=blind, names=names, max_chars=max_news_chars)
         )
     return "\n".join(lines)
+
+
+def signal_reading(s: MarketSnapshot) -> str:
+    """The snapshot's comparisons in words, read the way the desk rules weigh them: trend up
+    when the close is above SMA50 and EMA12 above EMA26 (down when both are below, mixed
+    otherwise), momentum up or down as MACD is above or below its signal, RSI stretched above
+    70 and washed out below 30. The same numbers as the lines above, so a small model need not
+    compare decimals to see the trend; empty when the history is too short."""
+    parts: list[str] = []
+    if None not in (s.sma_50, s.ema_12, s.ema_26):
+        above = (s.last_close >= s.sma_50, s.ema_12 >= s.ema_26)  # type: ignore[operator]
+        trend = "up" if all(above) else "down" if not any(above) else "mixed"
+        parts.append(f"trend {trend}")
+    if s.macd is not None and s.macd_signal is not None:
+        parts.append(f"momentum {'up' if s.macd >= s.macd_signal else 'down'}")
+    if s.rsi_14 is not None:
+        mood = "stretched" if s.rsi_14 > 70 else "washed out" if s.rsi_14 < 30 else "neutral"
+        parts.append(f"RSI {s.rsi_14:.0f} {mood}")
+    return ", ".join(parts)
 
 
 def _price(value: float) -> float:

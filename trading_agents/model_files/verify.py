@@ -382,7 +382,9 @@ def _threads_text(threads: dict[str, Any] | None) -> str:
     how = {"measured": "auto, measured now", "cached": "auto, measured before"}.get(
         threads["source"], threads["source"]
     )
-    return f"{threads['n_threads']} thread{'s' if threads['n_threads'] != 1 else ''} ({how})"
+    n, batch = threads["n_threads"], threads.get("n_threads_batch", threads["n_threads"])
+    prompts = f", {batch} for prompts" if batch != n else ""
+    return f"{n} thread{'s' if n != 1 else ''}{prompts} ({how})"
 
 
 @cache

@@ -21,6 +21,11 @@ from utils.llm_integration.errors import InvalidOutputError, OutputTruncatedErro
 # (llama.cpp's own converter excludes them); strict JSON parsers, AutoGen's included, reject them
 LOOSE_CHAR_RULE = 'char ::= [^"\\\\] |'
 STRICT_CHAR_RULE = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+# replies are compact JSON (no space after ':' or ','): fewer tokens to generate, and the very
+# text pydantic's model_dump_json writes, so a reply quoted back into a later prompt is the
+# same tokens as it was generated (and is reused from the KV cache)
+LOOSE_SPACE_RULE = 'space ::= " "?'
+COMPACT_SPACE_RULE = 'space ::= ""'
 
 
 def grammar_schema(schema: Mapping[str, Any], steps: int = 20) -> dict[str, Any]:
@@ -76,7 +81,9 @@ def json_schema_grammar(schema_json: Mapping[str, Any]) -> Any:
     from llama_cpp import LlamaGrammar
 
     grammar = LlamaGrammar.from_json_schema(json.dumps(grammar_schema(schema_json)), verbose=False)
-    grammar._grammar = grammar._grammar.replace(LOOSE_CHAR_RULE, STRICT_CHAR_RULE)
+    grammar._grammar = grammar._grammar.replace(LOOSE_CHAR_RULE, STRICT_CHAR_RULE).replace(
+        LOOSE_SPACE_RULE, COMPACT_SPACE_RULE
+    )
     return grammar
 
 

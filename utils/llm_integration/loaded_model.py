@@ -13,7 +13,11 @@ Prefix reuse
     llama.cpp keeps the KV cache of the previous prompt and re-evaluates only the tokens after
     the longest common prefix; a RAM state cache (``ram_cache_mb``) keeps earlier prompts'
     states too, so agents whose prompts start with the same static instructions share them.
-    ``CallMetrics.cached_prompt_tokens`` counts the prompt tokens that were not evaluated.
+    A prompt that starts with the previous prompt and the reply generated to it (a reply
+    quoted back as the assistant's turn) keeps that reply's tokens as they were generated:
+    under a grammar they are often not the tokenizer's own split of the same text, and
+    re-tokenizing would throw their KV cache away. ``CallMetrics.cached_prompt_tokens``
+    counts the prompt tokens that were not evaluated.
 
 Replay is not this module's business: :mod:`utils.llm_integration.response_cache` wraps a
 model client.
@@ -230,6 +234,9 @@ class LocalLLM:
         self._add_bos = True
         self._bos_text = ""
         self.threads: ThreadChoice | None = None  # set at load
+        # the last call's prompt text plus reply text, and the tokens the KV cache holds for it
+        self._kv_text = ""
+        self._kv_tokens: list[int] = []
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -344,6 +351,35 @@ class LocalLLM:
         llama = self.llama
         add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
         return list(llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+
+    def prompt_tokens(self, prompt: str) -> list[int]:
+        """Tokens of a prompt to generate from: the previous call's prompt and reply tokens
+        as they are in the KV cache when the prompt starts with their text, then the rest."""
+        kv_text, kv_tokens = self._kv_text, self._kv_tokens
+        if kv_text and prompt.startswith(kv_text):
+            rest = prompt[len(kv_text) :]
+            llama = self.llama
+            return [*kv_tokens, *llama.tokenize(rest.encode("utf-8"), add_bos=False, special=True)]
+        return self.tokenize(prompt)
+
+    def _remember_reply(self, prompt: str, tokens: Sequence[int], text: str) -> None:
+        """Keep the prompt and the reply tokens that spell ``text``, for :meth:`prompt_tokens`."""
+        llama = self._llama
+        self._kv_text, self._kv_tokens = "", []
+        if llama is None or not text:
+            return
+        generated = list(llama._input_ids[len(tokens) : llama.n_tokens])
+        if list(llama._input_ids[: len(tokens)]) != list(tokens):
+            return
+        spelled = b""
+        want = text.encode("utf-8")
+        for k, token in enumerate(generated, start=1):
+            spelled += llama.detokenize([token], special=True)
+            if spelled == want:
+                self._kv_text, self._kv_tokens = prompt + text, [*tokens, *generated[:k]]
+                return
+            if not want.startswith(spelled):
+                return
 
     def cached_prefix(self, tokens: Sequence[int]) -> int:
         """How many leading ``tokens`` the KV cache holds from the last call (0 when not loaded)."""
@@ -468,6 +504,8 @@ class LocalLLM:
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelledError(f"generation on {self.display} was cancelled while queued")
             llama = self.llama
+            tokens = self.prompt_tokens(prompt)  # under the lock: it reads what the KV holds
+            max_tokens = max(1, min(sampling.max_tokens, self.spec.n_ctx - len(tokens)))
             llama_cpp.llama_perf_context_reset(llama._ctx.ctx)
             llama.reset_timings()
             start = time.monotonic()
@@ -516,10 +554,14 @@ class LocalLLM:
                 stream.close()
             latency = time.monotonic() - start
             perf = llama_cpp.llama_perf_context(llama._ctx.ctx)
+            self._remember_reply(prompt, tokens, "".join(pieces))
+        timings = llama.timings
         evaluated = max(0, int(perf.n_p_eval))
-        generated = max(n_gen, int(perf.n_eval))
-        p_rate = perf.n_p_eval / (perf.t_p_eval_ms / 1e3) if perf.t_p_eval_ms > 0 else 0.0
-        g_rate = perf.n_eval / (perf.t_eval_ms / 1e3) if perf.t_eval_ms > 0 else 0.0
+        prompt_s = perf.t_p_eval_ms / 1e3
+        gen_s = perf.t_eval_ms / 1e3
+        generated = int(timings["sampled"]) or max(n_gen, int(perf.n_eval))
+        p_rate = evaluated / prompt_s if prompt_s > 0 else 0.0
+        g_rate = generated / gen_s if gen_s > 0 else 0.0
         # the router plans with what a reply token really costs: sampling under a grammar and
         # streaming take as long as the forward pass on small models, and llama.cpp counts neither
         wall_rate = (generated - 1) / (latency - ttft) if generated > 1 and latency > ttft > 0 else 0.0
@@ -537,10 +579,10 @@ class LocalLLM:
             gen_tokens_per_s=round(g_rate, 1),
             finish_reason=finish,
             grammar=grammar is not None,
-            prompt_eval_s=round(perf.t_p_eval_ms / 1e3, 4),
-            generation_s=round(perf.t_eval_ms / 1e3, 4),
-            sampling_s=round(llama.timings["sampling_s"], 4),
-            cache_state_s=round(llama.timings["cache_state_s"], 4),
+            prompt_eval_s=round(prompt_s, 4),
+            generation_s=round(gen_s, 4),
+            sampling_s=round(timings["sampling_s"], 4),
+            cache_state_s=round(timings["cache_state_s"], 4),
         )
         text = "".join(pieces)
         if grammar is not None and finish == "length":

@@ -1,12 +1,15 @@
 """``n_threads: auto``: the llama.cpp thread count chosen by measuring, once per model and CPU.
 
-More threads are not always faster: a small model on two cores runs faster on one thread
-(the threads' synchronisation costs more than the split saves), a large one is memory-bound
-and stops gaining at some count. :func:`choose_threads` times a short prompt evaluation and
-a few single-token decodes (the two halves of a decision's cost) at each candidate count on
-the loaded model, keeps the fastest, and remembers it in ``<cache_dir>/threads.json`` under
-the model's sha256 and the CPU (model name, logical and physical core counts), so the next
-load on this machine reuses the choice without measuring.
+More threads are not always faster, and the two halves of a decision's cost do not agree on
+the count: on two cores a small model evaluates a prompt (a batch, compute-bound) almost twice
+as fast on two threads, but decodes one token at a time faster on one (the threads'
+synchronisation costs more than the split saves); a large model is memory-bound and stops
+gaining at some count. :func:`choose_threads` times a prompt evaluation and a run of
+single-token decodes at each candidate count on the loaded model and keeps the fastest count
+for each: llama.cpp's ``n_threads_batch`` (prompts) and ``n_threads`` (decoding). The choice is
+remembered in ``<cache_dir>/threads.json`` under the model's sha256 and the CPU (model name,
+logical and physical core counts), so the next load on this machine reuses it without
+measuring.
 """
 
 from __future__ import annotations
@@ -24,22 +27,29 @@ from typing import Any
 from utils.llm_integration.files import atomic_write_text
 
 THREADS_FILE = "threads.json"
-PROBE_PROMPT_TOKENS = 32
+PROBE_PROMPT_TOKENS = 96
 PROBE_DECODES = 12
 _LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
 class ThreadChoice:
-    """The thread count a model runs with and where it came from."""
+    """The thread counts a model runs with (decoding, prompt batches) and where they came from."""
 
     n_threads: int
     source: str  # "explicit" | "measured" | "cached" | "default"
-    timings_s: dict[int, float] | None = None  # per candidate, when measured
+    # per candidate count, when measured: seconds for the probe prompt and for the probe decodes
+    timings_s: dict[int, dict[str, float]] | None = None
+    n_threads_batch: int = 0  # 0: as n_threads
+
+    def __post_init__(self) -> None:
+        if not self.n_threads_batch:
+            object.__setattr__(self, "n_threads_batch", self.n_threads)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "n_threads": self.n_threads,
+            "n_threads_batch": self.n_threads_batch,
             "source": self.source,
             **({"timings_s": {str(k): v for k, v in self.timings_s.items()}} if self.timings_s else {}),
         }
@@ -82,27 +92,27 @@ def _cache_key(sha256: str) -> str:
     return f"{sha256}|{cpu_signature()}"
 
 
-def cached_threads(cache_dir: Path | None, sha256: str) -> int | None:
-    """The remembered choice for this model and CPU, or None."""
+def cached_threads(cache_dir: Path | None, sha256: str) -> tuple[int, int] | None:
+    """The remembered (decode, batch) thread counts for this model and CPU, or None (also for
+    an entry from before batch threads were measured: it is measured again)."""
     if cache_dir is None:
         return None
     path = cache_dir / THREADS_FILE
-    with contextlib.suppress(OSError, ValueError, TypeError):
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         value = json.loads(path.read_text()).get(_cache_key(sha256))
-        if isinstance(value, dict) and int(value["n_threads"]) >= 1:
-            return int(value["n_threads"])
+        if isinstance(value, dict) and min(int(value["n_threads"]), int(value["n_threads_batch"])) >= 1:
+            return int(value["n_threads"]), int(value["n_threads_batch"])
     return None
 
 
-def remember_threads(cache_dir: Path, sha256: str, n_threads: int, timings: dict[int, float]) -> None:
+def remember_threads(cache_dir: Path, sha256: str, choice: ThreadChoice) -> None:
     path = cache_dir / THREADS_FILE
     with _LOCK:
         saved: dict[str, Any] = {}
         with contextlib.suppress(OSError, ValueError):
             saved = json.loads(path.read_text())
         saved[_cache_key(sha256)] = {
-            "n_threads": n_threads,
-            "timings_s": {str(k): v for k, v in timings.items()},
+            **{k: v for k, v in choice.to_dict().items() if k != "source"},
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         with contextlib.suppress(OSError):
@@ -110,28 +120,32 @@ def remember_threads(cache_dir: Path, sha256: str, n_threads: int, timings: dict
             atomic_write_text(path, json.dumps(saved, indent=1, sort_keys=True))
 
 
-def measure_threads(llama: Any, counts: list[int], repeats: int = 2) -> dict[int, float]:
-    """Seconds for a short prompt evaluation plus a few decodes at each thread count (best of
-    ``repeats``) on a loaded ``llama_cpp.Llama``; leaves its KV cache empty."""
+def measure_threads(llama: Any, counts: list[int], repeats: int = 2) -> dict[int, dict[str, float]]:
+    """Seconds for a prompt evaluation (``prompt``) and for a run of single-token decodes
+    (``decode``) at each thread count (best of ``repeats`` each) on a loaded
+    ``llama_cpp.Llama``; leaves its KV cache empty."""
     from llama_cpp import llama_cpp as lib
 
     bos = llama.token_bos()
     vocab = llama.n_vocab()
     # any fixed tokens do: the cost of a forward pass does not depend on which tokens they are
     prompt = [bos if bos >= 0 else 1] + [(97 + 31 * i) % vocab for i in range(PROBE_PROMPT_TOKENS - 1)]
-    timings: dict[int, float] = {}
+    timings: dict[int, dict[str, float]] = {}
     try:
         for n in counts:
             lib.llama_set_n_threads(llama._ctx.ctx, n, n)
-            best = float("inf")
+            best = {"prompt": float("inf"), "decode": float("inf")}
             for _ in range(repeats + 1):  # the first pass at a count warms it up
                 llama.reset()
                 t = time.perf_counter()
                 llama.eval(prompt)
+                t_prompt = time.perf_counter() - t
+                t = time.perf_counter()
                 for i in range(PROBE_DECODES):
                     llama.eval([prompt[1 + i % (len(prompt) - 1)]])
-                best = min(best, time.perf_counter() - t)
-            timings[n] = round(best, 4)
+                t_decode = time.perf_counter() - t
+                best = {"prompt": min(best["prompt"], t_prompt), "decode": min(best["decode"], t_decode)}
+            timings[n] = {k: round(v, 4) for k, v in best.items()}
     finally:
         llama.reset()
     return timings
@@ -143,10 +157,11 @@ def choose_threads(
     sha256: str | None,
     cache_dir: Path | None,
 ) -> ThreadChoice:
-    """The thread count for ``llama`` (loaded with the physical core count) and set it.
+    """The thread counts for ``llama`` (loaded with the physical core count), set on it.
 
-    An explicit number wins; ``None`` means the physical core count; ``"auto"`` uses the
-    cached choice for this model and CPU or measures the candidates and caches the winner.
+    An explicit number wins (for decoding and prompts alike); ``None`` means the physical core
+    count; ``"auto"`` uses the cached choice for this model and CPU or measures the candidates
+    and caches the fastest count for decoding and the fastest for prompt batches.
     """
     from llama_cpp import llama_cpp as lib
 
@@ -157,15 +172,19 @@ def choose_threads(
     else:
         hit = cached_threads(cache_dir, sha256) if sha256 else None
         if hit is not None:
-            choice = ThreadChoice(hit, "cached")
+            choice = ThreadChoice(hit[0], "cached", n_threads_batch=hit[1])
         else:
             counts = candidates()
-            timings = measure_threads(llama, counts) if len(counts) > 1 else {counts[0]: 0.0}
-            best = min(timings, key=lambda n: (timings[n], n))
+            if len(counts) > 1:
+                timings = measure_threads(llama, counts)
+            else:
+                timings = {counts[0]: {"prompt": 0.0, "decode": 0.0}}
+            decode = min(timings, key=lambda n: (timings[n]["decode"], n))
+            batch = min(timings, key=lambda n: (timings[n]["prompt"], n))
+            choice = ThreadChoice(decode, "measured", timings, n_threads_batch=batch)
             if cache_dir is not None and sha256:
-                remember_threads(cache_dir, sha256, best, timings)
-            choice = ThreadChoice(best, "measured", timings)
-    lib.llama_set_n_threads(llama._ctx.ctx, choice.n_threads, choice.n_threads)
+                remember_threads(cache_dir, sha256, choice)
+    lib.llama_set_n_threads(llama._ctx.ctx, choice.n_threads, choice.n_threads_batch)
     llama.n_threads = llama.context_params.n_threads = choice.n_threads
-    llama.n_threads_batch = llama.context_params.n_threads_batch = choice.n_threads
+    llama.n_threads_batch = llama.context_params.n_threads_batch = choice.n_threads_batch
     return choice
