@@ -298,6 +298,14 @@ def test_the_ledger_shows_what_stopped_the_executors_order(
     out = capsys.readouterr().out
     assert exc.value.code in (0, None)
     assert "side_mismatch" in out and "stopped by" in out
+    assert "analyst: BUY" in out  # the verdict, though the analyst's reply starts with its signals
+
+    with pytest.raises(SystemExit) as exc:
+        main(["ledger", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert exc.value.code in (0, None)
+    [decision] = doc["run"]["decisions"]
+    assert decision["stopped_by"] == {"GOOG": "executor veto: side_mismatch"}
 
 
 def test_a_decision_after_a_failed_one_runs_every_agent_again() -> None:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from trading_agents.agents.guards import order_text
+from trading_agents.agents.guards import order_text, stopped_by
 from trading_agents.agents.track_record import action_stats
 from trading_agents.cli.common import ConfigOption, JsonOption, console, emit_json, settings_from
 from trading_agents.core import RunInfo
@@ -116,11 +116,21 @@ def _run_doc(led: Ledger, info: RunInfo, limit: int) -> dict[str, Any]:
         },
         "positions": positions,
         "orders": [o.as_dict() for o in led.orders(info.run_id, limit=limit, newest_first=True)],
-        "decisions": led.decisions(info.run_id, limit=limit),
+        "decisions": [_with_stops(d) for d in led.decisions(info.run_id, limit=limit)],
         "track_record": action_stats(led.decisions(info.run_id)),
         "risk_events": led.risk_events(info.run_id, limit=limit),
         "reconcile_problems": led.reconcile(info.run_id),
     }
+
+
+def _with_stops(decision: dict[str, Any]) -> dict[str, Any]:
+    """A decision row with ``stopped_by``: per ticker, the rule that left the executor's
+    proposal without an order (:func:`~trading_agents.agents.guards.stopped_by`; None when
+    there is an order or nothing was proposed)."""
+    record = decision.get("record")
+    tickers = record.get("tickers") if isinstance(record, dict) else None
+    stops = {t: stopped_by(rec) for t, rec in tickers.items()} if isinstance(tickers, dict) else {}
+    return {**decision, "stopped_by": stops}
 
 
 def _money(value: float | None) -> str:
@@ -227,8 +237,14 @@ def _brief_reply(agent: dict[str, Any]) -> str:
     out = agent.get("output")
     if agent.get("error") or not isinstance(out, dict):
         return f"{agent.get('role')}: failed"
-    first = next(iter(out.values()), "")
-    return f"{agent.get('role')}: {first}"
+    role = agent.get("role")
+    key = _VERDICT_FIELD.get(str(role))
+    verdict = out.get(key) if key else next(iter(out.values()), "")
+    return f"{role}: {verdict}"
+
+
+# the field that says what each agent decided (the analyst writes its signals first)
+_VERDICT_FIELD = {"analyst": "action", "risk": "decision", "executor": "side"}
 
 
 def _short(text: str, width: int = 50) -> str:
