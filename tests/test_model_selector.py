@@ -295,6 +295,29 @@ def test_a_reply_kind_the_primary_has_not_answered_is_tried_with_a_cut_off(
     assert client.last_route.detail == ""  # planned from Month's measured length this time
 
 
+def test_an_unmeasured_small_fallback_does_not_cut_a_primary_that_meets_the_deadline(
+    embedded_model: Path, tiny_llama: Path
+) -> None:
+    """One loop, a deadline 1.6x the primary's measured call: the primary alone meets it. An
+    unmeasured fallback used to be given half the time, leaving the primary 0.8x of what it
+    needs; sized from the primary's rates and the file sizes, the tiny fallback's reserve is
+    the 10% floor and the primary serves."""
+    client = ModelSelectorClient(
+        primary=primary_cfg(embedded_model),
+        fallback=fallback_cfg(tiny_llama, model_name="never-measured-fallback"),
+        **QUIET,
+    )
+    run(client.create(ASK, json_output=Decision))  # the primary's rates and reply length
+    assert client.last_metrics is not None and client.fallback is not None
+    assert client.fallback.llm.rates() == (0.0, 0.0)
+    deadline_s = 1.6 * client.last_metrics.latency_s
+    other = [UserMessage(content="MSFT fell 1% on light volume; RSI 48. Buy, sell or hold?", source="desk")]
+    result = run(client.create(other, json_output=Decision, extra_create_args={"deadline_s": deadline_s}))
+    Decision.model_validate_json(result.content)
+    assert client.last_route is not None and client.last_route.reason == "primary", client.last_route
+    assert client.fallback.llm.calls == 0
+
+
 def test_reply_lengths_are_remembered_per_kind() -> None:
     """A long report's length must not make a short order look too slow for the primary."""
     from collections import deque
@@ -417,3 +440,19 @@ def test_status_snapshot_and_cli(tiny_llama: Path, tmp_path: Path) -> None:
     shown = CliRunner().invoke(app, ["status", "--config", str(inactive), "--json"])
     data = json.loads(shown.stdout)
     assert data["active"] is False and "no fallback" in data["why_inactive"]
+
+
+def test_bench_selector_runs_on_the_embedded_pair(tmp_path: Path) -> None:
+    """With no configured models downloaded, the bench pairs the embedded model with a generated
+    fallback from this checkout's tests/gguf_factory.py (it was silently skipped when loading
+    that file by path failed)."""
+    from trading_agents.bench import selector as bench
+
+    result = bench.run(tmp_path, quick=True)
+    assert "skipped" not in result, result
+    assert result["models"]["synthetic_fallback"] is True
+    assert [s["concurrent_loops"] for s in result["steps"]] == list(bench.RAMP)
+    for step in result["steps"]:
+        for mode in ("off", "on"):
+            assert step[mode]["calls"] == step["concurrent_loops"] * result["calls_per_loop"]
+            assert set(step[mode]["routes"]) <= {*REASONS, "failed"}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import sys
 import threading
 import time
 from collections import Counter
@@ -244,5 +245,10 @@ def _checkout_gguf_factory() -> Any:
     if spec is None or spec.loader is None or not path.is_file():
         raise FileNotFoundError(path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]
+        raise
     return module

@@ -80,7 +80,7 @@ from utils.llm_integration.spec import LLMSpec
 Reason = Literal["primary", "queue", "deadline", "pressure", "cooldown", "context", "error"]
 REASONS: tuple[str, ...] = ("primary", "queue", "deadline", "pressure", "cooldown", "context", "error")
 
-# Before the fallback has been measured, the primary may use this share of the time left.
+# Before either model has been measured, the primary may use this share of the time left.
 UNMEASURED_PRIMARY_SHARE = 0.5
 # Safety factor on the fallback's estimated latency when reserving time for it.
 FALLBACK_MARGIN = 1.5
@@ -664,19 +664,44 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
         return running + llm.waiting * per_call + prompt_s + reply_s
 
     def _fallback_reserve(self, prompt_tokens: int, left: float, kind: str) -> float:
-        """Seconds kept for the fallback after the primary's cut-off."""
+        """Seconds kept for the fallback after the primary's cut-off.
+
+        Before the fallback has answered, its rates are the primary's measured ones scaled by
+        the ratio of the two files' sizes (CPU inference reads every weight per token, so its
+        speed goes with the file size), and its reply as long as the primary's of that kind;
+        with neither measured, the primary gets ``UNMEASURED_PRIMARY_SHARE`` of the time left.
+        Reserving half the time for an unmeasured small fallback cut a primary that would have
+        met the deadline on the first calls of every session.
+        """
         assert self._fallback is not None
         fb = self._fallback.llm
         p_rate, g_rate = fb.rates()
         stats = _fallback_stats(fb.spec)
         if g_rate <= 0 or p_rate <= 0:
+            p_rate, g_rate = self._scaled_primary_rates(fb.spec)
+        if g_rate <= 0 or p_rate <= 0:
             return left * (1 - UNMEASURED_PRIMARY_SHARE)
+        cap = _max_tokens(self._fallback)
         with stats.lock:
-            recent = stats.longest_reply(kind) or _max_tokens(self._fallback)
+            recent = stats.longest_reply(kind)
             mean = stats.mean_latency()
+        # a reply of this kind is about as long on either model: until the fallback has given
+        # one, plan with the primary's, not with the fallback's max_tokens
+        recent = recent or self._health.expected_reply_tokens(kind, cap) or cap
         own = prompt_tokens / p_rate + recent / g_rate
         wait = (fb.in_flight + fb.waiting) * (mean or own)
         return min(left, max(RESERVE_FLOOR_SHARE * left, FALLBACK_MARGIN * (own + wait)))
+
+    def _scaled_primary_rates(self, fallback: LLMSpec) -> tuple[float, float]:
+        """The primary's measured (prompt, reply) rates times primary size / fallback size;
+        (0, 0) when the primary is unmeasured or a file cannot be read."""
+        primary = self._primary.llm
+        p_rate, g_rate = primary.rates()
+        try:
+            ratio = primary.spec.path.stat().st_size / max(1, fallback.path.stat().st_size)
+        except OSError:
+            return 0.0, 0.0
+        return p_rate * ratio, g_rate * ratio
 
     def _record_failure(self, exc: BaseException) -> None:
         cfg, health = self._config, self._health
