@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from trading_agents.agents.guards import outcome_to_intent
-from trading_agents.agents.schemas import AnalystReport, OrderProposal, RiskVerdict
+from trading_agents.agents.schemas import SIGNAL_PATTERN, AnalystReport, OrderProposal, RiskVerdict
 from trading_agents.agents.team import TeamOutcome
 from trading_agents.config.settings import RiskSettings, load_settings
 from trading_agents.core import PortfolioView
@@ -260,7 +261,9 @@ analysts = st.builds(
     action=st.sampled_from(["BUY", "SELL", "HOLD"]),
     conviction=st.floats(0, 1),
     horizon_days=st.integers(1, 20),
-    key_signals=st.lists(st.sampled_from(VOCAB), min_size=1, max_size=3),
+    key_signals=st.lists(
+        st.sampled_from([v for v in VOCAB if re.fullmatch(SIGNAL_PATTERN, v)]), min_size=1, max_size=2
+    ),
     rationale=st.sampled_from(VOCAB),
 )
 verdicts = st.builds(
@@ -268,7 +271,7 @@ verdicts = st.builds(
     decision=st.sampled_from(["approve", "reduce", "reject"]),
     max_position_pct=st.floats(0, 1),
     stop_loss_pct=st.floats(0, 0.5),
-    reasons=st.lists(st.sampled_from(VOCAB[:3]), min_size=1, max_size=3),
+    reasons=st.lists(st.sampled_from(VOCAB[:3]), min_size=1, max_size=2),
 )
 proposals = st.builds(
     OrderProposal,

@@ -298,10 +298,10 @@ def test_a_reply_kind_the_primary_has_not_answered_is_tried_with_a_cut_off(
 def test_an_unmeasured_small_fallback_does_not_cut_a_primary_that_meets_the_deadline(
     embedded_model: Path, tiny_llama: Path
 ) -> None:
-    """One loop, a deadline 1.6x the primary's measured call: the primary alone meets it. An
-    unmeasured fallback used to be given half the time, leaving the primary 0.8x of what it
-    needs; sized from the primary's rates and the file sizes, the tiny fallback's reserve is
-    the 10% floor and the primary serves."""
+    """One loop, a deadline 1.2x the primary's measured call: the primary alone meets it. An
+    unmeasured fallback used to be given half the time, so the plan saw 0.6x of that call and
+    sent it away before trying the primary; sized from the primary's rates and
+    the file sizes, the tiny fallback's reserve is the 10% floor and the primary is tried."""
     client = ModelSelectorClient(
         primary=primary_cfg(embedded_model),
         fallback=fallback_cfg(tiny_llama, model_name="never-measured-fallback"),
@@ -310,12 +310,17 @@ def test_an_unmeasured_small_fallback_does_not_cut_a_primary_that_meets_the_dead
     run(client.create(ASK, json_output=Decision))  # the primary's rates and reply length
     assert client.last_metrics is not None and client.fallback is not None
     assert client.fallback.llm.rates() == (0.0, 0.0)
-    deadline_s = 1.6 * client.last_metrics.latency_s
+    served = client.primary.llm.calls
+    deadline_s = 1.2 * client.last_metrics.latency_s
     other = [UserMessage(content="MSFT fell 1% on light volume; RSI 48. Buy, sell or hold?", source="desk")]
     result = run(client.create(other, json_output=Decision, extra_create_args={"deadline_s": deadline_s}))
     Decision.model_validate_json(result.content)
-    assert client.last_route is not None and client.last_route.reason == "primary", client.last_route
-    assert client.fallback.llm.calls == 0
+    route = client.last_route
+    assert route is not None
+    assert not route.detail.startswith("primary estimate"), route  # not planned away
+    # the primary served, unless the shared machine slowed it past its cut-off mid-reply
+    assert route.reason == "primary" or route.detail.startswith("primary: DeadlineExceededError"), route
+    assert route.reason != "primary" or client.primary.llm.calls == served + 1
 
 
 def test_reply_lengths_are_remembered_per_kind() -> None:

@@ -107,7 +107,7 @@ def test_paths_resolve_inside_the_models_folder_only(tmp_path: Path, embedded_mo
 def test_llm_pair_falls_back_to_the_embedded_model_with_notes(tmp_path: Path) -> None:
     primary, fallback, notes = resolve_llm_pair(_settings(tmp_path))
     assert primary.embedded and primary.name == "smollm2-135m-instruct"
-    assert primary.n_ctx == 2048
+    assert primary.n_ctx == 4096  # the registry entry (the file was trained on 8192)
     assert fallback is None  # would equal the primary
     assert len(notes) == 2
     assert notes[0].startswith("mixtral-8x7b-instruct not found in ")

@@ -333,6 +333,8 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
         """Yield text pieces as llama.cpp produces them, then one :class:`CreateResult`."""
         schema, json_mode, sampling, deadline = self._prepare(tools, json_output, extra_create_args)
         chat = to_chat_messages(messages)
+        # a call that fails must not leave the previous call's prompt and metrics behind
+        self.last_metrics, self.last_prompt = None, ""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         cancel = threading.Event()
