@@ -298,22 +298,33 @@ def test_a_reply_kind_the_primary_has_not_answered_is_tried_with_a_cut_off(
 def test_an_unmeasured_small_fallback_does_not_cut_a_primary_that_meets_the_deadline(
     embedded_model: Path, tiny_llama: Path
 ) -> None:
-    """One loop, a deadline 1.2x the primary's measured call: the primary alone meets it. An
-    unmeasured fallback used to be given half the time, so the plan saw 0.6x of that call and
-    sent it away before trying the primary; sized from the primary's rates and
-    the file sizes, the tiny fallback's reserve is the 10% floor and the primary is tried."""
-    client = ModelSelectorClient(
-        primary=primary_cfg(embedded_model),
-        fallback=fallback_cfg(tiny_llama, model_name="never-measured-fallback"),
-        **QUIET,
+    """One loop, a deadline 1.5x the selector's own estimate of the primary's call: the primary
+    alone meets it. An unmeasured fallback used to be given half the time, so the plan saw
+    0.75x of the estimate and sent the call away before trying the primary; sized from the
+    primary's rates and the file sizes, the tiny fallback's reserve is the 10% floor."""
+    import re
+
+    primary = primary_cfg(embedded_model)
+    probe = ModelSelectorClient(
+        primary=primary, fallback=fallback_cfg(tiny_llama, model_name="probe"), **QUIET
     )
-    run(client.create(ASK, json_output=Decision))  # the primary's rates and reply length
-    assert client.last_metrics is not None and client.fallback is not None
-    assert client.fallback.llm.rates() == (0.0, 0.0)
-    served = client.primary.llm.calls
-    deadline_s = 1.2 * client.last_metrics.latency_s
+    run(probe.create(ASK, json_output=Decision))  # the primary's rates and reply length
+    assert probe.last_metrics is not None
+    short = {"deadline_s": 0.3 * probe.last_metrics.latency_s}  # ample for the tiny fallback
     other = [UserMessage(content="MSFT fell 1% on light volume; RSI 48. Buy, sell or hold?", source="desk")]
-    result = run(client.create(other, json_output=Decision, extra_create_args={"deadline_s": deadline_s}))
+    # a deadline too short for the primary: the route's detail says what it is estimated to take
+    run(probe.create(other, json_output=Decision, extra_create_args=short))
+    assert probe.last_route is not None and probe.last_route.reason == "deadline"
+    found = re.match(r"primary estimate ([0-9.]+)s", probe.last_route.detail)
+    assert found, probe.last_route
+    estimate = float(found.group(1))
+
+    client = ModelSelectorClient(
+        primary=primary, fallback=fallback_cfg(tiny_llama, model_name="never-measured-fallback"), **QUIET
+    )
+    assert client.fallback is not None and client.fallback.llm.rates() == (0.0, 0.0)
+    served = client.primary.llm.calls
+    result = run(client.create(other, json_output=Decision, extra_create_args={"deadline_s": 1.5 * estimate}))
     Decision.model_validate_json(result.content)
     route = client.last_route
     assert route is not None
