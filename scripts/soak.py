@@ -13,7 +13,7 @@ ledger, analyst -> risk -> executor on llama.cpp) and prints one JSON report:
 
 Example::
 
-    python scripts/soak.py --decisions 1000 --out soak.json    # about 4.3 hours on a 2-core CPU
+    python scripts/soak.py --decisions 1000 --out soak.json    # about 2.2 hours on a 2-core CPU
     python scripts/soak.py --decisions 30                      # a few minutes
 """
 
