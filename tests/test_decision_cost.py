@@ -222,6 +222,16 @@ def test_the_rationale_grammar_cannot_hold_a_run_longer_than_a_word() -> None:
 
 # ----------------------------------------------------------------------------- what stopped an order
 
+# scripted replies of a desk that wants to buy
+ANALYST_BUY = {
+    "action": "BUY",
+    "conviction": 0.8,
+    "horizon_days": 5,
+    "key_signals": ["up"],
+    "rationale": "Up.",
+}
+RISK_APPROVE = {"decision": "approve", "max_position_pct": 0.1, "stop_loss_pct": 0.05, "reasons": ["ok"]}
+
 
 def test_order_text_names_the_rule_that_stopped_a_proposal() -> None:
     from trading_agents.agents.guards import order_text, stopped_by
@@ -267,14 +277,7 @@ def test_the_ledger_shows_what_stopped_the_executors_order(
 
     settings = load_settings()
     primary, _, notes = resolve_llm_pair(settings)
-    analyst = {
-        "action": "BUY",
-        "conviction": 0.8,
-        "horizon_days": 5,
-        "key_signals": ["up"],
-        "rationale": "Up.",
-    }
-    risk = {"decision": "approve", "max_position_pct": 0.1, "stop_loss_pct": 0.05, "reasons": ["ok"]}
+    analyst, risk = ANALYST_BUY, RISK_APPROVE
     order = {"side": "sell", "quantity": 10, "order_type": "market", "time_in_force": "day"}
     clients = {
         role: ScriptedClient([json.dumps(reply)])
@@ -323,14 +326,7 @@ def test_a_decision_after_a_failed_one_runs_every_agent_again() -> None:
                 raise RuntimeError("llama.cpp went away")
             return await super().create(messages, **kwargs)
 
-    analyst = {
-        "action": "BUY",
-        "conviction": 0.8,
-        "horizon_days": 5,
-        "key_signals": ["up"],
-        "rationale": "Up.",
-    }
-    risk = {"decision": "approve", "max_position_pct": 0.1, "stop_loss_pct": 0.05, "reasons": ["ok"]}
+    analyst, risk = ANALYST_BUY, RISK_APPROVE
     order = {"side": "buy", "quantity": 3, "order_type": "market", "time_in_force": "day"}
     team = TradingTeam(
         {

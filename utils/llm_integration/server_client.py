@@ -247,6 +247,8 @@ class ServerChatCompletionClient(StreamingChatCompletionClient, Component[Server
             schema.model_json_schema() if schema else ({"type": "object"} if json_output is True else None)
         )
         chat = to_chat_messages(messages)
+        # a call that fails must not leave the previous call's prompt and metrics behind
+        self.last_metrics, self.last_prompt = None, ""
         keys = self._cache_keys(chat, sampling, schema_json) if self._cache else []
         for _, key in keys:
             assert self._cache is not None
