@@ -120,19 +120,21 @@ def test_truncated_structured_output_is_an_error_not_a_default(llm: LocalLLM) ->
         llm.complete(MESSAGES, schema=AnalystReport, sampling=SamplingParams(max_tokens=6))
 
 
-def test_out_of_range_values_are_rejected_by_validation(llm: LocalLLM) -> None:
+@pytest.mark.parametrize("fixed_text", [True, False])
+def test_out_of_range_values_are_rejected_by_validation(llm: LocalLLM, fixed_text: bool) -> None:
     from utils.llm_integration.errors import InvalidOutputError
 
     class Strict(BaseModel):
-        value: int = Field(ge=5000, le=900_000)  # too wide to enumerate: the grammar only says digits
+        value: int = Field(ge=990_000, le=999_999)  # too wide to enumerate: the grammar only says digits
 
     class Loose(BaseModel):
         value: int
 
     msgs = [{"role": "user", "content": 'Reply {"value": 7}'}]
+    sampling = SamplingParams(max_tokens=30, fixed_text=fixed_text)
     with pytest.raises(InvalidOutputError, match="Strict validation"):
-        llm.complete(msgs, schema=Strict, sampling=SamplingParams(max_tokens=30))
-    assert llm.complete(msgs, schema=Loose, sampling=SamplingParams(max_tokens=30)).parsed is not None
+        llm.complete(msgs, schema=Strict, sampling=sampling)
+    assert llm.complete(msgs, schema=Loose, sampling=sampling).parsed is not None
 
 
 def test_deadline_and_cancellation_stop_generation(llm: LocalLLM) -> None:

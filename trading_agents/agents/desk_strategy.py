@@ -105,6 +105,7 @@ class AgentStrategy:
             "prompt_tokens": sum(s["prompt_tokens"] for s in steps),
             "cached_prompt_tokens": sum(s["cached_prompt_tokens"] for s in steps),
             "completion_tokens": sum(s["completion_tokens"] for s in steps),
+            "fixed_tokens": sum(s.get("fixed_tokens", 0) for s in steps),
             "failed_steps": sum(1 for s in steps if s.get("error")),
             "routes": dict(Counter(f"{s['model']}:{s['route_reason']}" for s in steps)),
             "models": models,

@@ -71,6 +71,7 @@ class AgentStep:
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
     completion_tokens: int = 0
+    fixed_tokens: int = 0  # of completion_tokens, the schema's fixed text: evaluated, not sampled
     latency_s: float = 0.0
     ttft_s: float = 0.0
     from_response_cache: bool = False
@@ -114,6 +115,7 @@ def _step_from_client(role: str, client: ChatCompletionClient, output: BaseModel
         step.prompt_tokens = m.prompt_tokens
         step.cached_prompt_tokens = m.cached_prompt_tokens
         step.completion_tokens = m.completion_tokens
+        step.fixed_tokens = getattr(m, "fixed_tokens", 0)
         step.latency_s = m.latency_s
         step.ttft_s = m.ttft_s
         step.from_response_cache = m.from_response_cache

@@ -204,10 +204,14 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         "time_breakdown": time_breakdown,
         "evaluated_prompt_tokens_per_decision": round(evaluated / decisions, 1) if decisions else None,
         "evaluated_prompt_tokens_per_decision_target": 450,
-        "generated_tokens_per_decision": round(stats["completion_tokens"] / decisions, 1)
+        # sampled by the model; the schema's fixed text is evaluated in batches instead
+        "generated_tokens_per_decision": round(
+            (stats["completion_tokens"] - stats["fixed_tokens"]) / decisions, 1
+        )
         if decisions
         else None,
         "generated_tokens_per_decision_target": 150,
+        "fixed_tokens_per_decision": round(stats["fixed_tokens"] / decisions, 1) if decisions else None,
         "degenerate_reply_share": round(len(degenerate) / len(flagged), 3) if flagged else None,
         "degenerate_reply_share_target": 0.0,
         "degenerate_examples": [f"{role}: {'; '.join(why)}" for role, why in degenerate[:5]],

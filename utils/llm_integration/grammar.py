@@ -78,9 +78,15 @@ def grammar_schema(schema: Mapping[str, Any], steps: int = 20) -> dict[str, Any]
 def json_schema_grammar(schema_json: Mapping[str, Any]) -> Any:
     """The ``LlamaGrammar`` that constrains a reply to ``schema_json`` (bounded by
     :func:`grammar_schema`); not yet checked by llama.cpp (``LocalLLM.grammar`` does that once)."""
+    return compile_grammar(grammar_schema(schema_json))
+
+
+def compile_grammar(bounded_schema: Mapping[str, Any]) -> Any:
+    """The ``LlamaGrammar`` of a schema already rewritten by :func:`grammar_schema`: strict
+    JSON strings, compact JSON."""
     from llama_cpp import LlamaGrammar
 
-    grammar = LlamaGrammar.from_json_schema(json.dumps(grammar_schema(schema_json)), verbose=False)
+    grammar = LlamaGrammar.from_json_schema(json.dumps(bounded_schema), verbose=False)
     grammar._grammar = grammar._grammar.replace(LOOSE_CHAR_RULE, STRICT_CHAR_RULE).replace(
         LOOSE_SPACE_RULE, COMPACT_SPACE_RULE
     )

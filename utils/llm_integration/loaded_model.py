@@ -47,6 +47,7 @@ from utils.llm_integration.errors import (
     OutputTruncatedError,
 )
 from utils.llm_integration.files import file_sha256
+from utils.llm_integration.fixed_text import ReplyPlan, decode_planned, plan_fits, reply_plan
 from utils.llm_integration.grammar import json_schema_grammar, parse_json_reply, parse_reply
 from utils.llm_integration.spec import LLMSpec, Message, SamplingParams
 from utils.llm_integration.threads import ThreadChoice, choose_threads, physical_cores
@@ -75,6 +76,9 @@ class CallMetrics:
     generation_s: float = 0.0
     sampling_s: float = 0.0
     cache_state_s: float = 0.0
+    # of completion_tokens, those the schema fixed (keys, punctuation): evaluated in batches,
+    # not sampled (see utils.llm_integration.fixed_text)
+    fixed_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -231,6 +235,7 @@ class LocalLLM:
         self._gen_rate = 0.0
         self._formatter: Any = None
         self._grammars: dict[str, Any] = {}
+        self._plans: dict[str, ReplyPlan | None] = {}
         self._add_bos = True
         self._bos_text = ""
         self.threads: ThreadChoice | None = None  # set at load
@@ -511,6 +516,11 @@ class LocalLLM:
             start = time.monotonic()
             ttft = 0.0
             n_gen = 0
+            plan = self.plan(schema_json) if schema_json and sampling.fixed_text else None
+            if plan is not None and not llama.grammar_first:
+                return self._generate_planned(
+                    llama, prompt, tokens, plan, sampling, max_tokens, on_text, deadline, cancel
+                )
             stream = llama.create_completion(
                 tokens,
                 max_tokens=max_tokens,
@@ -592,17 +602,119 @@ class LocalLLM:
             )
         return metrics, text
 
+    def _generate_planned(
+        self,
+        llama: Any,
+        prompt: str,
+        tokens: list[int],
+        plan: ReplyPlan,
+        sampling: SamplingParams,
+        max_tokens: int,
+        on_text: Callable[[str], None] | None,
+        deadline: float | None,
+        cancel: threading.Event | None,
+    ) -> tuple[CallMetrics, str]:
+        """:meth:`_generate` for a schema with a :class:`ReplyPlan` (the caller holds the slot,
+        has reset the counters and resolved ``max_tokens``)."""
+        from llama_cpp import llama_cpp
+
+        start = time.monotonic()
+        llama.set_seed(sampling.seed)
+        decoded = decode_planned(
+            llama,
+            tokens,
+            plan,
+            self.grammar_text,
+            {
+                "temp": sampling.temperature,
+                "top_p": sampling.top_p,
+                "top_k": sampling.top_k,
+                "repeat_penalty": sampling.repeat_penalty,
+            },
+            max_tokens=max_tokens,
+            on_text=on_text,
+            stopping_criteria=_halt_criteria(cancel, deadline),
+        )
+        latency = time.monotonic() - start
+        text = decoded.text
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelledError(f"generation on {self.display} was cancelled")
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceededError(
+                f"{self.display} passed its deadline after {decoded.sampled} tokens", text
+            )
+        # the prompt and the whole reply: what the next prompt that quotes it starts with
+        self._kv_text, self._kv_tokens = prompt + text, [*tokens, *decoded.tokens]
+        perf = llama_cpp.llama_perf_context(llama._ctx.ctx)
+        timings = llama.timings
+        prompt_s = perf.t_p_eval_ms / 1e3
+        gen_s = perf.t_eval_ms / 1e3
+        generated = decoded.sampled + decoded.fixed_tokens  # the reply's tokens, as usage counts them
+        ttft = decoded.first_token_s
+        p_rate = max(0, int(perf.n_p_eval)) / prompt_s if prompt_s > 0 else 0.0
+        g_rate = max(1, int(perf.n_eval)) / gen_s if gen_s > 0 else 0.0
+        wall_rate = (generated - 1) / (latency - ttft) if generated > 1 and latency > ttft > 0 else 0.0
+        self._update_rates(p_rate, wall_rate or g_rate)
+        self.calls += 1
+        finish = "length" if decoded.finish_reason == "length" else "stop"
+        metrics = CallMetrics(
+            model=self.display,
+            model_sha256=self.sha256,
+            prompt_tokens=len(tokens),
+            cached_prompt_tokens=decoded.reused_prompt_tokens,
+            completion_tokens=generated,
+            ttft_s=round(ttft or latency, 4),
+            latency_s=round(latency, 4),
+            prompt_tokens_per_s=round(p_rate, 1),
+            gen_tokens_per_s=round(g_rate, 1),
+            finish_reason=finish,
+            grammar=True,
+            prompt_eval_s=round(prompt_s, 4),
+            generation_s=round(gen_s, 4),
+            sampling_s=round(timings["sampling_s"], 4),
+            cache_state_s=round(timings["cache_state_s"], 4),
+            fixed_tokens=decoded.fixed_tokens,
+        )
+        if finish == "length":
+            raise OutputTruncatedError(
+                f"{self.display} hit max_tokens={max_tokens} before the JSON reply was complete;"
+                " raise llm.max_tokens"
+            )
+        return metrics, text
+
+    def plan(self, schema_json: Mapping[str, Any]) -> ReplyPlan | None:
+        """The :class:`ReplyPlan` of a schema (None: decoded whole), built once per schema."""
+        key = json.dumps(schema_json, sort_keys=True)
+        if key not in self._plans:
+            plan = reply_plan(schema_json)
+            self._plans[key] = plan if plan is not None and plan_fits(plan, self.llama) else None
+        return self._plans[key]
+
+    def grammar_text(self, text: str) -> Any:
+        """The llama.cpp grammar of GBNF ``text``, checked once (see :meth:`grammar`)."""
+        from llama_cpp import LlamaGrammar
+
+        cached = self._grammars.get(text)
+        if cached is None:
+            cached = self._checked(LlamaGrammar.from_string(text, verbose=False), "a reply value")
+            self._grammars[text] = cached
+        return cached
+
     def grammar(self, schema_json: Mapping[str, Any]) -> Any:
         """The llama.cpp grammar for a schema, checked once: a grammar llama.cpp cannot parse
         would crash the process when sampling starts, so it is refused here instead."""
-        from llama_cpp import llama_cpp
-        from llama_cpp._utils import suppress_stdout_stderr
-
         key = json.dumps(schema_json, sort_keys=True)
         cached = self._grammars.get(key)
         if cached is not None:
             return cached
-        grammar = json_schema_grammar(schema_json)
+        grammar = self._checked(json_schema_grammar(schema_json), f"schema {schema_json.get('title', '?')}")
+        self._grammars[key] = grammar
+        return grammar
+
+    def _checked(self, grammar: Any, what: str) -> Any:
+        from llama_cpp import llama_cpp
+        from llama_cpp._utils import suppress_stdout_stderr
+
         vocab = self.llama._model.vocab
         # llama.cpp prints the whole grammar on failure
         with STDIO_LOCK, suppress_stdout_stderr(disable=False):
@@ -610,10 +722,8 @@ class LocalLLM:
                 vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
             )
         if not probe:
-            title = schema_json.get("title", "?")
-            raise LLMError(f"llama.cpp rejected the grammar built from schema {title}")
+            raise LLMError(f"llama.cpp rejected the grammar built from {what}")
         llama_cpp.llama_sampler_free(probe)
-        self._grammars[key] = grammar
         return grammar
 
     def _update_rates(self, p_rate: float, g_rate: float, alpha: float = 0.3) -> None:

@@ -135,6 +135,14 @@ class RejectionGrammarSampler:
         self._lib.llama_sampler_accept(self._grammar, token)
         self._chain.accept(token)
 
+    def prime(self, history: list[int], grammar_tokens: list[int]) -> None:
+        """Start where a reply already is: ``history`` feeds the chain's repeat penalty, the
+        text of ``grammar_tokens`` advances the grammar (it must be text the grammar allows)."""
+        for token in history:
+            self._chain.accept(token)
+        for token in grammar_tokens:
+            self._lib.llama_sampler_accept(self._grammar, token)
+
     def reset(self) -> None:
         self._lib.llama_sampler_reset(self._grammar)
         self._chain.reset()
@@ -182,12 +190,57 @@ def llama_class() -> type:
         # step (``bench llm`` measures both in one run)
         grammar_first = False
 
+        _prime: tuple[list[int], str] | None = None
+        _fragments: dict[str, list[int] | None]
+
+        def piece(self, token: int) -> bytes:
+            """The bytes ``token`` spells (no space stripped, special tokens as text)."""
+            return bytes(self.detokenize([token], special=True))
+
+        def fragment_tokens(self, text: str) -> list[int] | None:
+            """Tokens that spell exactly ``text`` in the middle of a text, or None.
+
+            A SentencePiece vocabulary (Llama, Mistral, Mixtral) puts a space before a text it
+            tokenizes from the start; then the tokens after a newline, which starts a piece of
+            its own, are taken instead.
+            """
+            cache = self.__dict__.setdefault("_fragments", {})
+            if text not in cache:
+                want = text.encode("utf-8")
+                found: list[int] | None = None
+                for lead in ("", "\n"):
+                    tokens = list(self.tokenize((lead + text).encode("utf-8"), add_bos=False, special=False))
+                    for k in range(min(len(tokens), 4) if lead else 1):
+                        if b"".join(self.piece(t) for t in tokens[k:]) == want:
+                            found = tokens[k:]
+                            break
+                    if found is not None:
+                        break
+                cache[text] = found
+            return cache[text]
+
+        def prime_sampler(self, history: list[int], grammar_text: str) -> None:
+            """The next ``generate`` with a grammar continues a reply: its repeat penalty
+            starts from ``history`` and its grammar past ``grammar_text``
+            (:mod:`utils.llm_integration.fixed_text`)."""
+            self._prime = (list(history), grammar_text)
+
         def _init_sampler(self, *args: Any, grammar: Any = None, **kwargs: Any) -> Any:
+            prime, self._prime = self._prime, None
             if grammar is None or self.grammar_first:
+                if prime is not None:
+                    raise ValueError("a primed sampler needs a grammar and the rejection sampler")
                 return _TimedSampler(self, super()._init_sampler(*args, grammar=grammar, **kwargs))
             chain = super()._init_sampler(*args, grammar=None, **kwargs)
             greedy = kwargs.get("temp", 0.8) == 0.0 and kwargs.get("mirostat_mode", 0) == 0
-            return RejectionGrammarSampler(self, chain, grammar, greedy=greedy)
+            sampler = RejectionGrammarSampler(self, chain, grammar, greedy=greedy)
+            if prime is not None:
+                history, text = prime
+                prefix = self.fragment_tokens(text) if text else []
+                if prefix is None:
+                    raise ValueError(f"no tokens spell {text!r} on their own")
+                sampler.prime(history, prefix)
+            return sampler
 
         def eval(self, tokens: Any) -> None:
             tokens = list(tokens)

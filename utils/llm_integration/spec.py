@@ -53,3 +53,7 @@ class SamplingParams:
     top_k: int = 40
     # >1 makes tokens of the last 64 less likely: what stops a small model's ".0.0.0.0" runs
     repeat_penalty: float = 1.15
+    # structured replies: the schema's fixed text (keys, punctuation) is evaluated in batches
+    # and only the values are sampled (utils.llm_integration.fixed_text); False: the whole
+    # reply is sampled under one grammar, token by token
+    fixed_text: bool = True
