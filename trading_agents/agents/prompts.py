@@ -2,7 +2,7 @@
 
 Every agent's prompt is one conversation that grows by what the agents before it said::
 
-    desk_rules(risk): rules, every role's instructions, limits   <- system message, static
+    desk_rules(risk): rules, track-record legend, roles, limits   <- system message, static
     the day's task: snapshot, track record, account              <- user message, new each day
     "Analyst: ..." cue        analyst's JSON reply               <- risk and executor only
     "Risk manager: ..." cue   risk manager's JSON reply          <- executor only
@@ -18,6 +18,7 @@ say so, and hard limits are enforced in code whatever a reply says.
 
 from __future__ import annotations
 
+from trading_agents.agents.track_record import TRACK_RECORD_LEGEND
 from trading_agents.config.settings import RiskSettings
 from trading_agents.core import PortfolioView
 from trading_agents.core.risk import describe_order_notional
@@ -69,11 +70,12 @@ ROLE_INSTRUCTIONS: dict[str, str] = {
     "executor": EXECUTOR_INSTRUCTIONS,
 }
 
-# the last message of each agent's prompt: its role, the instructions being in the system message
+# the last message of each agent's prompt: its role, the instructions and the reply format being
+# in the system message (a cue is evaluated at every turn: it stays short)
 ROLE_CUES: dict[str, str] = {
-    "analyst": "You are the analyst. Reply with the analyst's JSON.",
-    "risk": "You are the risk manager. Reply with the risk manager's JSON.",
-    "executor": "You are the executor. Reply with the executor's JSON.",
+    "analyst": "You are the analyst.",
+    "risk": "You are the risk manager.",
+    "executor": "You are the executor.",
 }
 
 
@@ -85,6 +87,7 @@ def desk_rules(risk: RiskSettings) -> str:
     return "\n\n".join(
         [
             RULES,
+            TRACK_RECORD_LEGEND,
             "Roles and reply shapes:\n" + "\n".join(ROLE_INSTRUCTIONS.values()),
             "LIMITS\n"
             f"max position: {risk.max_position_pct:.0%} of equity per instrument\n"
@@ -111,8 +114,8 @@ def render_task(
     lines = [
         snapshot_text,
         *([track_record] if track_record else []),
-        f"ACCOUNT equity {portfolio.equity:,.2f}, cash {portfolio.cash:,.2f}, risk state"
-        f" {portfolio.risk_state}; {ticker_label} shares held {held} (value {value:,.2f},"
+        f"ACCOUNT equity {portfolio.equity:,.0f}, cash {portfolio.cash:,.0f}, risk state"
+        f" {portfolio.risk_state}; {ticker_label} shares held {held} (value {value:,.0f},"
         f" {pct:.1%} of equity)",
     ]
     return "\n".join(lines)

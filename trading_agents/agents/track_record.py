@@ -186,6 +186,13 @@ class TrackRecord:
         return Review(shown, len(realised), sum(o.hit for o in realised), changes)
 
 
+TRACK_RECORD_LEGEND = (
+    "Each line of the desk's track record is one of its calls: bars since it was made, action, conviction and"
+    " horizon, then its move (the price from the fill at the next open to the latest close) and"
+    " whether it is a hit (it moved the call's way)."
+)
+
+
 def render_track_record(review: Review, ticker_label: str, bars: pd.DataFrame) -> str:
     """The TRACK RECORD section of the task ("" when there is nothing to show).
 
@@ -194,22 +201,18 @@ def render_track_record(review: Review, ticker_label: str, bars: pd.DataFrame) -
     """
     if not review.shown:
         return ""
-    lines = [
-        f"TRACK RECORD: the desk's latest calls on {ticker_label}, oldest first (move = price from "
-        "the fill at the next open to the latest close; hit = it moved the call's way):"
-    ]
+    # how to read the lines (the move, a hit) is TRACK_RECORD_LEGEND, in the static desk rules
+    lines = [f"TRACK RECORD on {ticker_label}, oldest first:"]
     for o in review.shown:
         ago = len(bars) - 1 - int(bars.index.searchsorted(pd.Timestamp(o.call.date)))
+        verdict = "hit" if o.hit else "miss"
         if o.status == "realised":
-            state = f"{o.return_pct:+.2f}% realised after {o.bars} bars, {'hit' if o.hit else 'miss'}"
+            state = f"{o.return_pct:+.2f}% realised, {verdict}"
         else:
-            state = (
-                f"{o.return_pct:+.2f}% so far, partial ({o.bars} of {o.call.horizon} bars), "
-                f"{'hit' if o.hit else 'miss'} so far"
-            )
+            state = f"{o.return_pct:+.2f}% after {o.bars} of {o.call.horizon} bars, {verdict} so far"
         lines.append(
-            f"- {ago} bar{'s' if ago != 1 else ''} ago: {o.call.action} conviction "
-            f"{o.call.conviction:.2f}, horizon {o.call.horizon} bars: {state}"
+            f"- {ago} bar{'s' if ago != 1 else ''} ago: {o.call.action} {o.call.conviction:.2f}"
+            f" for {o.call.horizon} bars: {state}"
         )
     if review.realised:
         lines.append(
