@@ -346,3 +346,15 @@ def test_a_decision_after_a_failed_one_runs_every_agent_again() -> None:
     assert first.error is not None and first.executor is None
     assert second.error is None and [s.role for s in second.steps] == ["analyst", "risk", "executor"]
     assert second.executor is not None and second.executor.quantity == 3
+
+
+def test_bench_contention_runs_sessions_side_by_side(tmp_path: Path) -> None:
+    """``bench contention``'s building block: sessions started together, each timing its own
+    decisions, with the wait policy the LLM layer set and the same greedy decisions."""
+    from trading_agents.bench.contention import run_concurrent
+
+    results = run_concurrent(2, 1, tmp_path, "1")
+    assert len(results) == 2
+    assert all(r["decisions"] == 1 and r["wall_s"] > 0 and r["threads"] == 1 for r in results)
+    assert all(r["omp_wait_policy"] == "PASSIVE" and r["set_before_llama_cpp"] for r in results)
+    assert results[0]["actions"] == results[1]["actions"]

@@ -9,7 +9,10 @@ llama.cpp thread count (``llm.n_threads``, ``auto`` unless ``threads`` is given)
 ``wait_policy`` the OpenMP wait policy the processes ran with (set by the LLM layer unless the
 environment says otherwise). Sessions decide greedily, so every process makes the same decisions.
 ``before`` repeats 1 and 2 sessions the way they ran before (one thread per physical core,
-libgomp's default spin-wait) in the same run, as the baseline.
+libgomp's default spin-wait) in the same run, as the baseline; ``one_thread`` repeats them
+with every batch on one thread. A lone session evaluates long prompts on two threads, which
+two sessions on two cores cannot both do, so ``slowdown_2`` also measures what the lone
+session gains from the second core; ``one_thread`` separates the two.
 """
 
 from __future__ import annotations
@@ -120,6 +123,8 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         spin = {"OMP_WAIT_POLICY": ""}
         cores = str(physical_cores())
         before = {n: run_concurrent(n, days, Path(home), cores, spin) for n in (1, 2)}
+        # every batch on one thread: what a session alone gives up for not sharing its cores
+        single = {n: run_concurrent(n, days, Path(home), "1") for n in (1, 2)}
 
     def mean_wall(rs: list[dict[str, Any]]) -> float:
         return sum(r["wall_s"] for r in rs) / len(rs)
@@ -146,6 +151,13 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
             "session_wall_s": {str(n): [r["wall_s"] for r in rs] for n, rs in before.items()},
             "slowdown_2": round(mean_wall(before[2]) / before[1][0]["wall_s"], 3),
             "mean_wall_2_over_new_alone": round(mean_wall(before[2]) / alone, 3),
+        },
+        "one_thread": {
+            "session_wall_s": {str(n): [r["wall_s"] for r in rs] for n, rs in single.items()},
+            "slowdown_2": round(mean_wall(single[2]) / single[1][0]["wall_s"], 3),
+            # a session among 2 (auto threads) over one alone on one thread: what sharing costs
+            # once the lone session's second core for prompts is set aside
+            "auto_2_over_one_thread_alone": round(mean_wall(levels[2]) / single[1][0]["wall_s"], 3),
         },
         "cpu_count": os.cpu_count(),
     }

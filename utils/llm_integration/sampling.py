@@ -19,9 +19,11 @@ order the two are applied in), so replies, and the replay cache built from them,
 
 :func:`llama_class` is the ``llama_cpp.Llama`` subclass every load in this layer uses. It
 hands grammar calls this sampler; runs batches too small to split (a short cue after a cached
-prefix) on the decoding thread count; saves and restores cache states without the logits
-buffer it never reads (100 MB per state for a 49k vocabulary); and times the sampler and the
-state cache and counts the sampled tokens (``Llama.timings``), which ``CallMetrics`` reports.
+prefix) on the decoding thread count, and long ones on the prompt count only while other
+processes leave the cores free (:mod:`utils.llm_integration.cpu_load`); saves and restores
+cache states without the logits buffer it never reads (100 MB per state for a 49k
+vocabulary); and times the sampler and the state cache and counts the sampled tokens
+(``Llama.timings``), which ``CallMetrics`` reports.
 
 Speculative decoding with prompt-lookup drafts was measured here and left out: verifying a
 draft in a batch saved 13% of generation time, but batched evaluation rounds differently from
@@ -37,6 +39,8 @@ import time
 from typing import Any
 
 import numpy as np
+
+from utils.llm_integration.cpu_load import OtherLoad, batch_threads, usable_cores
 
 GREEDY_PROBES = (64, 2048)  # best candidates the grammar checks before the whole vocabulary
 
@@ -244,10 +248,17 @@ def llama_class() -> type:
 
         def eval(self, tokens: Any) -> None:
             tokens = list(tokens)
-            small = 1 < len(tokens) < SMALL_BATCH and self.n_threads_batch != self.n_threads
-            if not small:
+            load = self.__dict__.setdefault("other_load", OtherLoad())
+            if len(tokens) <= 1 or self.n_threads_batch == self.n_threads:
+                load.note()
                 return super().eval(tokens)
-            llama_cpp.llama_set_n_threads(self._ctx.ctx, self.n_threads, self.n_threads)
+            if len(tokens) < SMALL_BATCH:
+                threads = self.n_threads
+            else:
+                threads = batch_threads(self.n_threads, self.n_threads_batch, load.cores(), usable_cores())
+            if threads == self.n_threads_batch:
+                return super().eval(tokens)
+            llama_cpp.llama_set_n_threads(self._ctx.ctx, self.n_threads, threads)
             try:
                 super().eval(tokens)
             finally:
