@@ -158,6 +158,21 @@ def test_truncation_deadline_and_cancellation_hold_in_pieces(llm: LocalLLM) -> N
     assert llm.complete(msgs, schema=schema).parsed is not None  # the model is fine afterwards
 
 
+def test_a_reply_that_would_overflow_the_context_is_truncated_not_a_crash(embedded_model: Path) -> None:
+    small = LocalLLM(LLMSpec(path=embedded_model, n_ctx=256, n_threads=1, ram_cache_mb=0))
+    try:
+        words = 10
+        while small.count_tokens([{"role": "user", "content": "tick " * words}]) < 256 - 12:
+            words += 4
+        msgs = [{"role": "user", "content": "tick " * words}]
+        with pytest.raises(OutputTruncatedError):  # the keys alone outgrow the 12 tokens left
+            small.complete(msgs, schema=ROLE_SCHEMAS["analyst"])
+        ok = small.complete([{"role": "user", "content": "Order?"}], schema=OrderProposal)
+        assert ok.parsed is not None  # the model is fine afterwards
+    finally:
+        small.close()
+
+
 def test_an_optional_property_is_chosen_by_the_model(llm: LocalLLM) -> None:
     class Order(BaseModel):
         side: Literal["buy", "sell"]
@@ -185,3 +200,29 @@ def test_a_sentencepiece_vocabulary_gets_no_stray_spaces(tmp_path: Path) -> None
     assert isinstance(out.parsed, OrderProposal) and out.metrics.fixed_tokens > 0
     assert " " not in out.text  # no value of this schema holds a space
     model.close()
+
+
+def test_llm_fixed_text_false_in_the_settings_samples_every_reply_token(tmp_path: Path) -> None:
+    """The config key reaches the AutoGen client the desk builds, and the replay key."""
+    import asyncio
+
+    from autogen_core.models import UserMessage
+
+    from trading_agents.agents.clients import local_client_config
+    from trading_agents.config.settings import load_settings
+    from trading_agents.model_files.registry import resolve_llm_pair
+    from utils.llm_integration.components import load_llm_config
+
+    ask = [UserMessage(content='Reply {"side":"buy"}', source="user")]
+    seen = {}
+    for fixed in (True, False):
+        settings = load_settings(
+            overrides={"llm.fixed_text": fixed, "llm.n_threads": 1, "paths.home": str(tmp_path)}
+        )
+        primary, _, _ = resolve_llm_pair(settings)
+        client = load_llm_config(local_client_config(primary, settings))
+        asyncio.run(client.create(ask, json_output=OrderProposal))
+        key = client.replay_key(ask, json_output=OrderProposal, extra_create_args={})
+        seen[fixed] = (client.last_metrics.fixed_tokens, key["sampling"]["fixed_text"])
+    assert seen[True][0] > 0 and seen[False][0] == 0
+    assert seen[True][1] is True and seen[False][1] is False

@@ -109,6 +109,7 @@ def local_client_config(model: ResolvedModel, settings: Settings) -> dict[str, A
         "top_p": llm.top_p,
         "top_k": llm.top_k,
         "repeat_penalty": llm.repeat_penalty,
+        "fixed_text": llm.fixed_text,
         "family": "mistral" if "mistral" in model.chat_format else "unknown",
     }
     return AutoGenLLMConfig.local(model.path, **options)

@@ -84,6 +84,10 @@ class LLMSettings(Section):
         SamplingParams.repeat_penalty, ge=1.0, le=2.0, description="1: off; on the last 64 tokens."
     )
     max_tokens: int = Field(SamplingParams.max_tokens, ge=16, le=8192, description="Cap for one agent reply.")
+    fixed_text: bool = Field(
+        SamplingParams.fixed_text,
+        description="Evaluate a reply's fixed JSON text (keys, punctuation) in batches, sample only values.",
+    )
     ram_cache_mb: int = Field(
         LLMSpec.ram_cache_mb, ge=0, le=65536, description="KV state cache shared by agents; 0: off."
     )

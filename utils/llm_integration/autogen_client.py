@@ -88,6 +88,10 @@ class LocalLlamaConfig(BaseModel):
     top_p: float = Field(SamplingParams.top_p, gt=0.0, le=1.0)
     top_k: int = Field(SamplingParams.top_k, ge=0)
     repeat_penalty: float = Field(SamplingParams.repeat_penalty, ge=1.0, le=2.0)
+    fixed_text: bool = Field(
+        SamplingParams.fixed_text,
+        description="Evaluate a reply's fixed JSON text in batches, sample only values.",
+    )
     family: str = "unknown"
     allowed_dir: str | None = Field(None, description="If set, the model file must resolve inside it.")
     state_dir: str | None = Field(
@@ -302,6 +306,7 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
             seed=int(extra_create_args.get("seed", cfg.seed)),
             top_k=int(extra_create_args.get("top_k", cfg.top_k)),
             repeat_penalty=float(extra_create_args.get("repeat_penalty", cfg.repeat_penalty)),
+            fixed_text=cfg.fixed_text,
         )
         deadline_s = extra_create_args.get("deadline_s")
         deadline = time.monotonic() + float(deadline_s) if deadline_s is not None else None

@@ -234,6 +234,7 @@ class _Decoder:
         self.stopping_criteria = stopping_criteria
         self.out = Decoded()
         self.started = time.monotonic()
+        self.n_ctx = int(llama.n_ctx())
 
     def write(self, text: str, tokens: list[int], fixed: bool) -> None:
         out = self.out
@@ -258,6 +259,9 @@ class _Decoder:
         from llama_cpp import llama_cpp as lib
 
         llama, out = self.llama, self.out
+        if len(self.context) >= self.n_ctx:  # the fixed text filled the context
+            out.finish_reason = "length"
+            return prefix
         llama.prime_sampler(history=out.tokens[-llama.last_n_tokens_size :], grammar_text=prefix)
         pending = b""  # a UTF-8 character split over tokens
         text = prefix
@@ -287,7 +291,7 @@ class _Decoder:
                 if len(left) == 1 and shown and (rest := self.llama.fragment_tokens(left[0][len(text) :])):
                     self.write(left[0][len(text) :], rest, True)
                     return left[0]
-                if out.sampled >= self.max_tokens:
+                if out.sampled >= self.max_tokens or len(self.context) >= self.n_ctx:
                     out.finish_reason = "length"
                     return text
             out.finish_reason = "halted"
