@@ -9,6 +9,7 @@ One server for the whole module (it starts once); every request carries its API 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -92,11 +93,10 @@ class Server:
         return total
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("serve")
-    models_dir = tiny_llama.parent
-    config = _config(base / "serve.yaml", models_dir)
+@contextlib.contextmanager
+def _running_server(base: Path, models_dir: Path, **sections: dict[str, Any]) -> Iterator[Server]:
+    """``trading-agents serve`` in a subprocess on a free loopback port, stopped on exit."""
+    config = _config(base / "serve.yaml", models_dir, **sections)
     port = _free_port()
     log = base / "server.log"
     env = _env(base / "home") | {"TRADING_AGENTS_SERVE__API_KEY": KEY}
@@ -137,6 +137,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterat
         except subprocess.TimeoutExpired:
             proc.kill()
     assert KEY not in log.read_text(), "the API key reached the server's log"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterator[Server]:
+    with _running_server(tmp_path_factory.mktemp("serve"), tiny_llama.parent) as running:
+        yield running
 
 
 def _openai(server: Server) -> Any:
@@ -604,3 +610,20 @@ def test_port_in_use_is_one_error_line_and_the_key_is_not_echoed(isolated_state:
     assert done.returncode == 2
     assert done.stderr.startswith("error: cannot listen on 127.0.0.1:") and "another --port" in done.stderr
     assert "s3cret-abc" not in done.stderr + done.stdout
+
+
+def test_a_request_past_the_timeout_is_stopped_and_answered_504(tmp_path: Path, tiny_llama: Path) -> None:
+    """``serve.request_timeout_s``: the generation stops and the client gets a JSON 504."""
+    with _running_server(tmp_path, tiny_llama.parent, serve={"request_timeout_s": 0.5}) as slow:
+        body = {
+            "model": PRIMARY,
+            "messages": [{"role": "user", "content": "Write a very long story about markets."}],
+            "max_tokens": 4000,
+        }
+        started = time.monotonic()
+        reply = slow.post(body)
+        assert reply.status_code == 504, reply.text
+        assert reply.json()["error"]["code"] == "timeout"
+        assert time.monotonic() - started < 30  # stopped, not run to max_tokens
+        assert slow.metric("trading_agents_serve_cancelled_total", 'reason="timeout"') == 1
+        assert slow.get("/health").status_code == 200  # the server goes on serving
