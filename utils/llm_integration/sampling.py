@@ -185,6 +185,9 @@ def llama_class() -> type:
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             self.timings = _new_timings()
+            self.other_load = OtherLoad()  # what other processes use, read per forward pass
+            self._cores = usable_cores()
+            self._fragments: dict[str, list[int] | None] = {}
             super().__init__(*args, **kwargs)
 
         def reset_timings(self) -> None:
@@ -195,7 +198,6 @@ def llama_class() -> type:
         grammar_first = False
 
         _prime: tuple[list[int], str] | None = None
-        _fragments: dict[str, list[int] | None]
 
         def piece(self, token: int) -> bytes:
             """The bytes ``token`` spells (no space stripped, special tokens as text)."""
@@ -208,7 +210,7 @@ def llama_class() -> type:
             tokenizes from the start; then the tokens after a newline, which starts a piece of
             its own, are taken instead.
             """
-            cache = self.__dict__.setdefault("_fragments", {})
+            cache = self._fragments
             if text not in cache:
                 want = text.encode("utf-8")
                 found: list[int] | None = None
@@ -248,14 +250,17 @@ def llama_class() -> type:
 
         def eval(self, tokens: Any) -> None:
             tokens = list(tokens)
-            load = self.__dict__.setdefault("other_load", OtherLoad())
-            if len(tokens) <= 1 or self.n_threads_batch == self.n_threads:
-                load.note()
+            if self.n_threads_batch == self.n_threads:  # one count for everything: nothing to choose
+                return super().eval(tokens)
+            if len(tokens) <= 1:
+                self.other_load.note()
                 return super().eval(tokens)
             if len(tokens) < SMALL_BATCH:
                 threads = self.n_threads
             else:
-                threads = batch_threads(self.n_threads, self.n_threads_batch, load.cores(), usable_cores())
+                threads = batch_threads(
+                    self.n_threads, self.n_threads_batch, self.other_load.cores(), self._cores
+                )
             if threads == self.n_threads_batch:
                 return super().eval(tokens)
             llama_cpp.llama_set_n_threads(self._ctx.ctx, self.n_threads, threads)
