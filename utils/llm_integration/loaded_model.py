@@ -379,7 +379,7 @@ class LocalLLM:
         spelled = b""
         want = text.encode("utf-8")
         for k, token in enumerate(generated, start=1):
-            spelled += llama.detokenize([token], special=True)
+            spelled += llama.piece(token)
             if spelled == want:
                 self._kv_text, self._kv_tokens = prompt + text, [*tokens, *generated[:k]]
                 return
@@ -565,42 +565,22 @@ class LocalLLM:
             latency = time.monotonic() - start
             perf = llama_cpp.llama_perf_context(llama._ctx.ctx)
             self._remember_reply(prompt, tokens, "".join(pieces))
-        timings = llama.timings
         evaluated = max(0, int(perf.n_p_eval))
-        prompt_s = perf.t_p_eval_ms / 1e3
-        gen_s = perf.t_eval_ms / 1e3
-        generated = int(timings["sampled"]) or max(n_gen, int(perf.n_eval))
-        p_rate = evaluated / prompt_s if prompt_s > 0 else 0.0
-        g_rate = generated / gen_s if gen_s > 0 else 0.0
-        # the router plans with what a reply token really costs: sampling under a grammar and
-        # streaming take as long as the forward pass on small models, and llama.cpp counts neither
-        wall_rate = (generated - 1) / (latency - ttft) if generated > 1 and latency > ttft > 0 else 0.0
-        self._update_rates(p_rate, wall_rate or g_rate)
-        self.calls += 1
-        metrics = CallMetrics(
-            model=self.display,
-            model_sha256=self.sha256,
+        generated = int(llama.timings["sampled"]) or max(n_gen, int(perf.n_eval))
+        metrics = self._record_call(
+            perf,
+            llama.timings,
             prompt_tokens=len(tokens),
             cached_prompt_tokens=max(0, len(tokens) - evaluated),
             completion_tokens=generated,
-            ttft_s=round(ttft or latency, 4),
-            latency_s=round(latency, 4),
-            prompt_tokens_per_s=round(p_rate, 1),
-            gen_tokens_per_s=round(g_rate, 1),
-            finish_reason=finish,
+            eval_tokens=generated,
+            ttft=ttft,
+            latency=latency,
+            finish=finish,
             grammar=grammar is not None,
-            prompt_eval_s=round(prompt_s, 4),
-            generation_s=round(gen_s, 4),
-            sampling_s=round(timings["sampling_s"], 4),
-            cache_state_s=round(timings["cache_state_s"], 4),
+            max_tokens=max_tokens,
         )
-        text = "".join(pieces)
-        if grammar is not None and finish == "length":
-            raise OutputTruncatedError(
-                f"{self.display} hit max_tokens={max_tokens} before the JSON reply was complete;"
-                " raise llm.max_tokens"
-            )
-        return metrics, text
+        return metrics, "".join(pieces)
 
     def _generate_planned(
         self,
@@ -645,42 +625,79 @@ class LocalLLM:
             )
         # the prompt and the whole reply: what the next prompt that quotes it starts with
         self._kv_text, self._kv_tokens = prompt + text, [*tokens, *decoded.tokens]
-        perf = llama_cpp.llama_perf_context(llama._ctx.ctx)
-        timings = llama.timings
+        metrics = self._record_call(
+            llama_cpp.llama_perf_context(llama._ctx.ctx),
+            llama.timings,
+            prompt_tokens=len(tokens),
+            cached_prompt_tokens=decoded.reused_prompt_tokens,
+            # the reply's tokens, as usage counts them
+            completion_tokens=decoded.sampled + decoded.fixed_tokens,
+            eval_tokens=None,  # llama.cpp's own count: fixed text is evaluated in batches
+            ttft=decoded.first_token_s,
+            latency=latency,
+            finish="length" if decoded.finish_reason == "length" else "stop",
+            grammar=True,
+            max_tokens=max_tokens,
+            fixed_tokens=decoded.fixed_tokens,
+        )
+        return metrics, text
+
+    def _record_call(
+        self,
+        perf: Any,
+        timings: Mapping[str, float],
+        *,
+        prompt_tokens: int,
+        cached_prompt_tokens: int,
+        completion_tokens: int,
+        eval_tokens: int | None,
+        ttft: float,
+        latency: float,
+        finish: str,
+        grammar: bool,
+        max_tokens: int,
+        fixed_tokens: int = 0,
+    ) -> CallMetrics:
+        """A finished call's :class:`CallMetrics` from llama.cpp's perf counters and the sampler's
+        timings; updates the rolling rates the router plans with. ``eval_tokens``: the tokens the
+        generation rate is over (None: llama.cpp's decode count). A structured reply cut at
+        ``max_tokens`` raises :class:`OutputTruncatedError`."""
         prompt_s = perf.t_p_eval_ms / 1e3
         gen_s = perf.t_eval_ms / 1e3
-        generated = decoded.sampled + decoded.fixed_tokens  # the reply's tokens, as usage counts them
-        ttft = decoded.first_token_s
-        p_rate = max(0, int(perf.n_p_eval)) / prompt_s if prompt_s > 0 else 0.0
-        g_rate = max(1, int(perf.n_eval)) / gen_s if gen_s > 0 else 0.0
-        wall_rate = (generated - 1) / (latency - ttft) if generated > 1 and latency > ttft > 0 else 0.0
+        evaluated = max(0, int(perf.n_p_eval))
+        decoded = eval_tokens if eval_tokens is not None else max(1, int(perf.n_eval))
+        p_rate = evaluated / prompt_s if prompt_s > 0 else 0.0
+        g_rate = decoded / gen_s if gen_s > 0 else 0.0
+        # the router plans with what a reply token really costs: sampling under a grammar and
+        # streaming take as long as the forward pass on small models, and llama.cpp counts neither
+        n = completion_tokens
+        wall_rate = (n - 1) / (latency - ttft) if n > 1 and latency > ttft > 0 else 0.0
         self._update_rates(p_rate, wall_rate or g_rate)
         self.calls += 1
-        finish = "length" if decoded.finish_reason == "length" else "stop"
         metrics = CallMetrics(
             model=self.display,
             model_sha256=self.sha256,
-            prompt_tokens=len(tokens),
-            cached_prompt_tokens=decoded.reused_prompt_tokens,
-            completion_tokens=generated,
+            prompt_tokens=prompt_tokens,
+            cached_prompt_tokens=cached_prompt_tokens,
+            completion_tokens=completion_tokens,
             ttft_s=round(ttft or latency, 4),
             latency_s=round(latency, 4),
             prompt_tokens_per_s=round(p_rate, 1),
             gen_tokens_per_s=round(g_rate, 1),
             finish_reason=finish,
-            grammar=True,
+            grammar=grammar,
             prompt_eval_s=round(prompt_s, 4),
             generation_s=round(gen_s, 4),
             sampling_s=round(timings["sampling_s"], 4),
             cache_state_s=round(timings["cache_state_s"], 4),
-            fixed_tokens=decoded.fixed_tokens,
+            fixed_tokens=fixed_tokens,
         )
-        if finish == "length":
+        if grammar and finish == "length":
             raise OutputTruncatedError(
                 f"{self.display} hit max_tokens={max_tokens} before the JSON reply was complete;"
                 " raise llm.max_tokens"
             )
-        return metrics, text
+        return metrics
 
     def plan(self, schema_json: Mapping[str, Any]) -> ReplyPlan | None:
         """The :class:`ReplyPlan` of a schema (None: decoded whole), built once per schema."""
