@@ -189,7 +189,7 @@ def test_status_of_a_folder_without_grid_is_exit_2(
 
 def test_the_shipped_example_is_valid() -> None:
     spec = load_spec(Path(__file__).resolve().parents[1] / "configs" / "grids" / "example.yaml")
-    assert len(expand(spec)) == 3 * 15 * 4 and spec.reference_label() == "buy-hold"
+    assert len(expand(spec)) == 5 * 15 * 4 and spec.reference_label() == "buy-hold"
 
 
 NEWS_SPEC = """

@@ -76,16 +76,30 @@ def test_bundled_goog_is_as_traded_not_split_adjusted() -> None:
 
 
 def test_bundled_files_are_iso_yahoo_format() -> None:
-    for name in ("GOOG", "SPX", "IXIC"):
+    for name in ("GOOG", "SPX", "IXIC", "AAPL", "IBM", "MSFT", "FB"):
         lines = (DATA_DIR / f"{name}.csv").read_text().splitlines()
         assert lines[0] == HEADER.strip()
         assert lines[1][:4].isdigit() and lines[1][4] == "-"
     assert (DATA_DIR / "README.md").is_file()
 
 
+def test_bundled_stocks_are_adjusted_across_splits() -> None:
+    """AAPL split 2:1 on 2000-06-21 and MSFT on 2003-02-18: adjusted bars show no halving there,
+    and the volume divides by the same factor, so a day's dollar volume is the one traded."""
+    provider = BundledProvider()
+    for ticker, before, after in (("AAPL", "2000-06-20", "2000-06-21"), ("MSFT", "2003-02-14", "2003-02-18")):
+        bars = provider.bars(ticker)
+        assert 0.8 < bars.loc[after, "Open"] / bars.loc[before, "Close"] < 1.2
+    aapl = provider.bars("aapl")
+    # 2013-03-01 (after every split the source adjusts for but 2014's 7:1): as traded 430.47 x 19,730,300
+    assert aapl.loc["2013-03-01", "Close"] * aapl.loc["2013-03-01", "Volume"] == pytest.approx(
+        430.47 * 19_730_300, rel=1e-3
+    )
+
+
 def test_bundled_aliases_and_case() -> None:
     provider = BundledProvider()
-    assert provider.tickers() == ["GOOG", "SPX", "IXIC"]
+    assert provider.tickers() == ["GOOG", "SPX", "IXIC", "AAPL", "IBM", "MSFT", "FB"]
     pd.testing.assert_frame_equal(provider.bars("^gspc"), provider.bars("SPX"))
     pd.testing.assert_frame_equal(provider.bars("^IXIC"), provider.bars("ixic"))
     assert not provider.has("GOOGL")
@@ -93,7 +107,8 @@ def test_bundled_aliases_and_case() -> None:
 
 def test_bundled_unknown_ticker_lists_the_bundled_ones() -> None:
     with pytest.raises(
-        DataUnavailableError, match=r"no bundled data for GOOGL; bundled tickers are GOOG, SPX, IXIC"
+        DataUnavailableError,
+        match=r"no bundled data for GOOGL; bundled tickers are GOOG, SPX, IXIC, AAPL, IBM, MSFT, FB",
     ):
         BundledProvider().history("googl")
 
@@ -342,5 +357,5 @@ def test_load_bars_bad_arguments() -> None:
         load_bars(tickers=["GOOG"], source="csv")
     with pytest.raises(UserInputError, match="unknown data source"):
         load_bars(tickers=["GOOG"], source="ftp")  # type: ignore[arg-type]
-    with pytest.raises(DataUnavailableError, match="no bundled data for AAPL"):
-        load_bars(tickers=["AAPL"], source="bundled")
+    with pytest.raises(DataUnavailableError, match="no bundled data for NVDA"):
+        load_bars(tickers=["NVDA"], source="bundled")

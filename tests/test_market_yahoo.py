@@ -125,7 +125,7 @@ def test_network_down_without_cache(tmp_path: Path) -> None:
         yp.history("IBM")
     message = str(info.value)
     assert message.startswith("cannot reach Yahoo Finance for IBM (TimeoutError: timed out)")
-    assert message.endswith("use --data FILE.csv or a bundled ticker (GOOG, SPX, IXIC)")
+    assert message.endswith("use --data FILE.csv or a bundled ticker (GOOG, SPX, IXIC, AAPL, IBM, MSFT, FB)")
     assert info.value.exit_code == 4
 
 
@@ -202,9 +202,9 @@ def test_error_classifiers() -> None:
 
 def test_load_bars_routes_unbundled_tickers_to_the_yahoo_cache(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    YahooProvider(cache, fetch=FakeYahoo(yahoo_frame())).refresh("AAPL")
-    out = load_bars(tickers=["aapl"], cache_dir=cache, start=date(2024, 1, 3))
-    assert list(out) == ["AAPL"] and len(out["AAPL"]) == 3
+    YahooProvider(cache, fetch=FakeYahoo(yahoo_frame())).refresh("NVDA")
+    out = load_bars(tickers=["nvda"], cache_dir=cache, start=date(2024, 1, 3))
+    assert list(out) == ["NVDA"] and len(out["NVDA"]) == 3
 
 
 def test_real_yfinance_call_fails_cleanly_when_yahoo_is_unreachable(

@@ -6,10 +6,16 @@ Ticker  Instrument                                  Dates                     Ro
 GOOG    Google Inc. (class A shares of the time)    2004-08-19 .. 2013-03-01  2148
 SPX     S&P 500 index (Yahoo ``^GSPC``)             1999-01-04 .. 2018-12-31  5031
 IXIC    NASDAQ Composite index (Yahoo ``^IXIC``)    1999-01-04 .. 2018-12-31  5031
+AAPL    Apple Inc.                                  2000-03-01 .. 2013-03-01  3270
+IBM     International Business Machines             2000-03-01 .. 2013-03-01  3270
+MSFT    Microsoft Corp.                             2000-03-01 .. 2013-03-01  3270
+FB      Facebook Inc.                               2012-05-18 .. 2013-03-01   196
 ======  ==========================================  ========================  =====
 
-Prices are as traded at the time (GOOG is not adjusted for its 2014 and 2022 splits,
-which lie after the data's end).
+GOOG's prices are as traded at the time (its 2014 and 2022 splits lie after the data's end).
+AAPL, IBM, MSFT and FB are split- and dividend-adjusted throughout (AAPL split in 2000 and
+2005, MSFT in 2003), with volume divided by the same factor so dollar volume is as traded:
+no window, whatever its dates, spans an unadjusted split.
 
 Provenance, adjustments and licences: ``trading_agents/market/data/README.md``.
 Tickers are case-insensitive; ``^GSPC`` and ``^SPX`` name SPX, ``^IXIC`` names IXIC.
@@ -27,7 +33,7 @@ from trading_agents.errors import DataUnavailableError
 from trading_agents.market.base import normalize_ticker, slice_window
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-BUNDLED_TICKERS: tuple[str, ...] = ("GOOG", "SPX", "IXIC")
+BUNDLED_TICKERS: tuple[str, ...] = ("GOOG", "SPX", "IXIC", "AAPL", "IBM", "MSFT", "FB")
 ALIASES: dict[str, str] = {"^GSPC": "SPX", "^SPX": "SPX", "^IXIC": "IXIC"}
 
 
@@ -51,7 +57,7 @@ class BundledProvider:
     name = "bundled"
 
     def tickers(self) -> list[str]:
-        """The bundled tickers: ``["GOOG", "SPX", "IXIC"]``."""
+        """The bundled tickers, GOOG first: ``["GOOG", "SPX", "IXIC", "AAPL", "IBM", "MSFT", "FB"]``."""
         return list(BUNDLED_TICKERS)
 
     def has(self, ticker: str) -> bool:

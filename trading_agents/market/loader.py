@@ -44,7 +44,7 @@ def load_bars(
     * ``data_file`` given: that CSV (one instrument); its ticker is the single entry of
       ``tickers`` or else the file name without extension.
     * otherwise ``tickers`` are required. ``source="auto"`` uses the bundled data when every
-      ticker is bundled (GOOG, SPX, IXIC and the aliases ^GSPC, ^SPX, ^IXIC) and Yahoo
+      ticker is bundled (GOOG, SPX, IXIC, AAPL, IBM, MSFT, FB and the aliases ^GSPC, ^SPX, ^IXIC) and Yahoo
       Finance otherwise (for all of them, so they share one adjustment convention; SPX and
       IXIC are asked for as ^GSPC and ^IXIC there).
 
