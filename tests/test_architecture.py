@@ -39,6 +39,7 @@ ALLOWED: dict[str, set[str]] = {
     "grid": {"core", "journal", "agents", "market", "model_files", "backtest", "utils"} | FOUNDATION,
     "bench": {"core", "journal", "agents", "market", "model_files", "backtest", "session", "grid", "utils"}
     | FOUNDATION,
+    "dashboard": {"core", "journal", "agents", "model_files", "backtest", "grid", "serve"} | FOUNDATION,
     "cli": {"*"},
 }
 
