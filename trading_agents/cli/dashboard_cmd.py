@@ -27,7 +27,9 @@ def dashboard(
     host: Annotated[
         str, typer.Option("--host", help="Bind address; another than loopback needs a key.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8050,
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free port).")
+    ] = 8050,
     results: Annotated[
         list[Path] | None,
         typer.Option(
@@ -90,7 +92,7 @@ def dashboard(
         app = asgi_app(DashboardConfig(settings=settings, roots=roots, api_key=key))
         shown = f"[{host}]" if ":" in host else host
         err_console.print(
-            f"dashboard on http://{shown}:{port}/"
+            f"dashboard on http://{shown}:{sock.getsockname()[1]}/"
             f" ({'API key required; halt/resume on' if key else 'read-only'});"
             f" results from {', '.join(str(r) for r in roots)}",
             soft_wrap=True,

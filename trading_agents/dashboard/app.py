@@ -31,6 +31,7 @@ from fastapi.responses import (
     StreamingResponse,
 )
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -74,7 +75,7 @@ def create_app(config: DashboardConfig) -> FastAPI:
     )
     env.filters["money"] = lambda v: "-" if v is None else f"{v:,.2f}"
     env.filters["num"] = lambda v, d=2: "-" if v is None else f"{v:,.{d}f}"
-    env.filters["tojson_safe"] = lambda v: json.dumps(v, default=str).replace("</", "<\\/")
+    env.filters["tojson_safe"] = _script_json
     can_write = config.api_key is not None
     app = FastAPI(title="trading-agents dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     row_template = env.get_template("rows.html")
@@ -234,6 +235,14 @@ def create_app(config: DashboardConfig) -> FastAPI:
         return FileResponse(path)
 
     return app
+
+
+def _script_json(value: Any) -> Markup:
+    """JSON safe inside a ``<script>`` element (no ``</script>`` can close it early)."""
+    text = (
+        json.dumps(value, default=str).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    )
+    return Markup(text)
 
 
 def _changes(sources: Sources, run_id: str, after_id: int, seen_steps: int) -> dict[str, Any] | None:

@@ -68,7 +68,8 @@ def account_equity(steps: Sequence[Mapping[str, Any]], starting_cash: float) -> 
                 "line": {"color": "#999999", "dash": "dot"},
             }
         )
-    return {"data": data, "layout": _layout("Equity against buy-and-hold", "equity [$]")}
+    layout = _layout("Equity against buy-and-hold", "equity [$]", xaxis={"type": "date", "tickformat": "%Y-%m-%d"})
+    return {"data": data, "layout": layout}
 
 
 def backtest_equity(equity: pd.DataFrame, baselines: pd.DataFrame | None, name: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ leaderboards; decision rows are described with the desk's own helpers (``order_t
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -27,8 +28,9 @@ def account_view(led: Ledger, run_id: str, page: int) -> dict[str, Any] | None:
     if info is None:
         return None
     acct = led.account(run_id)
-    steps = led.steps(run_id)
-    prices = steps[-1]["prices"] if steps else {}
+    total = led.decision_count(run_id)
+    whole = _whole_run(led, run_id, info.starting_cash, total)
+    prices = whole["prices"]
     positions = [
         {
             "ticker": t,
@@ -50,16 +52,14 @@ def account_view(led: Ledger, run_id: str, page: int) -> dict[str, Any] | None:
         for o in led.orders(run_id, limit=200, newest_first=True)
     ]
     events = led.risk_events(run_id)
-    total = led.decision_count(run_id)
     pages = max(1, math.ceil(total / PAGE_SIZE))
     page = min(max(1, page), pages)
     decisions = led.decision_page(run_id, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
-    everything = led.decisions(run_id)
     return {
         "run": info,
         "account": acct,
-        "steps": len(steps),
-        "last_bar": steps[-1]["bar_date"].strftime("%Y-%m-%d") if steps else None,
+        "steps": whole["steps"],
+        "last_bar": whole["last_bar"],
         "positions": positions,
         "orders": orders,
         "risk_events": events[-50:],
@@ -69,10 +69,39 @@ def account_view(led: Ledger, run_id: str, page: int) -> dict[str, Any] | None:
         "page": page,
         "pages": pages,
         "decision_total": total,
+        "track_record": whole["track_record"],
+        "news": whole["news"],
+        "chart": whole["chart"],
+    }
+
+
+_WHOLE_RUN_CACHE: OrderedDict[tuple[str, str, int, int], dict[str, Any]] = OrderedDict()
+_CACHE_SIZE = 8
+
+
+def _whole_run(led: Ledger, run_id: str, starting_cash: float, decisions: int) -> dict[str, Any]:
+    """What needs every step and decision of the run (the equity chart, the track record,
+    the news seen), computed once per recorded step: the ledger only grows, so the step and
+    decision counts identify what was read."""
+    key = (str(led.path), run_id, led.step_count(run_id), decisions)
+    hit = _WHOLE_RUN_CACHE.get(key)
+    if hit is not None:
+        _WHOLE_RUN_CACHE.move_to_end(key)
+        return hit
+    steps = led.steps(run_id)
+    everything = led.decisions(run_id)
+    whole = {
+        "steps": len(steps),
+        "last_bar": steps[-1]["bar_date"].strftime("%Y-%m-%d") if steps else None,
+        "prices": steps[-1]["prices"] if steps else {},
         "track_record": action_stats(everything),
         "news": news_seen(everything[-NEWS_DECISIONS:]),
-        "chart": charts.account_equity(steps, info.starting_cash),
+        "chart": charts.account_equity(steps, starting_cash),
     }
+    _WHOLE_RUN_CACHE[key] = whole
+    while len(_WHOLE_RUN_CACHE) > _CACHE_SIZE:
+        _WHOLE_RUN_CACHE.popitem(last=False)
+    return whole
 
 
 def decision_rows(
