@@ -68,7 +68,9 @@ def account_equity(steps: Sequence[Mapping[str, Any]], starting_cash: float) -> 
                 "line": {"color": "#999999", "dash": "dot"},
             }
         )
-    layout = _layout("Equity against buy-and-hold", "equity [$]", xaxis={"type": "date", "tickformat": "%Y-%m-%d"})
+    layout = _layout(
+        "Equity against buy-and-hold", "equity [$]", xaxis={"type": "date", "tickformat": "%Y-%m-%d"}
+    )
     return {"data": data, "layout": layout}
 
 
