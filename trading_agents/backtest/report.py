@@ -92,7 +92,8 @@ def write_results(
     bars: Mapping[str, pd.DataFrame] | None = None,
     baseline_equity: Mapping[str, pd.Series] | None = None,
 ) -> dict[str, Path]:
-    """Write the five result files into ``out_dir`` (created) and return their paths by stem.
+    """Write the five result files (and ``baselines.csv`` when there is something to compare
+    with) into ``out_dir`` (created) and return their paths by stem.
 
     ``result`` is an ``EngineResult``; ``metrics`` and each of ``baselines`` come from
     :func:`~trading_agents.backtest.metrics.compute_metrics`. ``bars`` (the engine's input)
@@ -123,7 +124,8 @@ def write_results(
     cash = float(getattr(result, "starting_cash", 0.0) or (equity["equity"].iloc[0] if len(equity) else 0.0))
     curves = comparison_curves(equity, cash, bars, baseline_equity or {})
     if curves is not None:
-        atomic_write_text(out_dir / BASELINES_FILE, curves.to_csv(index_label=equity.index.name or "Date"))
+        paths["baselines"] = out_dir / BASELINES_FILE
+        atomic_write_text(paths["baselines"], curves.to_csv(index_label=equity.index.name or "Date"))
     page = render_html(result, summary, bars=bars, baseline_equity=baseline_equity or {})
     atomic_write_bytes(paths["report"], page.encode("utf-8"))
     # written last: a summary.json means the folder is complete (a full disk stops before it)
