@@ -28,6 +28,7 @@ from trading_agents.dashboard.app import DashboardConfig, asgi_app
 from trading_agents.grid.run import run_grid
 from trading_agents.grid.spec import spec_from_text
 from trading_agents.journal import Ledger
+from trading_agents.serve.access import bind_socket
 
 GRID_SPEC = """
 data: {tickers: [GOOG, SPX]}
@@ -341,3 +342,60 @@ def test_reading_never_blocks_the_writer(isolated_state: Path) -> None:
             assert writer.get_run("w").status == "running"
         finally:
             reader.close()
+
+
+def test_models_page_shows_a_configured_serve_health_and_metrics_and_an_absent_one(
+    chromium: Any, isolated_state: Path, tmp_path: Path
+) -> None:
+    serve_key = "serve-key-not-for-pages"
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {
+        **os.environ,
+        "TRADING_AGENTS_HOME": str(isolated_state),
+        "TRADING_AGENTS_SERVE__API_KEY": serve_key,
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trading_agents.cli.app",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        for line in proc.stderr:  # the line comes once the models are loaded and the port is bound
+            if line.startswith("serving "):
+                break
+        else:
+            pytest.fail(f"serve did not start (exit {proc.wait()})")
+        url = f"http://127.0.0.1:{port}"
+        settings = {"paths.home": str(isolated_state), "llm.server_url": url, "llm.server_api_key": serve_key}
+        app = asgi_app(DashboardConfig(settings=load_settings(None, settings), roots=[tmp_path]))
+        with serving(app) as base:
+            page = Page(chromium.new_context())
+            page.open(base + "/models")
+            health = json.loads(page.page.inner_text("#serve-health"))
+            assert health["status"] in ("ok", "degraded") and health["models"]
+            assert "trading_agents_" in page.page.inner_text("#serve-metrics")
+            assert serve_key not in page.page.content()
+            assert page.errors == []
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    # the same page once the serve is gone: a message, and the rest of the page still there
+    with serving(app) as base:
+        page = Page(chromium.new_context())
+        page.open(base + "/models")
+        assert "did not answer" in page.page.inner_text("#serve-message")
+        assert page.page.locator("#registry tbody tr").count() >= 1
+        assert page.errors == []
