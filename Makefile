@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: install run test test-slow bench lint clean
+.PHONY: install browser run test test-slow bench lint clean
 
 install: $(STAMP)
 
@@ -56,10 +56,19 @@ $(BUILD_FLAVOUR):
 run: install
 	$(BIN)/trading-agents run
 
-test: install
+# The dashboard's tests drive Debian's headless Chromium through Playwright (no browser
+# download): install it once when missing. Quiet and idempotent; sudo only when not root.
+browser:
+	@command -v chromium > /dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the dashboard's browser tests"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq > /dev/null && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver > /dev/null; }
+
+test: install browser
 	$(BIN)/pytest -q
 
-test-slow: install
+test-slow: install browser
 	$(BIN)/pytest -q -m slow
 
 bench: install

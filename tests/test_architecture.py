@@ -38,7 +38,9 @@ ALLOWED: dict[str, set[str]] = {
     "serve": {"agents", "model_files", "utils"} | FOUNDATION,
     "grid": {"core", "journal", "agents", "market", "model_files", "backtest", "utils"} | FOUNDATION,
     "bench": {"core", "journal", "agents", "market", "model_files", "backtest", "session", "grid", "utils"}
+    | {"dashboard", "serve"}
     | FOUNDATION,
+    "dashboard": {"core", "journal", "agents", "model_files", "backtest", "grid", "serve"} | FOUNDATION,
     "cli": {"*"},
 }
 

@@ -43,7 +43,7 @@ def _assert_backtest_survived(report: dict, kills: int) -> None:
     assert report["identical"] is True  # the rerun equals an uninterrupted run
     # SIGKILL between a temporary file's creation and its rename can leave that hidden file (no
     # cleanup is possible); it must be one of ours, never a visible or partial result
-    prefixes = (*(f".{name}." for name in kill_loop.RESULT_FILES), ".write-test-")
+    prefixes = (*(f".{name}." for name in (*kill_loop.RESULT_FILES, "baselines.csv")), ".write-test-")
     assert all(n.startswith(prefixes) for n in report["hidden_tmp_files"]), report["hidden_tmp_files"]
     assert report["hidden_tmp_files_now"] == []  # the next run, holding the lock, removed them
 

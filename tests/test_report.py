@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from trading_agents.backtest.metrics import compute_metrics
-from trading_agents.backtest.report import RESULT_FILES, write_results
+from trading_agents.backtest.report import BASELINES_FILE, RESULT_FILES, write_results
 from trading_agents.config.settings import load_settings
 from trading_agents.errors import ResourceError
 
@@ -109,8 +109,11 @@ class _Images(HTMLParser):
 
 def test_results_folder_has_five_valid_files(tmp_path: Path) -> None:
     paths = _write(tmp_path / "run")
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(RESULT_FILES)
-    assert set(paths) == {"summary", "trades", "equity", "decisions", "report"}
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted([*RESULT_FILES, BASELINES_FILE])
+    assert set(paths) == {"summary", "trades", "equity", "decisions", "report", "baselines"}
+    curves = pd.read_csv(paths["baselines"], index_col=0)
+    assert list(curves.columns) == ["buy_and_hold", "buy-hold"]
+    assert len(curves) == len(pd.read_csv(paths["equity"]))
 
     summary = json.loads(paths["summary"].read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
     assert summary["metrics"]["num_trades"] == 2

@@ -19,6 +19,9 @@
     One JSON object per strategy decision: ``{"date", "strategy", "ticker", "record"}``
     (``ticker`` when the decision is about one); for the agents strategy the record holds
     each agent's rationale.
+``baselines.csv``
+    One row per bar: the equity of buy-and-hold and of each baseline run beside it (only
+    when the run had bars or baselines to compare with).
 ``report.html``
     Opens offline: charts are PNGs embedded as base64 (equity against buy-and-hold,
     drawdown, exposure and positions), the metrics table, a comparison table against the
@@ -44,6 +47,7 @@ from trading_agents.backtest.metrics import METRICS, format_metric
 from trading_agents.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 RESULT_FILES = ("summary.json", "trades.csv", "equity.csv", "decisions.jsonl", "report.html")
+BASELINES_FILE = "baselines.csv"
 
 #: Packages whose versions are recorded in summary.json (a result is only comparable with
 #: one made by the same code and numerics).
@@ -88,7 +92,8 @@ def write_results(
     bars: Mapping[str, pd.DataFrame] | None = None,
     baseline_equity: Mapping[str, pd.Series] | None = None,
 ) -> dict[str, Path]:
-    """Write the five result files into ``out_dir`` (created) and return their paths by stem.
+    """Write the five result files (and ``baselines.csv`` when there is something to compare
+    with) into ``out_dir`` (created) and return their paths by stem.
 
     ``result`` is an ``EngineResult``; ``metrics`` and each of ``baselines`` come from
     :func:`~trading_agents.backtest.metrics.compute_metrics`. ``bars`` (the engine's input)
@@ -116,6 +121,11 @@ def write_results(
     equity = result.equity
     atomic_write_text(paths["equity"], equity.to_csv(index_label=equity.index.name or "Date"))
     atomic_write_text(paths["decisions"], decisions_jsonl(result.decisions or []))
+    cash = float(getattr(result, "starting_cash", 0.0) or (equity["equity"].iloc[0] if len(equity) else 0.0))
+    curves = comparison_curves(equity, cash, bars, baseline_equity or {})
+    if curves is not None:
+        paths["baselines"] = out_dir / BASELINES_FILE
+        atomic_write_text(paths["baselines"], curves.to_csv(index_label=equity.index.name or "Date"))
     page = render_html(result, summary, bars=bars, baseline_equity=baseline_equity or {})
     atomic_write_bytes(paths["report"], page.encode("utf-8"))
     # written last: a summary.json means the folder is complete (a full disk stops before it)
@@ -134,6 +144,24 @@ def decisions_jsonl(decisions: list[Mapping[str, Any]]) -> str:
         row["record"] = item.get("record")
         lines.append(json.dumps(_json_ready(row), default=str, sort_keys=False))
     return "".join(line + "\n" for line in lines)
+
+
+def comparison_curves(
+    equity: pd.DataFrame,
+    cash: float,
+    bars: Mapping[str, pd.DataFrame] | None,
+    baseline_equity: Mapping[str, pd.Series],
+) -> pd.DataFrame | None:
+    """Buy-and-hold and each baseline's equity on the run's bars (``baselines.csv``), or None."""
+    if not len(equity) or (not bars and not baseline_equity):
+        return None
+    index = pd.DatetimeIndex(equity.index)
+    columns: dict[str, pd.Series] = {}
+    if bars:
+        columns["buy_and_hold"] = buy_hold_curve(bars, index, cash)
+    for name, curve in baseline_equity.items():
+        columns[name] = curve.reindex(index)
+    return pd.DataFrame(columns, index=index)
 
 
 def buy_hold_curve(bars: Mapping[str, pd.DataFrame], index: pd.DatetimeIndex, cash: float) -> pd.Series:

@@ -18,6 +18,7 @@ from typer.exceptions import TyperException
 from trading_agents.cli import (
     backtest_cmd,
     bench_cmd,
+    dashboard_cmd,
     grid_cmd,
     ledger_cmd,
     models_cmd,
@@ -53,6 +54,7 @@ app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(schedule_cmd.app, name="schedule")
 app.add_typer(grid_cmd.app, name="grid")
 app.command("serve", epilog=EPILOG)(serve_cmd.serve)
+app.command("dashboard", epilog=EPILOG)(dashboard_cmd.dashboard)
 
 
 def main(argv: list[str] | None = None) -> None:

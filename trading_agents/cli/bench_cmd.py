@@ -27,12 +27,13 @@ BENCHES = {
     "grid": "trading_agents.bench.grid",
     "serve": "trading_agents.bench.serve",
     "contention": "trading_agents.bench.contention",
+    "dashboard": "trading_agents.bench.dashboard",
 }
 
 app = typer.Typer(
     no_args_is_help=True,
     help=(
-        "Benchmarks: llm, session, selector, backtest, grid, serve, contention, or all"
+        "Benchmarks: llm, session, selector, backtest, grid, serve, contention, dashboard, or all"
         " (JSON files under --out)."
     ),
 )

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from typing import Annotated
 
 import typer
 
 from trading_agents.cli.common import ConfigOption, err_console, settings_from
-from trading_agents.errors import ConfigError, UserInputError
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+from trading_agents.serve.access import bind_socket, require_key_off_loopback
 
 
 def serve(
@@ -72,12 +60,13 @@ def serve(
 
     settings = settings_from(config, **{"serve.host": host, "serve.port": port, "serve.api_key": api_key})
     cfg = settings.serve
-    if not is_loopback(cfg.host) and cfg.api_key is None:
-        raise ConfigError(
-            f"refusing to serve on {cfg.host} without an API key; set TRADING_AGENTS_SERVE__API_KEY"
-            " (or serve.api_key, or --api-key), or bind to 127.0.0.1"
-        )
-    sock = _bind(cfg.host, cfg.port)
+    require_key_off_loopback(
+        cfg.host,
+        cfg.api_key is not None,
+        what="serve",
+        how="TRADING_AGENTS_SERVE__API_KEY (or serve.api_key, or --api-key)",
+    )
+    sock = bind_socket(cfg.host, cfg.port)
     try:
         backend = Backend(settings)
         for note in backend.notes:
@@ -97,20 +86,3 @@ def serve(
         server.run(sockets=[sock])
     finally:
         sock.close()
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """A listening socket, or one error line when the address cannot be had."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as exc:
-        sock.close()
-        raise UserInputError(
-            f"cannot listen on {host}:{port}: {exc.strerror}; pass another --port or --host"
-        ) from None
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock

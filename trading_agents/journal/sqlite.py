@@ -41,7 +41,7 @@ from trading_agents.core.records import (
 )
 from trading_agents.errors import LockBusyError, ResourceError, UserInputError
 from trading_agents.fsutil import exclusive_lock
-from trading_agents.journal.migrations import applied, apply_migrations
+from trading_agents.journal.migrations import MIGRATIONS, applied, apply_migrations
 from trading_agents.journal.rows import (
     FILL_KEYS,
     ORDER_KEYS,
@@ -134,6 +134,41 @@ class Ledger:
                 "move it away or pass another path"
             ) from None
         return ledger
+
+    @classmethod
+    def open_reader(cls, path: Path | str) -> Ledger:
+        """Open an existing ledger read-only, for viewers (the dashboard): nothing is created or
+        migrated, and in WAL mode a reader never holds a lock the writing engine waits on.
+
+        Raises :class:`~trading_agents.errors.UserInputError` with what to do when the file is
+        missing, not a ledger, or written by a newer trading-agents (unknown migrations).
+        """
+        file_path = Path(path).expanduser()
+        if not file_path.is_file():
+            raise UserInputError(f"no ledger at {file_path}; run `trading-agents run` to start one")
+        db = sqlite3.connect(f"{file_path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            names = [r[0] for r in db.execute("SELECT name FROM schema_version ORDER BY rowid")]
+        except sqlite3.Error as exc:
+            db.close()
+            raise UserInputError(
+                f"{file_path} is not a readable trading-agents ledger ({exc}); move it away or restore it"
+            ) from None
+        known = [fn.__name__ for fn in MIGRATIONS]
+        newer = [n for n in names if n not in known]
+        if newer:
+            db.close()
+            raise UserInputError(
+                f"{file_path} was written by a newer trading-agents (schema {', '.join(newer)});"
+                " upgrade trading-agents to read it"
+            )
+        if names != known[: len(names)] or not names:
+            db.close()
+            raise UserInputError(
+                f"{file_path} has an older or partial schema; open it once with `trading-agents ledger`"
+            )
+        return cls(db, file_path)
 
     def close(self) -> None:
         self._db.close()
@@ -363,6 +398,31 @@ class Ledger:
                 "created_at": at,
             }
             for bar, ticker, strategy, record, at in self._rows(sql, args)
+        ]
+
+    def decision_count(self, run_id: str) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM decisions WHERE run_id = ?", (run_id,)).fetchone()[0]
+
+    def decision_page(
+        self, run_id: str, *, limit: int, offset: int = 0, after_id: int = 0
+    ) -> list[dict[str, Any]]:
+        """One page of decision records, newest first, each with its row ``id`` (only those
+        with an id above ``after_id``: what a live view has not shown yet)."""
+        rows = self._rows(
+            "SELECT id, bar_date, ticker, strategy, record_json, created_at FROM decisions"
+            " WHERE run_id = ? AND id > ? ORDER BY id DESC LIMIT ? OFFSET ?",
+            (run_id, int(after_id), int(limit), int(offset)),
+        )
+        return [
+            {
+                "id": i,
+                "bar_date": bar,
+                "ticker": ticker,
+                "strategy": strategy,
+                "record": json.loads(record),
+                "created_at": at,
+            }
+            for i, bar, ticker, strategy, record, at in rows
         ]
 
     def risk_events(self, run_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 import uuid
@@ -33,6 +32,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trading_agents.config.settings import Settings
+from trading_agents.serve.access import authorization_matches
 from trading_agents.serve.backend import SELECTOR, Backend, GenerationCancelledError, Outcome
 from trading_agents.serve.errors import ApiError, error_body, install_handlers
 from trading_agents.serve.metrics import CONTENT_TYPE, ServeMetrics
@@ -280,8 +280,7 @@ class _Guard:
         assert self._key is not None
         for name, value in scope.get("headers", []):
             if name == b"authorization":
-                scheme, _, given = value.partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._key)
+                return authorization_matches(value, self._key)
         return False
 
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, bool]:
