@@ -201,8 +201,8 @@ def test_a_malformed_data_file_is_refused_before_any_model_runs(
     assert code == 2 and "2024-01-02" in err and err.count("\n") == 1
 
 
-def _scripted_buyer(settings: object) -> AgentStrategy:
-    """A desk whose replies buy (the guards and limits size the order)."""
+def _scripted_buyer(settings: object, quantity: int = 10) -> AgentStrategy:
+    """A desk whose replies buy ``quantity`` (the guards and limits size the order)."""
     primary, _, notes = resolve_llm_pair(settings)  # type: ignore[arg-type]
     analyst = json.dumps(
         {
@@ -216,7 +216,7 @@ def _scripted_buyer(settings: object) -> AgentStrategy:
     risk = json.dumps(
         {"decision": "approve", "max_position_pct": 0.2, "stop_loss_pct": 0.05, "reasons": ["ok"]}
     )
-    order = json.dumps({"side": "buy", "quantity": 10, "order_type": "market", "time_in_force": "day"})
+    order = json.dumps({"side": "buy", "quantity": quantity, "order_type": "market", "time_in_force": "day"})
     desk = DeskModels(
         primary=primary,
         fallback=None,
@@ -291,3 +291,34 @@ def test_a_held_ticker_never_priced_is_one_error_line_naming_it(
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "XYZ" in errors[0] and "--ticker XYZ" in errors[0], err
     assert "Traceback" not in err
+
+
+def test_a_stopped_buy_names_the_rule_full_position_cap_then_halted(
+    capsys: pytest.CaptureFixture[str], isolated_state: Path
+) -> None:
+    """A buy on a full position cap, then on a HALTED account: the order column and
+    ``stopped_by`` name those rules, not the symptom (no shares left to buy)."""
+    settings = load_settings()
+    bars = load_bars(tickers=["GOOG"])
+    ledger_file = isolated_state / "ledger.sqlite"
+
+    def buy_every_day(ledger: Ledger, first: str, last: str) -> None:
+        strategy = _scripted_buyer(settings, quantity=1_000_000)
+        run_session(
+            settings, bars, pd.Timestamp(first), pd.Timestamp(last), journal=ledger, strategy=strategy
+        )
+        strategy.close()
+
+    with Ledger.open(ledger_file) as ledger:
+        buy_every_day(ledger, "2013-02-25", "2013-02-27")
+        ledger.set_risk_state("HALTED", "test halt")
+        buy_every_day(ledger, "2013-02-28", "2013-02-28")
+    code, out, err = cli(capsys, "ledger", "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    decisions = {d["bar_date"][:10]: d["stopped_by"]["GOOG"] for d in shown["run"]["decisions"]}
+    assert decisions["2013-02-25"] is None  # clipped to the cap and placed
+    assert decisions["2013-02-27"] == "executor veto: position_cap_full"
+    assert decisions["2013-02-28"] == "executor veto: HALTED"
+    code, out, _ = cli(capsys, "ledger")
+    assert "HALTED" in out and "zero_quantity" not in out  # the table wraps its columns

@@ -176,7 +176,9 @@ def _summary(
                     "agents": agents,
                     "guards": rec.get("guards", []),
                     "intent": rec.get("intent"),
-                    "stopped_by": stopped_by(rec),
+                    "stopped_by": stopped_by(
+                        rec, [f"{e.kind}:{e.rule}" for e in event.risk_events if e.ticker in (tick, None)]
+                    ),
                     "error": rec.get("error"),
                     "skipped": rec.get("skipped"),
                     **{k: rec[k] for k in _INPUT_FIELDS if k in rec},
