@@ -70,6 +70,8 @@ def test_session_on_the_embedded_model_decides_fills_records_and_resumes(
     assert code == 0, err
     again = json.loads(out)
     assert again["resumed_steps"] == 3 and again["decisions"] == [] and again["llm"]["calls"] == 0
+    assert "already holds every bar of 2013-02-26..2013-02-28" in again["idle_reason"]
+    assert again["idle_reason"] in err  # said on stderr too, in one line
     with sqlite3.connect(ledger_file) as db:
         assert db.execute("SELECT COUNT(*) FROM orders").fetchone()[0] == orders_before
 
@@ -322,3 +324,27 @@ def test_a_stopped_buy_names_the_rule_full_position_cap_then_halted(
     assert decisions["2013-02-28"] == "executor veto: HALTED"
     code, out, _ = cli(capsys, "ledger")
     assert "HALTED" in out and "zero_quantity" not in out  # the table wraps its columns
+
+
+def test_a_run_after_the_accounts_last_bar_says_why_it_decides_nothing(
+    capsys: pytest.CaptureFixture[str], isolated_state: Path
+) -> None:
+    """The account already stands after the data's last bar (it traded other data before)."""
+    from trading_agents.core import StepRecord
+
+    with Ledger.open(isolated_state / "ledger.sqlite") as ledger:
+        ledger.create_run("paper", kind="session", strategy="agents", starting_cash=100_000.0)
+        ledger.commit_step(
+            StepRecord(
+                "paper", pd.Timestamp("2024-05-02"), 0, 100_000.0, 100_000.0, 0.0,
+                {}, {}, "ACTIVE", "", 0, 100_000.0, 100_000.0,
+            )
+        )  # fmt: skip
+    code, out, err = cli(capsys, "run", "--days", "1", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["decisions"] == [] and summary["llm"]["calls"] == 0
+    reason = summary["idle_reason"]
+    assert "already stands at 2024-05-02, after the data's last bar 2013-03-01" in reason
+    notes = [line for line in err.splitlines() if "nothing to decide" in line]
+    assert len(notes) == 1 and reason in notes[0]
