@@ -191,7 +191,7 @@ def test_lock_held_by_another_process(capsys, tmp_path: Path) -> None:
             sys.executable,
             "-c",
             "import sys, time; from trading_agents.fsutil import exclusive_lock\n"
-            f"with exclusive_lock({str(lock)!r}):\n print('held', flush=True); time.sleep(60)",
+            f"with exclusive_lock({str(lock)!r}):\n print('held', flush=True); time.sleep(3600)",
         ],
         stdout=subprocess.PIPE,
         text=True,

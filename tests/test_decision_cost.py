@@ -259,6 +259,10 @@ def test_order_text_names_the_rule_that_stopped_a_proposal() -> None:
     placed = rec("BUY", "approve", "buy", [], {"side": "buy", "quantity": 4})
     assert order_text(placed) == "buy 4"
     assert order_text(placed, ["veto:max_daily_loss"]) == "buy 4 (veto:max_daily_loss)"
+    assert stopped_by(placed) is None
+    stale = ["clip:max_position_pct", "veto:max_data_age_days"]  # the risk engine refused the intent
+    assert stopped_by(placed, stale) == "risk engine veto: max_data_age_days"
+    assert stopped_by(placed, ["veto:max_gross_exposure_pct"]) == "risk engine veto: max_gross_exposure_pct"
 
 
 def test_the_ledger_shows_what_stopped_the_executors_order(

@@ -13,6 +13,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field
 
+from tests.clocks import TickClock, model_clock
 from tests.test_decision_layout import _messages, _task
 from trading_agents.agents.schemas import ROLE_SCHEMAS, OrderProposal
 from trading_agents.agents.team import ROLES
@@ -142,8 +143,9 @@ def test_truncation_deadline_and_cancellation_hold_in_pieces(llm: LocalLLM) -> N
     schema = ROLE_SCHEMAS["analyst"]
     with pytest.raises(OutputTruncatedError):
         llm.complete(msgs, schema=schema, sampling=SamplingParams(max_tokens=4))
-    with pytest.raises(DeadlineExceededError):
-        llm.complete(msgs, schema=schema, deadline=time.monotonic() + 0.2)
+    # the model's clock runs 10 s ahead per read: 100 s away is passed after about ten tokens
+    with model_clock(llm, TickClock(10.0)), pytest.raises(DeadlineExceededError, match="after"):
+        llm.complete(msgs, schema=schema, deadline=time.monotonic() + 100.0)
     cancel = threading.Event()
     pieces: list[str] = []
 

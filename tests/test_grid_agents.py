@@ -96,7 +96,8 @@ def test_a_worker_killed_mid_cell_is_restarted_and_results_are_identical(first, 
         for _ in range(600):  # the worker process exists once Ray has started the actor
             pids = _agent_worker_pids()
             if pids:
-                time.sleep(1.0)  # into the cell: the model is loaded and deciding
+                # at once, not after a pause: the cell (a model load, then a decision per bar) is
+                # then still running however fast the machine, where a pause could outlast it
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
                 return

@@ -11,6 +11,7 @@ import pytest
 from autogen_core.models import SystemMessage, UserMessage
 from pydantic import BaseModel, Field
 
+from tests.clocks import TickClock, model_clock
 from trading_agents.agents.schemas import AnalystReport, OrderProposal
 from utils.llm_integration.autogen_client import LocalLlamaChatCompletionClient
 from utils.llm_integration.chat_formats import format_mistral_instruct, merge_turns
@@ -139,8 +140,9 @@ def test_out_of_range_values_are_rejected_by_validation(llm: LocalLLM, fixed_tex
 
 def test_deadline_and_cancellation_stop_generation(llm: LocalLLM) -> None:
     long = [{"role": "user", "content": "Write a long story about markets."}]
-    with pytest.raises(DeadlineExceededError):
-        llm.complete(long, sampling=SamplingParams(max_tokens=500), deadline=time.monotonic() + 0.05)
+    # the model's clock runs 10 s ahead per read: 100 s away is passed after about ten tokens
+    with model_clock(llm, TickClock(10.0)), pytest.raises(DeadlineExceededError, match="after"):
+        llm.complete(long, sampling=SamplingParams(max_tokens=500), deadline=time.monotonic() + 100.0)
     cancel = threading.Event()
     seen: list[str] = []
 
@@ -285,14 +287,15 @@ def test_a_call_whose_deadline_passes_in_the_queue_does_not_start(llm: LocalLLM)
 
     def late() -> None:
         try:
-            llm.complete(MESSAGES, sampling=SamplingParams(max_tokens=8), deadline=time.monotonic() + 0.2)
+            llm.complete(MESSAGES, sampling=SamplingParams(max_tokens=8), deadline=time.monotonic() + 100.0)
         except BaseException as exc:
             errors.append(exc)
 
-    with llm._slot():  # another call holds the model past the deadline
+    # another call holds the model; the waiting caller's clock passes its deadline after a few reads
+    with model_clock(llm, TickClock(30.0)), llm._slot():
         worker = threading.Thread(target=late)
         worker.start()
-        worker.join(30)  # it leaves the queue at its deadline, while the model is still held
+        worker.join(600)  # it leaves the queue at its deadline, while the model is still held
         assert not worker.is_alive() and llm.waiting == 0
     assert len(errors) == 1 and isinstance(errors[0], DeadlineExceededError)
     assert "waiting for the model" in str(errors[0])

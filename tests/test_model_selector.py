@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +19,7 @@ from autogen_core.models import ChatCompletionClient, UserMessage
 from pydantic import BaseModel, Field
 from typer.testing import CliRunner
 
+from tests.clocks import ManualClock, TickClock, model_clock, never_late
 from trading_agents.agents.schemas import AnalystReport
 from trading_agents.agents.selector_status import selector_status
 from trading_agents.config.settings import load_settings, project_root
@@ -151,10 +152,11 @@ def test_corrupt_primary_errors_then_cooldown_then_returns_after_cooldown(
         primary=primary_cfg(broken),
         fallback=fallback_cfg(tiny_llama),
         failure_threshold=2,
-        cooldown_s=1.0,
+        cooldown_s=60.0,
         **QUIET,
     )
-    client = ModelSelectorClient(cfg)
+    clock = ManualClock()  # the bench runs on the test's time, not on how long the calls take
+    client = ModelSelectorClient(cfg, clock=clock)
     reasons = []
     for _ in range(3):
         result = run(client.create(ASK, json_output=Decision))
@@ -167,14 +169,17 @@ def test_corrupt_primary_errors_then_cooldown_then_returns_after_cooldown(
     link = tmp_path / "link.gguf"
     link.symlink_to(embedded_model)
     os.replace(link, broken)
-    while client.health.benched_for(time.monotonic()) > 0:
-        run(asyncio.sleep(0.1))
+    assert client.health.benched_for(clock()) == 60.0
+    clock.now += 59.0
+    run(client.create(ASK, json_output=Decision))
+    assert client.last_route is not None and client.last_route.reason == "cooldown"  # 1 s still to go
+    clock.now += 1.0
     run(client.create(ASK, json_output=Decision))
     assert client.last_route is not None and client.last_route.reason == "primary"
     assert client.last_route.model == "smol-primary"
     assert client.health.failures == 0
     counts = client.route_counts()
-    assert counts == {**dict.fromkeys(REASONS, 0), "error": 2, "cooldown": 1, "primary": 1}
+    assert counts == {**dict.fromkeys(REASONS, 0), "error": 2, "cooldown": 2, "primary": 1}
 
 
 def test_missing_primary_through_a_desk_agent_gives_structured_output_from_the_fallback(
@@ -244,10 +249,13 @@ def test_short_deadline_is_routed_to_the_fallback_by_estimate(embedded_model: Pa
     run(client.create(ask, json_output=Month))  # measures the primary's rates
     assert client.last_route is not None and client.last_route.reason == "primary"
     assert client.last_metrics is not None
-    # Well under what the primary just took, far over what the tiny fallback needs.
-    deadline_s = max(0.8, 0.4 * client.last_metrics.latency_s)
+    # Well under what the primary just took: planned away by the estimate. The fallback's clock
+    # never reaches a deadline, so how fast it answers on this machine cannot fail the test.
+    deadline_s = 0.4 * client.last_metrics.latency_s
     other = [UserMessage(content="MSFT's daily direction, last 20 days?", source="desk")]
-    result = run(client.create(other, json_output=Month, extra_create_args={"deadline_s": deadline_s}))
+    assert client.fallback is not None
+    with model_clock(client.fallback.llm, never_late):
+        result = run(client.create(other, json_output=Month, extra_create_args={"deadline_s": deadline_s}))
     assert len(Month.model_validate_json(result.content).days) == 20
     assert client.last_route is not None and client.last_route.reason == "deadline", client.last_route
     assert client.last_route.detail.startswith("primary estimate")  # decided before calling the primary
@@ -257,7 +265,9 @@ def test_short_deadline_is_routed_to_the_fallback_by_estimate(embedded_model: Pa
 def test_slow_primary_is_cut_mid_generation_and_the_fallback_still_answers(
     embedded_model: Path, tiny_llama: Path
 ) -> None:
-    """Neither model measured yet: the primary may use half the time left (4 of 8 s), then it is cut."""
+    """Neither model measured yet: the primary may use half the time left (1800 of 3600 s), then
+    it is cut. Its clock runs 60 s ahead per read, so the cut comes after about 30 tokens of a
+    reply that needs over 100, on any machine; the fallback has the rest of the hour."""
     client = ModelSelectorClient(
         primary=primary_cfg(embedded_model, model_name="slow-primary", max_tokens=900),
         fallback=fallback_cfg(tiny_llama, model_name="fresh-fallback", max_tokens=1500),
@@ -265,11 +275,13 @@ def test_slow_primary_is_cut_mid_generation_and_the_fallback_still_answers(
     )
     assert client.primary.llm.llama and client.fallback and client.fallback.llm.llama  # loaded, not measured
     ask = [UserMessage(content="List the daily direction of GOOG for the last 100 days.", source="desk")]
-    result = run(client.create(ask, json_output=Trend, extra_create_args={"deadline_s": 8.0}))
+    with model_clock(client.primary.llm, TickClock(60.0)):
+        result = run(client.create(ask, json_output=Trend, extra_create_args={"deadline_s": 3600.0}))
     assert len(Trend.model_validate_json(result.content).days) == 100
     route = client.last_route
     assert route is not None and route.reason == "deadline" and route.model == "fresh-fallback"
-    assert "DeadlineExceededError" in route.detail  # the primary started and was cut
+    cut = re.search(r"DeadlineExceededError: .* passed its deadline after (\d+) tokens", route.detail)
+    assert cut and int(cut.group(1)) > 0, route.detail  # the primary started and was cut mid-reply
     assert client.primary.llm.calls == 0  # it never finished a reply
     assert client.health.failures == 1
 
@@ -286,11 +298,12 @@ def test_a_reply_kind_the_primary_has_not_answered_is_tried_with_a_cut_off(
     run(client.create(ASK, json_output=Decision))  # rates measured, on a short reply kind
     generous = {"deadline_s": 60.0}
     ask = [UserMessage(content="GOOG's daily direction, last 20 days?", source="desk")]
-    run(client.create(ask, json_output=Month, extra_create_args=generous))
-    route = client.last_route
-    assert route is not None and route.reason == "primary", route
-    assert route.detail.startswith("not yet measured for this reply; cut at")
-    run(client.create(ask, json_output=Month, extra_create_args=generous))
+    with model_clock(client.primary.llm, never_late):  # the cut-off is planned, never reached
+        run(client.create(ask, json_output=Month, extra_create_args=generous))
+        route = client.last_route
+        assert route is not None and route.reason == "primary", route
+        assert route.detail.startswith("not yet measured for this reply; cut at")
+        run(client.create(ask, json_output=Month, extra_create_args=generous))
     assert client.last_route is not None and client.last_route.reason == "primary"
     assert client.last_route.detail == ""  # planned from Month's measured length this time
 
@@ -302,18 +315,18 @@ def test_an_unmeasured_small_fallback_does_not_cut_a_primary_that_meets_the_dead
     alone meets it. An unmeasured fallback used to be given half the time, so the plan saw
     0.75x of the estimate and sent the call away before trying the primary; sized from the
     primary's rates and the file sizes, the tiny fallback's reserve is the 10% floor."""
-    import re
-
     primary = primary_cfg(embedded_model)
     probe = ModelSelectorClient(
         primary=primary, fallback=fallback_cfg(tiny_llama, model_name="probe"), **QUIET
     )
     run(probe.create(ASK, json_output=Decision))  # the primary's rates and reply length
     assert probe.last_metrics is not None
-    short = {"deadline_s": 0.3 * probe.last_metrics.latency_s}  # ample for the tiny fallback
+    short = {"deadline_s": 0.3 * probe.last_metrics.latency_s}
     other = [UserMessage(content="MSFT fell 1% on light volume; RSI 48. Buy, sell or hold?", source="desk")]
     # a deadline too short for the primary: the route's detail says what it is estimated to take
-    run(probe.create(other, json_output=Decision, extra_create_args=short))
+    assert probe.fallback is not None
+    with model_clock(probe.fallback.llm, never_late):  # the fallback answers, however slow the machine
+        run(probe.create(other, json_output=Decision, extra_create_args=short))
     assert probe.last_route is not None and probe.last_route.reason == "deadline"
     found = re.match(r"primary estimate ([0-9.]+)s", probe.last_route.detail)
     assert found, probe.last_route
@@ -324,7 +337,9 @@ def test_an_unmeasured_small_fallback_does_not_cut_a_primary_that_meets_the_dead
     )
     assert client.fallback is not None and client.fallback.llm.rates() == (0.0, 0.0)
     served = client.primary.llm.calls
-    result = run(client.create(other, json_output=Decision, extra_create_args={"deadline_s": 1.5 * estimate}))
+    meets = {"deadline_s": 1.5 * estimate}
+    with model_clock(client.fallback.llm, never_late):  # if the primary is cut, the fallback answers
+        result = run(client.create(other, json_output=Decision, extra_create_args=meets))
     Decision.model_validate_json(result.content)
     route = client.last_route
     assert route is not None

@@ -70,6 +70,8 @@ def test_session_on_the_embedded_model_decides_fills_records_and_resumes(
     assert code == 0, err
     again = json.loads(out)
     assert again["resumed_steps"] == 3 and again["decisions"] == [] and again["llm"]["calls"] == 0
+    assert "already holds every bar of 2013-02-26..2013-02-28" in again["idle_reason"]
+    assert again["idle_reason"] in err  # said on stderr too, in one line
     with sqlite3.connect(ledger_file) as db:
         assert db.execute("SELECT COUNT(*) FROM orders").fetchone()[0] == orders_before
 
@@ -199,3 +201,150 @@ def test_a_malformed_data_file_is_refused_before_any_model_runs(
     bad.write_text("Date,Open,High,Low,Close,Volume\n2024-01-02,10,9,8,9.5,100\n2024-01-03,10,11,9,10,100\n")
     code, _, err = cli(capsys, "run", "--data", str(bad))
     assert code == 2 and "2024-01-02" in err and err.count("\n") == 1
+
+
+def _scripted_buyer(settings: object, quantity: int = 10) -> AgentStrategy:
+    """A desk whose replies buy ``quantity`` (the guards and limits size the order)."""
+    primary, _, notes = resolve_llm_pair(settings)  # type: ignore[arg-type]
+    analyst = json.dumps(
+        {
+            "action": "BUY",
+            "conviction": 0.9,
+            "horizon_days": 5,
+            "key_signals": ["trend up"],
+            "rationale": "Price rises",
+        }
+    )
+    risk = json.dumps(
+        {"decision": "approve", "max_position_pct": 0.2, "stop_loss_pct": 0.05, "reasons": ["ok"]}
+    )
+    order = json.dumps({"side": "buy", "quantity": quantity, "order_type": "market", "time_in_force": "day"})
+    desk = DeskModels(
+        primary=primary,
+        fallback=None,
+        notes=notes,
+        clients={
+            "analyst": ScriptedClient([analyst]),
+            "risk": ScriptedClient([risk]),
+            "executor": ScriptedClient([order]),
+        },
+    )
+    return AgentStrategy(desk, settings, stream=False)  # type: ignore[arg-type]
+
+
+def test_switching_tickers_values_the_held_one_at_its_last_recorded_close(
+    capsys: pytest.CaptureFixture[str], isolated_state: Path
+) -> None:
+    """The account holds GOOG; a run on SPX alone values GOOG at its last close and goes on."""
+    settings = load_settings()
+    strategy = _scripted_buyer(settings)
+    with Ledger.open(isolated_state / "ledger.sqlite") as ledger:
+        run_session(
+            settings,
+            load_bars(tickers=["GOOG"]),
+            pd.Timestamp("2013-02-27"),
+            pd.Timestamp("2013-02-28"),
+            journal=ledger,
+            strategy=strategy,
+        )
+        held = ledger.positions("paper")["GOOG"].quantity
+        goog_close = ledger.last_closes("paper", ["GOOG"])["GOOG"]
+    strategy.close()
+    assert held > 0 and goog_close[1] == "2013-02-28"
+
+    code, out, err = cli(capsys, "run", "--ticker", "SPX", "--date", "2018-12-03", "--json")
+    assert code == 0, err
+    assert "Traceback" not in err
+    notes = [line for line in err.splitlines() if "GOOG" in line]
+    assert len(notes) == 1 and f"last recorded close {goog_close[0]:,.2f} (2013-02-28)" in notes[0]
+    summary = json.loads(out)
+    assert [d["ticker"] for d in summary["decisions"]] == ["SPX"]
+    goog = next(p for p in summary["positions"] if p["ticker"] == "GOOG")
+    assert goog["quantity"] == held
+    with Ledger.open(isolated_state / "ledger.sqlite") as ledger:
+        step = ledger.steps("paper")[-1]
+        assert step["prices"]["GOOG"] == goog_close[0]  # marked there, so the next run finds it too
+        assert step["equity"] == pytest.approx(
+            step["cash"] + sum(q * step["prices"][t] for t, q in step["positions"].items())
+        )
+        assert ledger.reconcile("paper") == []
+
+
+def test_a_held_ticker_never_priced_is_one_error_line_naming_it(
+    capsys: pytest.CaptureFixture[str], isolated_state: Path
+) -> None:
+    from trading_agents.core import StepRecord
+
+    with Ledger.open(isolated_state / "ledger.sqlite") as ledger:
+        ledger.create_run("paper", kind="session", strategy="agents", starting_cash=100_000.0)
+        ledger.commit_step(
+            StepRecord(
+                "paper", pd.Timestamp("2013-02-26"), 0, 100_000.0, 99_000.0, 0.01,
+                {}, {}, "ACTIVE", "", 0, 100_000.0, 100_000.0,
+            )
+        )  # fmt: skip
+    with sqlite3.connect(isolated_state / "ledger.sqlite") as db:  # a holding whose price was never recorded
+        db.execute(
+            "INSERT INTO positions (run_id, ticker, quantity, avg_price, stop_loss)"
+            " VALUES ('paper', 'XYZ', 10, 100.0, NULL)"
+        )
+    code, out, err = cli(capsys, "run", "--ticker", "GOOG", "--date", "2013-02-27")
+    assert code == 2 and out == ""
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "XYZ" in errors[0] and "--ticker XYZ" in errors[0], err
+    assert "Traceback" not in err
+
+
+def test_a_stopped_buy_names_the_rule_full_position_cap_then_halted(
+    capsys: pytest.CaptureFixture[str], isolated_state: Path
+) -> None:
+    """A buy on a full position cap, then on a HALTED account: the order column and
+    ``stopped_by`` name those rules, not the symptom (no shares left to buy)."""
+    settings = load_settings()
+    bars = load_bars(tickers=["GOOG"])
+    ledger_file = isolated_state / "ledger.sqlite"
+
+    def buy_every_day(ledger: Ledger, first: str, last: str) -> None:
+        strategy = _scripted_buyer(settings, quantity=1_000_000)
+        run_session(
+            settings, bars, pd.Timestamp(first), pd.Timestamp(last), journal=ledger, strategy=strategy
+        )
+        strategy.close()
+
+    with Ledger.open(ledger_file) as ledger:
+        buy_every_day(ledger, "2013-02-25", "2013-02-27")
+        ledger.set_risk_state("HALTED", "test halt")
+        buy_every_day(ledger, "2013-02-28", "2013-02-28")
+    code, out, err = cli(capsys, "ledger", "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    decisions = {d["bar_date"][:10]: d["stopped_by"]["GOOG"] for d in shown["run"]["decisions"]}
+    assert decisions["2013-02-25"] is None  # clipped to the cap and placed
+    assert decisions["2013-02-27"] == "executor veto: position_cap_full"
+    assert decisions["2013-02-28"] == "executor veto: HALTED"
+    code, out, _ = cli(capsys, "ledger")
+    assert "HALTED" in out and "zero_quantity" not in out  # the table wraps its columns
+
+
+def test_a_run_after_the_accounts_last_bar_says_why_it_decides_nothing(
+    capsys: pytest.CaptureFixture[str], isolated_state: Path
+) -> None:
+    """The account already stands after the data's last bar (it traded other data before)."""
+    from trading_agents.core import StepRecord
+
+    with Ledger.open(isolated_state / "ledger.sqlite") as ledger:
+        ledger.create_run("paper", kind="session", strategy="agents", starting_cash=100_000.0)
+        ledger.commit_step(
+            StepRecord(
+                "paper", pd.Timestamp("2024-05-02"), 0, 100_000.0, 100_000.0, 0.0,
+                {}, {}, "ACTIVE", "", 0, 100_000.0, 100_000.0,
+            )
+        )  # fmt: skip
+    code, out, err = cli(capsys, "run", "--days", "1", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["decisions"] == [] and summary["llm"]["calls"] == 0
+    reason = summary["idle_reason"]
+    assert "already stands at 2024-05-02, after the data's last bar 2013-03-01" in reason
+    notes = [line for line in err.splitlines() if "nothing to decide" in line]
+    assert len(notes) == 1 and reason in notes[0]

@@ -17,6 +17,7 @@ from typing import Any
 from trading_agents.agents.team import TeamOutcome
 from trading_agents.config.settings import RiskSettings
 from trading_agents.core.decision import OrderIntent, PortfolioView
+from trading_agents.core.orders import grows_position
 from trading_agents.core.risk import position_room
 
 MAX_LIMIT_DEVIATION = 0.10  # a limit price more than 10% from the last close is refused
@@ -80,6 +81,12 @@ def outcome_to_intent(
         )
     if ref_price <= 0 or not math.isfinite(ref_price):
         return stop("executor", "veto", "no_price", f"no usable last price for {ticker}")
+    if order.quantity <= 0:
+        return stop("executor", "veto", "zero_quantity", f"executor proposed {order.quantity} shares")
+    state = str(portfolio.risk_state)
+    if state != "ACTIVE" and grows_position(wanted, order.quantity, held):
+        # the risk engine would refuse it for the same reason: name the state, not a symptom
+        return stop("executor", "veto", state, f"account is {state}: only orders that reduce a position")
 
     if wanted == "buy":
         room = position_room(cap_pct, portfolio.equity, ref_price, held, "buy")
@@ -98,7 +105,14 @@ def outcome_to_intent(
         if quantity < order.quantity:
             events.append(GuardEvent("executor", "clip", "shares_held", f"{order.quantity} shares > {limit}"))
     if quantity <= 0:
-        return stop("executor", "veto", "zero_quantity", "nothing left to trade after the caps")
+        if wanted == "buy":
+            return stop(
+                "executor",
+                "veto",
+                "position_cap_full",
+                f"{held} shares held fill the {cap_pct:.0%} position cap ({order.quantity} shares > room 0)",
+            )
+        return stop("executor", "veto", "no_shares_held", f"no {ticker} shares held to sell")
 
     order_type, limit_price = order.order_type, order.limit_price
     if order_type == "limit":
@@ -130,14 +144,19 @@ def outcome_to_intent(
     return intent, events
 
 
-def stopped_by(rec: Mapping[str, Any]) -> str | None:
+def stopped_by(rec: Mapping[str, Any], risk_rules: Sequence[str] = ()) -> str | None:
     """What left a decision without an order though the executor proposed one, read from its
     record (``{"agents": [...], "guards": [...], "intent": ...}``): the guard rule that vetoed
-    or failed closed, else the analyst's HOLD or the risk manager's reject. None when there is
-    an order or the executor proposed none."""
+    or failed closed (``position_cap_full``, ``HALTED``, ...), else the analyst's HOLD or the
+    risk manager's reject; for an intent, the risk engine's veto among ``risk_rules``
+    (``kind:rule`` of that bar and ticker: ``max_gross_exposure_pct``, ``max_data_age_days``
+    for stale data, ``risk_state``). None when there is an order or nothing was proposed."""
     outputs = {a.get("role"): a.get("output") or {} for a in rec.get("agents") or []}
     side = outputs.get("executor", {}).get("side")
-    if rec.get("intent") or side in (None, "none"):
+    if rec.get("intent"):
+        vetoes = [r.split(":", 1)[1] for r in risk_rules if r.startswith("veto:")]
+        return f"risk engine veto: {vetoes[0]}" if vetoes else None
+    if side in (None, "none"):
         return None
     stops = [g for g in rec.get("guards") or [] if g.get("kind") in ("veto", "fail_closed")]
     if stops:

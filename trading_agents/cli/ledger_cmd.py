@@ -98,6 +98,7 @@ def _run_doc(led: Ledger, info: RunInfo, limit: int) -> dict[str, Any]:
         }
         for t, p in led.positions(info.run_id).items()
     ]
+    events = led.risk_events(info.run_id, limit=limit)
     return {
         "run_id": info.run_id,
         "kind": info.kind,
@@ -116,20 +117,25 @@ def _run_doc(led: Ledger, info: RunInfo, limit: int) -> dict[str, Any]:
         },
         "positions": positions,
         "orders": [o.as_dict() for o in led.orders(info.run_id, limit=limit, newest_first=True)],
-        "decisions": [_with_stops(d) for d in led.decisions(info.run_id, limit=limit)],
+        "decisions": [_with_stops(d, events) for d in led.decisions(info.run_id, limit=limit)],
         "track_record": action_stats(led.decisions(info.run_id)),
-        "risk_events": led.risk_events(info.run_id, limit=limit),
+        "risk_events": events,
         "reconcile_problems": led.reconcile(info.run_id),
     }
 
 
-def _with_stops(decision: dict[str, Any]) -> dict[str, Any]:
+def _with_stops(decision: dict[str, Any], risk_events: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """A decision row with ``stopped_by``: per ticker, the rule that left the executor's
-    proposal without an order (:func:`~trading_agents.agents.guards.stopped_by`; None when
-    there is an order or nothing was proposed)."""
+    proposal without an order, the risk engine's veto of that bar included
+    (:func:`~trading_agents.agents.guards.stopped_by`; None when there is an order or nothing
+    was proposed)."""
     record = decision.get("record")
     tickers = record.get("tickers") if isinstance(record, dict) else None
-    stops = {t: stopped_by(rec) for t, rec in tickers.items()} if isinstance(tickers, dict) else {}
+    stops = (
+        {t: stopped_by(rec, _risk_rules(risk_events, decision["bar_date"], t)) for t, rec in tickers.items()}
+        if isinstance(tickers, dict)
+        else {}
+    )
     return {**decision, "stopped_by": stops}
 
 
@@ -211,6 +217,15 @@ def _print(doc: dict[str, Any]) -> None:
         console.print(f"[bold red]ledger inconsistency:[/] {problem}", highlight=False)
 
 
+def _risk_rules(risk_events: Sequence[dict[str, Any]], bar_date: Any, ticker: str) -> list[str]:
+    """``kind:rule`` of the risk engine's events of one bar and ticker."""
+    return [
+        f"{e['kind']}:{e['rule']}"
+        for e in risk_events
+        if str(e.get("bar_date"))[:10] == str(bar_date)[:10] and e.get("ticker") in (ticker, None)
+    ]
+
+
 def _decision_rows(d: dict[str, Any], risk_events: Sequence[dict[str, Any]] = ()) -> list[tuple[str, ...]]:
     """One row per ticker of an agent decision: replies in brief, the order (with the risk
     engine's events of that bar, or what stopped the executor's proposal), model (route reason)."""
@@ -222,12 +237,7 @@ def _decision_rows(d: dict[str, Any], risk_events: Sequence[dict[str, Any]] = ()
     for ticker, rec in tickers.items():
         agents = rec.get("agents") or []
         desk = " / ".join(_brief_reply(a) for a in agents) or rec.get("skipped") or "-"
-        rules = [
-            f"{e['kind']}:{e['rule']}"
-            for e in risk_events
-            if str(e.get("bar_date"))[:10] == str(d["bar_date"])[:10] and e.get("ticker") in (ticker, None)
-        ]
-        order = order_text(rec, rules)
+        order = order_text(rec, _risk_rules(risk_events, d["bar_date"], ticker))
         served = ", ".join(sorted({f"{a.get('model')} ({a.get('route_reason')})" for a in agents})) or "-"
         rows.append((d["bar_date"], ticker, _short(desk, 60), order, _short(served, 60)))
     return rows

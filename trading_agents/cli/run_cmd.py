@@ -128,6 +128,8 @@ def run(
     for note in getattr(news_source, "notes", ()):
         err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     summary = _summary(view.events, outcome, account, window, time.monotonic() - started)
+    if summary["idle_reason"]:
+        err_console.print(f"[yellow]note:[/] {escape(summary['idle_reason'])}", soft_wrap=True)
     if json_out:
         emit_json(summary)
     else:
@@ -176,7 +178,9 @@ def _summary(
                     "agents": agents,
                     "guards": rec.get("guards", []),
                     "intent": rec.get("intent"),
-                    "stopped_by": stopped_by(rec),
+                    "stopped_by": stopped_by(
+                        rec, [f"{e.kind}:{e.rule}" for e in event.risk_events if e.ticker in (tick, None)]
+                    ),
                     "error": rec.get("error"),
                     "skipped": rec.get("skipped"),
                     **{k: rec[k] for k in _INPUT_FIELDS if k in rec},
@@ -201,8 +205,27 @@ def _summary(
         "route_summary": routes,
         "llm": strategy.llm_stats(),
         "resumed_steps": result.resumed_steps,
+        "idle_reason": None if events else idle_reason(account, account_state, window),
         "wall_s": round(wall_s, 2),
     }
+
+
+def idle_reason(account: str, state: Any, window: tuple[dt.date, dt.date]) -> str:
+    """Why a run decided nothing, in one line: the account already stands at or after the
+    window's last bar (it continues across runs and never trades a bar twice)."""
+    last = getattr(state, "last_step_date", None)
+    start, end = window
+    if last is not None and last.date() > end:
+        return (
+            f"nothing to decide: account {account!r} already stands at {last.date()}, after the data's"
+            f" last bar {end}; trade later bars, or use another --account for this data"
+        )
+    if last is not None and last.date() >= start:
+        return (
+            f"nothing to decide: account {account!r} already holds every bar of {start}..{end}"
+            f" (last recorded {last.date()}); run again after the next bar, or pass --start/--end"
+        )
+    return f"nothing to decide in {start}..{end}"
 
 
 _INPUT_FIELDS = ("news", "track_record", "call", "outcomes")  # what the decision read and settled

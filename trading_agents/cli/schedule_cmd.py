@@ -68,11 +68,20 @@ def install(
 
     Running it twice leaves one line; other crontab lines are kept.
     The job skips exchange holidays and never overlaps a running backtest.
-    It logs to <TRADING_AGENTS_HOME>/logs/backtest.log.
+    It logs to <TRADING_AGENTS_HOME>/logs/backtest.log (cron's own output: logs/cron.out);
+    the line carries TRADING_AGENTS_HOME and creates logs/ before it runs.
 
     Example: trading-agents schedule install --time 21:30 --args "-s agents --blind"
     """
     line = cron_line(at, args)
+    logs = default_home() / "logs"
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResourceError(
+            f"cannot create the log folder {logs}: {exc.strerror or exc};"
+            " set TRADING_AGENTS_HOME to a writable folder"
+        ) from None
     current = read_crontab(crontab_file).splitlines()
     wanted = [*(ln for ln in current if not is_tagged(ln)), line]
     changed = wanted != current
@@ -154,8 +163,13 @@ def cron_line(at: str = DEFAULT_TIME, args: str = "") -> str:
             shlex.quote(str(log_file)),
             *map(shlex.quote, extra),
         ]
-    out = default_home() / "logs" / "cron.out"
-    text = " ".join([*env, *command, ">>", shlex.quote(str(out)), "2>&1"])
+    logs = default_home() / "logs"
+    out = logs / "cron.out"
+    # The shell opens the redirection before the script runs, so the line makes the folder first:
+    # a home created (or wiped) after install still gets its log instead of a job that never starts.
+    text = " ".join(
+        ["mkdir", "-p", shlex.quote(str(logs)), "&&", *env, *command, ">>", shlex.quote(str(out)), "2>&1"]
+    )
     # cron turns an unescaped % into a newline.
     text = text.replace("%", r"\%")
     return f"{minute} {hour} * * 1-5 {text} {CRON_TAG}"

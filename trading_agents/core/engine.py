@@ -123,12 +123,14 @@ def run_engine(
     end: pd.Timestamp | str | None = None,
     on_step: Callable[[StepEvent], None] | None = None,
     record_config: Mapping[str, Any] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> EngineResult:
     """Run (or continue) ``strategy`` over ``bars`` and return the whole run from the journal.
 
     ``record_config`` (for example ``settings.public_dict()``, secrets masked) is stored with
     the run next to the engine config. Bars before ``start`` are visible to the strategy as
-    history (warm-up) but not traded.
+    history (warm-up) but not traded. ``on_note`` receives one line per held ticker that
+    ``bars`` does not price (it is valued at its last recorded close).
 
     Example::
 
@@ -139,6 +141,9 @@ def run_engine(
     lo, hi = _range(market.dates, start, end)
     with journal.exclusive():
         engine = Engine(market, strategy, config, journal, run_id, kind, lo, hi, record_config)
+        for note in engine.notes:
+            if on_note is not None:
+                on_note(note)
         engine.run(on_step)
         return build_result(journal, run_id, market.tickers, resumed_steps=engine.resumed_steps)
 
@@ -227,7 +232,32 @@ class Engine:
         # per-bar values that do not depend on the account, computed once for the run
         self.timestamps, self.iso = market.timestamps, market.iso
         self.prices_at = market.prices_range(self.first, hi) if self.first <= hi else []
+        self.notes: list[str] = []
+        marks = self._marks_outside_market(run_id) if self.first <= hi else {}
+        if marks:
+            self.prices_at = [marks | p for p in self.prices_at]
         self.decide = strategy.decide
+
+    def _marks_outside_market(self, run_id: str) -> dict[str, float]:
+        """Held tickers this market does not price, at the last close the journal recorded for
+        them (a note says so); :class:`UserInputError` names a held ticker never priced."""
+        outside = sorted(t for t in self.broker.positions if t not in self.market.last_idx)
+        if not outside:
+            return {}
+        known = self.journal.last_closes(run_id, outside)
+        never = [t for t in outside if t not in known]
+        if never:
+            raise UserInputError(
+                f"account {run_id!r} holds {', '.join(never)} but no price of it was ever recorded;"
+                f" add it to the run with --ticker {never[0]} (next to the tickers you trade)"
+            )
+        for t in outside:
+            close, bar = known[t]
+            self.notes.append(
+                f"{t} ({self.broker.quantity(t)} shares) is not in this run's data: valued at its last"
+                f" recorded close {close:,.2f} ({bar}); add --ticker {t} to price and trade it"
+            )
+        return {t: known[t][0] for t in outside}
 
     def run(self, on_step: Callable[[StepEvent], None] | None = None) -> None:
         """:meth:`step` every bar from the first uncommitted one to the last; the run's status

@@ -139,6 +139,11 @@ class Journal(Protocol):
 
     def commit_step(self, rec: StepRecord) -> None: ...
 
+    def last_closes(self, run_id: str, tickers: Sequence[str]) -> dict[str, tuple[float, str]]:
+        """The latest price each of ``tickers`` was marked at in a committed step, with that
+        step's ISO bar date; a ticker never marked is left out."""
+        ...
+
     def step_table(self, run_id: str) -> dict[str, list[Any]]:
         """Committed steps in bar order as columns: ``bar_date`` (ISO text), ``equity``,
         ``cash``, ``exposure`` and ``positions`` (``{ticker: quantity}`` of the non-zero

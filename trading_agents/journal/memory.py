@@ -10,7 +10,7 @@ written to a ledger file with :func:`trading_agents.journal.export.export_run`.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +186,17 @@ class MemoryJournal:
     def risk_events(self, run_id: str, *, limit: int | None = None) -> list[dict[str, Any]]:
         rows = self.run(run_id).risk_events
         return [dict(e) for e in (rows if limit is None else rows[-int(limit) :] if limit > 0 else [])]
+
+    def last_closes(self, run_id: str, tickers: Sequence[str]) -> dict[str, tuple[float, str]]:
+        run = self.run(run_id)
+        found: dict[str, tuple[float, str]] = {}
+        for bar, prices in zip(reversed(run.bar_date), reversed(run.prices), strict=True):
+            for t in tickers:
+                if t not in found and t in prices:
+                    found[t] = (float(prices[t]), bar)
+            if len(found) == len(tickers):
+                break
+        return found
 
     # -- the step --------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -375,6 +375,23 @@ class Ledger:
             "SELECT state_version FROM account_state WHERE run_id = ?", (run_id,)
         ).fetchone()
         return None if row is None else row[0]
+
+    def last_closes(self, run_id: str, tickers: Sequence[str]) -> dict[str, tuple[float, str]]:
+        """See :meth:`Journal.last_closes`; reads steps newest first and stops when all are found."""
+        found: dict[str, tuple[float, str]] = {}
+        if not tickers:
+            return found
+        rows = self._db.execute(
+            "SELECT bar_date, prices_json FROM steps WHERE run_id = ? ORDER BY bar_date DESC", (run_id,)
+        )
+        for bar, prices_json in rows:
+            prices = json.loads(prices_json)
+            for t in tickers:
+                if t not in found and prices.get(t) is not None:
+                    found[t] = (float(prices[t]), bar)
+            if len(found) == len(tickers):
+                break
+        return found
 
     def step_count(self, run_id: str) -> int:
         return self._db.execute("SELECT COUNT(*) FROM steps WHERE run_id = ?", (run_id,)).fetchone()[0]

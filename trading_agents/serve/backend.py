@@ -141,15 +141,16 @@ class Backend:
         self._registry = registry
         self.primary = self.models[primary.name]
         self.fallback = self.models[fallback.name] if fallback is not None else None
-        self.selector_config: dict[str, Any] | None = None
-        if self.fallback is not None and settings.selector.enabled:
-            self.selector_config = SelectorConfig(
-                primary=self.primary.config,
-                fallback=self.fallback.config,
-                role="server",
-                may_fall_back=True,
-                **settings.selector.model_dump(exclude={"enabled", "fallback_roles"}),
-            ).model_dump()
+        # ``selector`` is served on every install, so a client written against it works anywhere:
+        # with no fallback (or selector.enabled false) it is the primary, routed as ``primary``.
+        routed = self.fallback is not None and settings.selector.enabled
+        self.selector_config: dict[str, Any] = SelectorConfig(
+            primary=self.primary.config,
+            fallback=self.fallback.config if routed and self.fallback is not None else None,
+            role="server",
+            may_fall_back=True,
+            **settings.selector.model_dump(exclude={"enabled", "fallback_roles"}),
+        ).model_dump()
         self.started = time.monotonic()
         self._ready = False
 
@@ -173,18 +174,20 @@ class Backend:
         self._ready = True
 
     def model_ids(self) -> list[str]:
-        return [*self.models, *([SELECTOR] if self.selector_config else [])]
+        return [*self.models, SELECTOR]
 
     def describe(self, name: str) -> str:
         if name == SELECTOR:
-            assert self.fallback is not None
-            return f"{self.primary.name} with fallback {self.fallback.name}, routed per call"
+            if self.selector_config["fallback"] is None:
+                return f"{self.primary.name} (no fallback configured: every call is routed to the primary)"
+            fallback = self.fallback.name if self.fallback else "?"
+            return f"{self.primary.name} with fallback {fallback}, routed per call"
         model = self.models[name]
         return f"{model.role} model, context {model.n_ctx}, file {model.resolved.path.name}"
 
     def lookup(self, name: str) -> str:
         """The served model called ``name`` (a registry alias works too); 404 otherwise."""
-        if name == SELECTOR and self.selector_config:
+        if name == SELECTOR:
             return SELECTOR
         if name in self.models:
             return name
@@ -192,9 +195,7 @@ class Backend:
         if entry is not None and entry.name in self.models:
             return entry.name
         why = ""
-        if name == SELECTOR:
-            why = " (no fallback model is configured, or selector.enabled is false)"
-        elif entry is not None:
+        if entry is not None:
             folder = models_dir(self.settings)
             why = f" (its file is not in {folder}: `trading-agents models download {entry.name}`)"
         raise ApiError(
@@ -242,7 +243,7 @@ class Backend:
             "models": models,
             "primary": self.primary.name,
             "fallback": self.fallback.name if self.fallback else None,
-            "selector": SELECTOR if self.selector_config else None,
+            "selector": SELECTOR,
             "rss_mb": round(psutil.Process(os.getpid()).memory_info().rss / 2**20, 1),
             "available_mb": round(psutil.virtual_memory().available / 2**20, 1),
             "llama_cpp_version": llama_cpp.__version__,
@@ -309,7 +310,6 @@ class Backend:
 
     def _client(self, target: str) -> Any:
         if target == SELECTOR:
-            assert self.selector_config is not None
             return ModelSelectorClient(SelectorConfig(**self.selector_config))
         model = self.models[target]
         need = ram_needed_mb(self._llm(model).spec)

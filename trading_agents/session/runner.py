@@ -82,7 +82,8 @@ def run_session(
     the journal first, so a resumed session remembers what it decided before. A strategy
     built here is closed at the end; ``prepare(strategy)`` runs after its models loaded and
     before the first bar (for example to hook a live view). ``on_note`` receives the desk's
-    notes (a fallback model in use, a missing file).
+    notes (a fallback model in use, a missing file) and the engine's (a held ticker valued at
+    its last recorded close because ``bars`` do not price it).
     """
     with ExitStack() as stack:
         if strategy is None:
@@ -114,6 +115,7 @@ def run_session(
             end=pd.Timestamp(end),
             on_step=on_step,
             record_config=settings.public_dict(),
+            on_note=on_note,
         )
         reconcile = getattr(journal, "reconcile", None)
         return SessionOutcome(

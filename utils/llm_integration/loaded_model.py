@@ -230,6 +230,9 @@ class LocalLLM:
         self.in_flight = 0
         self.waiting = 0
         self.busy_since = 0.0  # time.monotonic() when the call in flight took the model
+        # What deadlines are compared with (a ``time.monotonic()`` value); tests swap in a clock
+        # they control so that a deadline is passed after a known number of reads, on any machine.
+        self.clock: Callable[[], float] = time.monotonic
         self.calls = 0
         self._prompt_rate = 0.0  # tokens/s, exponential moving average
         self._gen_rate = 0.0
@@ -413,11 +416,10 @@ class LocalLLM:
     def _slot(self, cancel: threading.Event | None = None, deadline: float | None = None) -> Iterator[None]:
         """Hold the model for one call, counting callers that wait for it. A call cancelled or
         past its deadline while it waits leaves the queue at once instead of taking its turn."""
+        clock = self.clock
 
         def give_up() -> bool:
-            return (cancel is not None and cancel.is_set()) or (
-                deadline is not None and time.monotonic() >= deadline
-            )
+            return (cancel is not None and cancel.is_set()) or (deadline is not None and clock() >= deadline)
 
         with self._count_lock:
             self.waiting += 1
@@ -460,7 +462,7 @@ class LocalLLM:
             sampling: max_tokens, temperature, top_p, top_k, repeat_penalty, seed (defaults:
                 greedy with a repeat penalty, seed 42).
             on_text: called with each streamed piece of text.
-            deadline: ``time.monotonic()`` value; generation stops there and
+            deadline: ``time.monotonic()`` value (read through ``self.clock``); generation stops there and
                 :class:`DeadlineExceededError` is raised.
             cancel: an event; when set, generation stops and
                 :class:`GenerationCancelledError` is raised.
@@ -492,6 +494,7 @@ class LocalLLM:
     ) -> tuple[CallMetrics, str]:
         from llama_cpp import llama_cpp
 
+        clock = self.clock
         grammar = self.grammar(schema_json) if schema_json else None
         tokens = self.tokenize(prompt)
         budget = self.spec.n_ctx - len(tokens)
@@ -504,7 +507,7 @@ class LocalLLM:
         pieces: list[str] = []
         finish = "stop"
         with self._slot(cancel, deadline):
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and clock() >= deadline:
                 raise DeadlineExceededError(f"{self.display} passed its deadline waiting for the model")
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelledError(f"generation on {self.display} was cancelled while queued")
@@ -532,7 +535,7 @@ class LocalLLM:
                 stop=stops,
                 grammar=grammar,
                 stream=True,
-                stopping_criteria=_halt_criteria(cancel, deadline),
+                stopping_criteria=_halt_criteria(cancel, deadline, self.clock),
             )
             try:
                 for chunk in stream:
@@ -549,14 +552,14 @@ class LocalLLM:
                         finish = choice["finish_reason"]
                     if cancel is not None and cancel.is_set():
                         raise GenerationCancelledError(f"generation on {self.display} was cancelled")
-                    if deadline is not None and time.monotonic() > deadline:
+                    if deadline is not None and clock() > deadline:
                         raise DeadlineExceededError(
                             f"{self.display} passed its deadline after {n_gen} tokens", "".join(pieces)
                         )
                 # the halt criteria end the stream without a chunk while text is held back
                 if cancel is not None and cancel.is_set():
                     raise GenerationCancelledError(f"generation on {self.display} was cancelled")
-                if deadline is not None and time.monotonic() > deadline:
+                if deadline is not None and clock() > deadline:
                     raise DeadlineExceededError(
                         f"{self.display} passed its deadline after {n_gen} tokens", "".join(pieces)
                     )
@@ -598,6 +601,8 @@ class LocalLLM:
         has reset the counters and resolved ``max_tokens``)."""
         from llama_cpp import llama_cpp
 
+        clock = self.clock
+
         start = time.monotonic()
         llama.set_seed(sampling.seed)
         decoded = decode_planned(
@@ -613,13 +618,13 @@ class LocalLLM:
             },
             max_tokens=max_tokens,
             on_text=on_text,
-            stopping_criteria=_halt_criteria(cancel, deadline),
+            stopping_criteria=_halt_criteria(cancel, deadline, self.clock),
         )
         latency = time.monotonic() - start
         text = decoded.text
         if cancel is not None and cancel.is_set():
             raise GenerationCancelledError(f"generation on {self.display} was cancelled")
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and clock() > deadline:
             raise DeadlineExceededError(
                 f"{self.display} passed its deadline after {decoded.sampled} tokens", text
             )
@@ -764,7 +769,9 @@ class LocalLLM:
                 self._llama = None
 
 
-def _halt_criteria(cancel: threading.Event | None, deadline: float | None) -> Any:
+def _halt_criteria(
+    cancel: threading.Event | None, deadline: float | None, clock: Callable[[], float] = time.monotonic
+) -> Any:
     """llama.cpp stopping criteria checked after every token: a cancellation or a deadline stops
     generation even while llama-cpp-python holds text back (a partial UTF-8 character or a
     possible stop string) and so yields no chunk to check between."""
@@ -773,7 +780,7 @@ def _halt_criteria(cancel: threading.Event | None, deadline: float | None) -> An
     from llama_cpp import StoppingCriteriaList
 
     def halt(_ids: Any, _logits: Any) -> bool:
-        late = deadline is not None and time.monotonic() > deadline
+        late = deadline is not None and clock() > deadline
         return late or (cancel is not None and cancel.is_set())
 
     return StoppingCriteriaList([halt])

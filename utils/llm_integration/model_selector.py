@@ -42,7 +42,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -381,6 +381,8 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
         config: a :class:`SelectorConfig` (or its fields as keyword arguments).
         probe: what measures machine load (default: the process-wide :class:`LoadProbe`);
             anything with a ``sample() -> MachineLoad`` method.
+        clock: what the cooldown is timed with (default ``time.monotonic``): a bench starts
+            and ends on its readings, so a test can step through one without waiting.
 
     After each call ``last_route`` says who served and why, ``route_counts()`` counts the
     reasons, and ``last_metrics`` / ``last_prompt`` are the serving client's.
@@ -393,7 +395,13 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
     component_provider_override = SELECTOR_PROVIDER
 
     def __init__(
-        self, config: SelectorConfig | None = None, /, *, probe: LoadProbe | None = None, **kwargs: Any
+        self,
+        config: SelectorConfig | None = None,
+        /,
+        *,
+        probe: LoadProbe | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        **kwargs: Any,
     ) -> None:
         self._config = config if config is not None else SelectorConfig(**kwargs)
         cfg = self._config
@@ -405,6 +413,7 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
                 " (`trading-agents models download NAME`) or set fallback to null"
             )
         self._probe = probe or default_probe()
+        self._clock = clock
         self._health = primary_health(self._primary.spec)
         self._counts: Counter[str] = Counter()
         self.last_route: Route | None = None
@@ -574,8 +583,7 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
             if self._fallback is not None:
                 primary = Route(self._primary_name, "primary", f"role {cfg.role or '?'} may not fall back")
             return _Plan(primary, True, deadline)
-        now = time.monotonic()
-        away = self._signals_route(now)
+        away = self._signals_route(self._clock())
         if away is not None:
             return _Plan(away, False)
         if dry or chat is None:
@@ -709,7 +717,7 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
             health.failures += 1
             health.last_error = _one_line(exc)
             if health.failures >= cfg.failure_threshold:
-                health.benched_until = time.monotonic() + cfg.cooldown_s
+                health.benched_until = self._clock() + cfg.cooldown_s
 
     def _record_success(
         self, metrics: CallMetrics | None, stats: PrimaryHealth, primary: bool, kind: str
