@@ -223,6 +223,10 @@ def _row(entry: ModelEntry, settings: Settings, registry: Registry) -> dict[str,
         "role": "+".join(roles) or None,
         "path": str(path) if path else None,
         "repo_id": entry.repo_id,
+        "sha256": entry.sha256,
+        "mirror": entry.mirror.model_dump() if entry.mirror else None,
+        "licence": entry.licence,
+        "training_cutoff": entry.training_cutoff.isoformat() if entry.training_cutoff else None,
     }
 
 
