@@ -88,7 +88,11 @@ def test_a_backtest_warns_about_and_records_only_the_model_that_served(
     meta = json.loads(captured.out)["meta"]
     assert len(meta["lookahead_warnings"]) == 1
     assert f"{CODER}'s training cutoff 2024-09-01" in meta["lookahead_warnings"][0]
-    assert EMBEDDED not in captured.err and EMBEDDED not in json.dumps(meta["lookahead_warnings"])
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and CODER in warnings[0] and EMBEDDED not in warnings[0]
+    notes = [line for line in captured.err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and f"tinyllama-1.1b-chat not found in {tmp_path / 'models'}/" in notes[0]
+    assert f"using the embedded {EMBEDDED}" in notes[0]  # the fallback's substitution, said once
     assert meta["llm"]["served"] == [CODER] and list(meta["models"]) == [CODER]
     rows = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines()]
     agents = [a for row in rows for rec in row["record"]["tickers"].values() for a in rec["agents"]]

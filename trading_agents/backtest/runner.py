@@ -141,12 +141,13 @@ def run_backtest(
     *,
     on_step: StepCallback | None = None,
     warn: Callable[[str], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> BacktestOutcome:
     """Run ``request`` with ``settings`` (flags already applied) and write its results folder.
 
     ``on_step`` receives the engine's ``StepEvent`` after every bar (for progress bars);
-    ``warn`` receives each warning line (default: the log). Errors are
-    :mod:`trading_agents.errors` exceptions.
+    ``warn`` receives each warning line and ``on_note`` each note of the desk (a substitute
+    model serving), both by default to the log. Errors are :mod:`trading_agents.errors` exceptions.
     """
     from trading_agents.core import EngineConfig, run_engine
     from trading_agents.journal import MemoryJournal
@@ -173,6 +174,8 @@ def run_backtest(
     out_dir = Path(request.out or default_out_dir(request.strategy, tickers))
     created = ensure_writable(out_dir)  # before the run: an LLM backtest can take hours
     strategy = build_strategy(request.strategy, request, settings, news=news)
+    for note in getattr(getattr(strategy, "desk", None), "notes", ()):
+        (on_note or log.info)(note)
     journal = MemoryJournal()
     try:
         result = run_engine(
