@@ -28,7 +28,7 @@ from trading_agents.model_files.registry import (
     load_registry,
     looks_like_path,
     models_dir,
-    resolve_or_embedded,
+    resolve_or_substitute,
 )
 from trading_agents.model_files.use import use_model
 from trading_agents.model_files.verify import VerifyReport, verify_model
@@ -137,13 +137,14 @@ def verify(
     """Check a model file: GGUF header, architecture, experts, quantization, size, memory.
 
     Exits 2 when a check fails.
-    With no argument: the configured primary (the embedded model until it is downloaded).
+    With no argument: the model serving as primary (the configured one, else the best
+    downloaded, else the embedded one).
 
     Example: trading-agents models verify mixtral --smoke
     """
     settings = settings_from(config)
     if target is None:
-        primary, note = resolve_or_embedded(settings.llm.primary, settings)
+        primary, note = resolve_or_substitute(settings.llm.primary, settings)
         if note:
             err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
         target = primary.name if primary.entry is not None else str(primary.path)
