@@ -53,8 +53,18 @@ $(BUILD_FLAVOUR):
 	@rm -f $(VENV)/.llama-build-*
 	@touch $@
 
+# MODEL=qwen-coder (any registry name or alias): download it if missing, then run the session on
+# it alone (as primary and fallback, so the selector never sheds a call to another model).
+# Without MODEL the configured models serve (the embedded one on a fresh machine).
+MODEL ?=
+
 run: install
+ifneq ($(strip $(MODEL)),)
+	$(BIN)/trading-agents models download '$(MODEL)'
+	TRADING_AGENTS_LLM__PRIMARY='$(MODEL)' TRADING_AGENTS_LLM__FALLBACK='$(MODEL)' $(BIN)/trading-agents run
+else
 	$(BIN)/trading-agents run
+endif
 
 # The dashboard's tests drive Debian's headless Chromium through Playwright (no browser
 # download): install it once when missing. Quiet and idempotent; sudo only when not root.

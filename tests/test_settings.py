@@ -43,6 +43,7 @@ def test_env_json_lists_and_case(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_default_config_file_and_the_config_env_var(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRADING_AGENTS_CONFIG")  # conftest points it at a copy without models
     assert load_settings().source_file == project_root() / "configs" / "default.yaml"
     monkeypatch.setenv("TRADING_AGENTS_CONFIG", str(config))
     s = load_settings()

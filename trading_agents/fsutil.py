@@ -1,4 +1,4 @@
-"""File-system helpers shared by every writer: atomic writes and exclusive run locks.
+"""File-system helpers shared by every writer: atomic writes, exclusive run locks, free space.
 
 Every file the project writes goes through :func:`atomic_write_bytes` (temporary file in the
 same directory, fsync, rename; the one implementation is ``utils.llm_integration.files``'s),
@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +42,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """Raise :class:`ResourceError` unless ``folder``'s file system has ``needed`` bytes free."""
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise ResourceError(
+            f"not enough disk space in {folder}: need {needed / 1e9:.2f} GB more, {free / 1e9:.2f} GB free"
+        )
 
 
 @contextmanager

@@ -96,9 +96,15 @@ class AgentStrategy:
         return StrategyDecision(intents=intents, record={"tickers": per_ticker})
 
     def llm_stats(self) -> dict[str, Any]:
-        """Calls, cache hits, tokens, models (name -> sha256), seed and route reasons so far."""
+        """Calls, cache hits, tokens, models (name -> sha256), seed and route reasons so far.
+
+        ``served`` names the models that answered at least one call, in order of first call;
+        ``models`` holds only those once any call was made (the configured pair before).
+        """
         steps = self._steps
-        models = self.desk.model_sha256(self.settings.paths.home)
+        served = list(dict.fromkeys(s["model"] for s in steps))
+        configured = self.desk.model_sha256(self.settings.paths.home)
+        models = {name: sha for name, sha in configured.items() if name in served} or configured
         return {
             "calls": sum(1 for s in steps if not s["from_response_cache"]),
             "cached_calls": sum(1 for s in steps if s["from_response_cache"]),
@@ -109,6 +115,7 @@ class AgentStrategy:
             "failed_steps": sum(1 for s in steps if s.get("error")),
             "routes": dict(Counter(f"{s['model']}:{s['route_reason']}" for s in steps)),
             "models": models,
+            "served": served,
             "seed": self.settings.llm.seed,
             "notes": list(self.desk.notes),
         }

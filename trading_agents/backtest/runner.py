@@ -24,7 +24,7 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,12 +141,13 @@ def run_backtest(
     *,
     on_step: StepCallback | None = None,
     warn: Callable[[str], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> BacktestOutcome:
     """Run ``request`` with ``settings`` (flags already applied) and write its results folder.
 
     ``on_step`` receives the engine's ``StepEvent`` after every bar (for progress bars);
-    ``warn`` receives each warning line (default: the log). Errors are
-    :mod:`trading_agents.errors` exceptions.
+    ``warn`` receives each warning line and ``on_note`` each note of the desk (a substitute
+    model serving), both by default to the log. Errors are :mod:`trading_agents.errors` exceptions.
     """
     from trading_agents.core import EngineConfig, run_engine
     from trading_agents.journal import MemoryJournal
@@ -173,6 +174,8 @@ def run_backtest(
     out_dir = Path(request.out or default_out_dir(request.strategy, tickers))
     created = ensure_writable(out_dir)  # before the run: an LLM backtest can take hours
     strategy = build_strategy(request.strategy, request, settings, news=news)
+    for note in getattr(getattr(strategy, "desk", None), "notes", ()):
+        (on_note or log.info)(note)
     journal = MemoryJournal()
     try:
         result = run_engine(
@@ -188,6 +191,11 @@ def run_backtest(
             record_config=settings.public_dict(),
         )
         llm = _llm_stats(strategy)
+        if llm is not None and llm.get("served"):  # a fallback that served is warned about too
+            for line in lookahead_warnings(settings, start, blind=request.blind, served=llm["served"]):
+                if line not in warnings:
+                    warnings.append(line)
+                    warn(line)
         ledger_file = save_ledger(journal, run_id, out_dir)
     except BaseException:
         if created:
@@ -329,19 +337,28 @@ def choose_window(
     return inside[0].date(), inside[-1].date(), len(inside)
 
 
-def lookahead_warnings(settings: Settings, start: dt.date, *, blind: bool) -> list[str]:
-    """One line per configured model whose training cutoff is after ``start``.
+def lookahead_warnings(
+    settings: Settings, start: dt.date, *, blind: bool, served: Collection[str] | None = None
+) -> list[str]:
+    """One line per serving model whose training cutoff is after ``start``.
 
     Such a model may have read about the prices it is asked to predict, so its backtest
-    is optimistic; ``--blind`` hides tickers and dates from the agents.
+    is optimistic; ``--blind`` hides tickers and dates from the agents. Before a run
+    (``served`` is ``None``) the model expected to serve is the resolved primary (the
+    substitute when the configured file is missing); after it, ``served`` names the models
+    that answered calls, so a fallback that served is warned about and one that did not is not.
     """
     from trading_agents.model_files.registry import resolve_llm_pair
 
     primary, fallback, _notes = resolve_llm_pair(settings)
+    if served is None:
+        candidates = [primary]
+    else:
+        candidates = [m for m in (primary, fallback) if m is not None and m.name in served]
     lines = []
-    for model in (primary, fallback):
-        cutoff = getattr(getattr(model, "entry", None), "training_cutoff", None)
-        if model is None or cutoff is None or start >= cutoff:
+    for model in candidates:
+        cutoff = model.entry.training_cutoff if model.entry is not None else None
+        if cutoff is None or start >= cutoff:
             continue
         advice = (
             "--blind is on, so tickers and dates are hidden from it"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from trading_agents.backtest.metrics import METRICS, format_metric
@@ -169,6 +170,12 @@ def backtest(
         else:
             err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
 
+    def note(line: str) -> None:
+        if log_file is not None:
+            log.info(line)
+        else:
+            err_console.print(f"[yellow]note:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
     show_progress = interactive() and not json_out
     with (
         log_to(log_file),
@@ -176,7 +183,7 @@ def backtest(
         exclusive_lock(lock, what="another backtest"),
         _progress(enabled=show_progress) as on_step,
     ):
-        outcome = run_backtest(request, settings, on_step=on_step, warn=warn)
+        outcome = run_backtest(request, settings, on_step=on_step, warn=warn, on_note=note)
 
     if json_out:
         emit_json(outcome.summary)

