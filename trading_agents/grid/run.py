@@ -88,30 +88,28 @@ def shared_config(base: Settings) -> dict[str, Any]:
     return data
 
 
-def check_data(spec: GridSpec) -> set[str]:
-    """Load every data item once and check each window has bars; return the items whose
-    files are malformed (their cells fail with that error, the others run).
+def check_data(spec: GridSpec) -> None:
+    """Load every data item once and check each window has bars, before any cell runs.
 
-    Raises for an unknown ticker (exit 4) or a window with no bars (exit 2).
+    A malformed data file (missing columns, bad rows) is bad input here as in ``backtest``:
+    :class:`DataValidationError` (exit 2) naming the item, and nothing is written. Raises for
+    an unknown ticker (exit 4) or a window with no bars (exit 2) too.
     """
     from trading_agents.backtest.runner import BacktestRequest, choose_window, load_request_bars
 
-    bad: set[str] = set()
     for label, ticker, file in data_items(spec):
         request = BacktestRequest(
             tickers=[ticker] if ticker else None, data_file=Path(file) if file else None
         )
         try:
             bars = load_request_bars(request)
-        except DataValidationError:
-            bad.add(label)
-            continue
+        except DataValidationError as exc:
+            raise DataValidationError(f"spec data: {label}: {exc.message}") from None
         for window in spec.window_list():
             try:
                 choose_window(bars, "buy-hold", window.start, window.end)
             except UserInputError as exc:
                 raise UserInputError(f"spec windows: {label}: {exc.message}") from None
-    return bad
 
 
 def connect(address: str | None, num_cpus: int | None) -> bool:

@@ -273,7 +273,7 @@ def parse_spec(data: Any, source: str, base_dir: Path | None = None, *, check_fi
     try:
         spec = GridSpec.model_validate(data)
     except ValidationError as exc:
-        loc, msg, more = describe_validation_error(exc)
+        loc, msg, more = describe_validation_error(exc, GridSpec)
         key = ".".join(p for p in loc if p not in _TAGS) or "spec"
         msg = msg.removeprefix("Value error, ")
         raise ConfigError(f"{source}: {key}: {msg}{more}; see {EXAMPLE} for valid keys") from None
