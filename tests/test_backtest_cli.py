@@ -144,7 +144,7 @@ def test_data_file_runs_like_a_ticker(capsys, tmp_path: Path) -> None:
     ("argv", "needle"),
     [
         (("--start", "2012-06-01", "--end", "2012-01-01"), "is after --end"),
-        (("--start", "2030-01-01", "--end", "2030-12-31"), "available: 2004-08-19..2013-03-01"),
+        (("--start", "2030-01-01", "--end", "2030-12-31"), "the data covers 2004-08-19..2013-03-01"),
         (("--strategy", "moon"), "unknown strategy 'moon'"),
         (("--cash", "0"), "--cash must be greater than 0"),
         (("--commission", "0.2"), "--commission is a fraction"),

@@ -180,7 +180,7 @@ def test_session_killed_mid_run_resumes_without_duplicate_orders(isolated_state:
         (["--start", "2013-13-01"], "--start '2013-13-01' is not a date"),
         (["--start", "2013-03-01", "--end", "2013-02-01"], "is after --end"),
         (["--date", "2013-02-23"], "no bar on 2013-02-23"),
-        (["--ticker", "GOOG", "--start", "2020-01-01"], "no bars in 2020-01-01"),
+        (["--ticker", "GOOG", "--start", "2020-01-01"], "--start 2020-01-01 is after the last bar"),
         (["--data", "missing.csv"], "missing.csv"),
     ],
 )

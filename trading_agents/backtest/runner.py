@@ -298,7 +298,12 @@ def load_request_bars(request: BacktestRequest) -> dict[str, pd.DataFrame]:
 
 
 def choose_window(
-    bars: Mapping[str, pd.DataFrame], strategy: str, start: dt.date | None, end: dt.date | None
+    bars: Mapping[str, pd.DataFrame],
+    strategy: str,
+    start: dt.date | None,
+    end: dt.date | None,
+    *,
+    names: tuple[str, str] = ("--start", "--end"),
 ) -> tuple[dt.date, dt.date, int]:
     """The ``(start, end, number of bars)`` to trade; see the module docstring for defaults.
 
@@ -323,7 +328,7 @@ def choose_window(
     elif lo is None and strategy == "agents":
         inside = inside[-AGENT_DEFAULT_BARS:]
     if not len(inside):
-        raise UserInputError(no_bars_message(start, end, dates[0].date(), dates[-1].date()))
+        raise UserInputError(no_bars_message(start, end, dates[0].date(), dates[-1].date(), names=names))
     return inside[0].date(), inside[-1].date(), len(inside)
 
 
