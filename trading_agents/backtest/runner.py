@@ -332,18 +332,27 @@ def choose_window(
     return inside[0].date(), inside[-1].date(), len(inside)
 
 
-def no_bars_message(start: dt.date | None, end: dt.date | None, first: dt.date, last: dt.date) -> str:
-    """Why a ``--start``/``--end`` window holds no bar, and which dates would.
+def no_bars_message(
+    start: dt.date | None,
+    end: dt.date | None,
+    first: dt.date,
+    last: dt.date,
+    *,
+    names: tuple[str, str] = ("--start", "--end"),
+) -> str:
+    """Why a start/end window holds no bar, and which dates would.
 
-    ``first``/``last`` are the data's first and last bar.
+    ``first``/``last`` are the data's first and last bar; ``names`` what the user wrote the
+    two dates as (the flags, or a grid spec's ``start``/``end`` keys).
     """
+    s, e = names
     covers = f"the data covers {first}..{last}"
     if start is not None and start > last:
-        return f"--start {start} is after the last bar ({last}); {covers}: pass a --start on or before {last}"
+        return f"{s} {start} is after the last bar ({last}); {covers}: give a {s} on or before {last}"
     if end is not None and end < first:
-        return f"--end {end} is before the first bar ({first}); {covers}: pass an --end on or after {first}"
+        return f"{e} {end} is before the first bar ({first}); {covers}: give an {e} on or after {first}"
     if start is not None and end is not None:
-        return f"no bars from --start {start} to --end {end} (no trading days); {covers}: widen the window"
+        return f"no bars from {s} {start} to {e} {end} (no trading days); {covers}: widen the window"
     return f"no bars in the window; {covers}: choose dates inside it"
 
 
