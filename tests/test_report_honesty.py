@@ -122,3 +122,27 @@ def test_no_negative_zero_in_formatted_metrics(value: float, text: str) -> None:
     from trading_agents.backtest.metrics import format_metric
 
     assert format_metric("max_drawdown_pct", value) == text
+
+
+@pytest.mark.parametrize(
+    ("values", "bound"),
+    [([-0.02, 0.01], 5.0), ([-12.0, 3.0], 12.0), ([float("nan")], 5.0), ([], 5.0), ([7.5, -1.0], 7.5)],
+)
+def test_heatmap_scale_is_symmetric_around_zero_with_a_minimum_range(
+    values: list[float], bound: float
+) -> None:
+    """A -0.02% cell is a pale tint on a +-5% scale, not the deepest red of a +-0.02% one."""
+    from trading_agents.grid.report import heatmap_bound
+
+    assert heatmap_bound(values) == bound
+
+
+def test_grid_report_states_the_caps_and_wraps_routes() -> None:
+    from trading_agents.grid.report import _llm_table, caps_table
+
+    caps = caps_table({"max_position_pct": 0.2, "allow_short": False, "max_order_notional": None})
+    assert "20% of equity" in caps and "not allowed" in caps and "no limit" in caps
+    assert "None" not in caps and "False" not in caps
+    routes = {"smollm2-135m-instruct:primary": 40, "tinyllama-1.1b-chat:deadline": 3}
+    table = _llm_table([{"label": "smol", "llm": {"decisions": 10, "routes": routes}}])
+    assert 'class="routes"' in table and "<br>" in table and "{" not in table  # one route a line, no JSON

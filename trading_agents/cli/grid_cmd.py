@@ -352,14 +352,16 @@ def _table(board: dict[str, Any]) -> None:
     from trading_agents.grid.report import fmt
 
     grid = board["grid"]
-    table = Table(title=f"excess over buy-and-hold ({grid['reference']}), {grid['cells']} cells")
+    table = Table(
+        title=f"excess over buy-and-hold ({grid['reference']}, under the same caps), {grid['cells']} cells"
+    )
     columns = (
         ("label", "strategy"),
         ("done", "cells"),
         ("mean_return_pct", "mean ret %"),
         ("mean_excess_pct", "excess %"),
         ("excess_ci95_pct", "95% CI"),
-        ("beat_buy_hold_share", "beat B&H"),
+        ("beat_buy_hold_share", "beat capped B&H"),
         ("mean_sharpe", "Sharpe"),
         ("worst_max_drawdown_pct", "worst DD %"),
     )
