@@ -73,7 +73,7 @@ def test_sma_cross_json_end_to_end(capsys, tmp_path: Path) -> None:
     decisions = [json.loads(line) for line in (out_dir / "decisions.jsonl").read_text().splitlines()]
     assert decisions and all(d["strategy"] == "sma-cross" for d in decisions)
     html = (out_dir / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "macd" in html
+    assert html.count("data:image/png;base64,") == 4 and "macd" in html
 
 
 def test_buy_hold_text_output_without_baselines(capsys, tmp_path: Path) -> None:

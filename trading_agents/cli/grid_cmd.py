@@ -249,6 +249,7 @@ def ray_output_to_log(out_dir: Path) -> Iterator[None]:
     retries remaining``) on stderr, mostly on Ctrl-C; they belong in the log, not between the
     progress lines. The original stderr is back when the block ends.
     """
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         sys.stderr.flush()
@@ -256,14 +257,21 @@ def ray_output_to_log(out_dir: Path) -> Iterator[None]:
     except OSError:
         yield
         return
-    with open(out_dir / LOG_NAME, "ab") as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+    try:
+        with open(out_dir / LOG_NAME, "ab") as log:
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+    except BaseException:
+        if created and {p.name for p in out_dir.iterdir()} <= {LOG_NAME}:
+            # refused before any cell (an unreachable cluster): leave nothing behind, as promised
+            (out_dir / LOG_NAME).unlink(missing_ok=True)
+            out_dir.rmdir()
+        raise
 
 
 @app.command("status")
