@@ -76,6 +76,14 @@ def test_session_on_the_embedded_model_decides_fills_records_and_resumes(
     code, out, _ = cli(capsys, "ledger", "--json")
     assert code == 0 and json.loads(out)
 
+    # without a terminal: one tab-separated table with its header, then the account with headers
+    code, out, err = cli(capsys, "run", "--ticker", "GOOG", "--date", "2013-03-01")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split("\t") == ["date", "ticker", "analyst", "risk", "executor", "order", "model"]
+    assert lines[1].startswith("2013-03-01\tGOOG\t") and len(lines[1].split("\t")) == 7
+    assert any(line.split() == ["┃", "what", "┃", "value", "┃"] for line in lines), out
+
 
 def test_a_reply_asking_for_ten_times_the_limit_is_clipped(tmp_path: Path) -> None:
     """Instructions smuggled into the rationale and a 10x order change nothing: limits are code."""
