@@ -342,10 +342,12 @@ class _LiveView:
             row = (str(event.bar_date)[:10], tick, *cells, order, model)
             self.rows.append(row)
             if self.plain:
-                if not self._header_printed:  # one tab-separated table: header, then a row per decision
-                    console.print("\t".join(DECISION_COLUMNS), highlight=False, soft_wrap=True)
+                # one tab-separated table (rich would expand the tabs): a header, then a row per decision
+                if not self._header_printed:
+                    console.file.write("\t".join(DECISION_COLUMNS) + "\n")
                     self._header_printed = True
-                console.print("\t".join(row), highlight=False, soft_wrap=True)
+                console.file.write("\t".join(row) + "\n")
+                console.file.flush()
         self.status = Text(f"bar {event.index + 1}/{event.total} done; equity {event.equity:,.2f}")
         self._refresh()
 
