@@ -56,6 +56,7 @@ def test_sma_cross_json_end_to_end(capsys, tmp_path: Path) -> None:
 
     names = sorted(p.name for p in out_dir.iterdir())
     assert names == [
+        "baselines.csv",
         "decisions.jsonl",
         "equity.csv",
         "ledger.sqlite",
