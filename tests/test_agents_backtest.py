@@ -43,6 +43,9 @@ def test_a_rerun_replays_identical_decisions_and_metrics_without_calling_the_mod
     assert first["metrics"] == second["metrics"]
     assert first["meta"]["models"] == second["meta"]["models"]  # model sha256 recorded
     assert first["meta"]["seed"] == second["meta"]["seed"] == 42
+    params = first["meta"]["params"]  # the parameters name the model that served, not the configured one
+    assert params["served_by"] and set(params["served_by"]) <= {params["primary"], params["fallback"]}
+    assert params["primary"] in params["served_by"]
 
     def decisions(folder: Path) -> list[dict]:
         rows = [json.loads(line) for line in (folder / "decisions.jsonl").read_text().splitlines()]

@@ -56,6 +56,7 @@ def test_sma_cross_json_end_to_end(capsys, tmp_path: Path) -> None:
 
     names = sorted(p.name for p in out_dir.iterdir())
     assert names == [
+        "baselines.csv",
         "decisions.jsonl",
         "equity.csv",
         "ledger.sqlite",
@@ -73,7 +74,7 @@ def test_sma_cross_json_end_to_end(capsys, tmp_path: Path) -> None:
     decisions = [json.loads(line) for line in (out_dir / "decisions.jsonl").read_text().splitlines()]
     assert decisions and all(d["strategy"] == "sma-cross" for d in decisions)
     html = (out_dir / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "macd" in html
+    assert html.count("data:image/png;base64,") == 4 and "macd" in html
 
 
 def test_buy_hold_text_output_without_baselines(capsys, tmp_path: Path) -> None:
@@ -144,7 +145,7 @@ def test_data_file_runs_like_a_ticker(capsys, tmp_path: Path) -> None:
     ("argv", "needle"),
     [
         (("--start", "2012-06-01", "--end", "2012-01-01"), "is after --end"),
-        (("--start", "2030-01-01", "--end", "2030-12-31"), "available: 2004-08-19..2013-03-01"),
+        (("--start", "2030-01-01", "--end", "2030-12-31"), "the data covers 2004-08-19..2013-03-01"),
         (("--strategy", "moon"), "unknown strategy 'moon'"),
         (("--cash", "0"), "--cash must be greater than 0"),
         (("--commission", "0.2"), "--commission is a fraction"),

@@ -1,6 +1,6 @@
 """Baseline grids on a real local Ray: every cell equals the same `backtest` run alone, a rerun
-computes nothing, 1 and 2 workers agree, a file with bad rows fails only its own cells
-(exit 8), and an interrupted grid leaves a consistent store that a rerun completes."""
+computes nothing, 1 and 2 workers agree, a malformed data file is refused up front with exit 2
+(as in backtest), and an interrupted grid leaves a consistent store that a rerun completes."""
 
 from __future__ import annotations
 
@@ -144,12 +144,20 @@ def test_one_worker_gives_the_same_results_as_two(first_run: tuple[Path, dict], 
     assert {k: v[:2] for k, v in again.items()} == {k: v[:2] for k, v in results.items()}
 
 
-def test_a_file_with_bad_rows_fails_its_cells_only_exit_8_and_a_rerun_retries(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+@pytest.mark.parametrize(
+    "content",
+    [
+        "Date,Open,High,Low,Close,Volume\n2010-01-04,1,2,0.5,1.5,100\n2010-01-05,abc,2,1,1,100\n",
+        "Date,Open,Close\n2010-01-04,1,1.5\n2010-01-05,1.5,1.4\n",  # missing columns
+    ],
+    ids=["bad-rows", "missing-columns"],
+)
+def test_a_malformed_data_file_is_bad_input_exit_2_as_in_backtest(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, content: str
 ) -> None:
-    (tmp_path / "bad.csv").write_text(
-        "Date,Open,High,Low,Close,Volume\n2010-01-04,1,2,0.5,1.5,100\n2010-01-05,abc,2,1,1,100\n"
-    )
+    """One kind of bad input, one exit code: the file `backtest --data` refuses with 2, a grid
+    refuses with 2 too, before any cell runs and without writing the grid folder."""
+    (tmp_path / "bad.csv").write_text(content)
     spec = tmp_path / "grid.yaml"
     spec.write_text(
         "data: {tickers: [GOOG], files: [bad.csv]}\n"
@@ -158,17 +166,12 @@ def test_a_file_with_bad_rows_fails_its_cells_only_exit_8_and_a_rerun_retries(
     )
     out = tmp_path / "grid"
     code, _, err = _cli(capsys, "grid", "run", str(spec), "--out", str(out))
-    assert code == 8 and err.count("error:") == 1 and "1 of 2 cells failed" in err and "bad|" in err
-    code, stdout, _ = _cli(capsys, "grid", "status", str(out), "--json")
-    status = json.loads(stdout)
-    assert status["counts"]["done"] == 1 and status["counts"]["failed"] == 1
-    [failed] = status["failed"]
-    assert failed["key"].startswith("bad|") and "2010-01-05" in failed["error"] and failed["attempts"] == 1
-    code, _, _ = _cli(capsys, "grid", "run", str(spec), "--out", str(out))
-    assert code == 8
-    with GridStore.open(out, create=False) as store:
-        attempts = {r.cell.data: r.attempts for r in store.rows()}
-    assert attempts == {"GOOG": 1, "bad": 2}  # done cells are skipped, failed ones retried
+    assert code == 2 and err.count("error:") == 1 and "bad" in err and "Traceback" not in err
+    assert not (out / "cells.sqlite").exists()
+    code, _, err_bt = _cli(
+        capsys, "backtest", "-s", "buy-hold", "--data", str(tmp_path / "bad.csv"), "-o", str(tmp_path / "bt")
+    )
+    assert code == 2 and err_bt.count("error:") == 1
 
 
 def test_an_interrupted_grid_keeps_a_consistent_store_and_a_rerun_completes_it(

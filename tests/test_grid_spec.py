@@ -84,7 +84,7 @@ def test_bad_keys_are_named_by_their_path(patch: str, message: str) -> None:
             "two strategies are labelled",
         ),
         ("data: {}\nwindows: []\nstrategies: [{name: buy-hold}]", "spec: data: give tickers, files or both"),
-        (GOOD.replace("rolling:", "rolled:"), "windows.rolling: Field required (and 1 more)"),
+        (GOOD.replace("rolling:", "rolled:"), "windows.rolled: unknown key (did you mean 'rolling'?)"),
     ],
 )
 def test_bad_structure_is_named(text: str, message: str) -> None:
@@ -146,7 +146,7 @@ def _write_csv(path: Path, rows: list[str]) -> Path:
                 "[{start: 2020-01-01, end: 2020-02-01}]",
             ),
             2,
-            "no bars in 2020-01-01..2020-02-01",
+            "start 2020-01-01 is after the last bar (2013-03-01)",
         ),
         (GOOD.replace("{name: random}", "{name: agents, model: nosuch-model}"), 2, "nosuch-model"),
         (

@@ -49,7 +49,7 @@ def hand_case():
             "entry_price": [100.0, 100.0],
             "exit_price": [110.0, 95.0],
             "pnl": [10.0, -5.0],
-            "return_pct": [0.10, -0.05],
+            "return_pct": [10.0, -5.0],
         }
     )
     result = _result([100.0, 110.0, 99.0, 108.9, 121.0], trades, fees=1.5)
@@ -162,7 +162,7 @@ def test_definitions_match_backtesting_py_on_its_own_equity_and_trades(goog):
         trades=pd.DataFrame(
             {
                 "pnl": tr["PnL"],
-                "return_pct": tr["ReturnPct"],
+                "return_pct": tr["ReturnPct"] * 100,
                 "entry_time": tr["EntryTime"],
                 "exit_time": tr["ExitTime"],
                 "commission": tr["Commission"],

@@ -45,7 +45,7 @@ def _result() -> SimpleNamespace:
             "entry_price": [101.0, 112.0],
             "exit_price": [108.0, 110.0],
             "pnl": [3450.0, -850.0],
-            "return_pct": [0.069, -0.019],
+            "return_pct": [6.9, -1.9],
             "commission": [52.0, 44.0],
             "bars_held": [7, 13],
         }
@@ -152,12 +152,12 @@ def test_results_folder_has_five_valid_files(tmp_path: Path) -> None:
     page = paths["report"].read_text()
     parser = _Images()
     parser.feed(page)
-    assert len(parser.images) == 3 and parser.tables >= 3 and parser.scripts == 0
+    assert len(parser.images) == 4 and parser.tables >= 4 and parser.scripts == 0
     for src in parser.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "http://" not in page and "https://" not in page  # opens offline
-    assert "sma-cross" in page and "Buy &amp; Hold Return [%]" in page
+    assert "sma-cross" in page and "Buy &amp; Hold Return, uncapped, no costs [%]" in page
     assert "look-ahead warning" in page
     assert "&lt;b&gt;trend&lt;/b&gt;" in page and "<b>trend</b>" not in page  # rationales are escaped
     assert not list((tmp_path / "run").glob(".*.tmp"))

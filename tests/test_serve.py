@@ -363,9 +363,33 @@ def _msg(text: str = "hi") -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
+def _raw(field: str, literal: str) -> str:
+    """A request body with ``field`` set to a JSON literal json.dumps will not write (NaN, Infinity)."""
+    return json.dumps({"model": PRIMARY, "messages": _msg()})[:-1] + f', "{field}": {literal}}}'
+
+
 BAD: list[tuple[str, dict[str, Any] | str | list[Any], int, str | None]] = [
     ("unknown field", {"model": PRIMARY, "messages": _msg(), "frobnicate": 1}, 400, "frobnicate"),
     ("tools", {"model": PRIMARY, "messages": _msg(), "tools": [{"type": "function"}]}, 400, "tools"),
+    ("empty tools", {"model": PRIMARY, "messages": _msg(), "tools": []}, 400, "tools"),
+    (
+        "user content null",
+        {"model": PRIMARY, "messages": [{"role": "user", "content": None}]},
+        400,
+        "messages[0].content",
+    ),
+    (
+        "temperature NaN",
+        _raw("temperature", "NaN"),
+        422,
+        "temperature",
+    ),
+    (
+        "top_p Infinity",
+        _raw("top_p", "Infinity"),
+        422,
+        "top_p",
+    ),
     ("n > 1", {"model": PRIMARY, "messages": _msg(), "n": 2}, 400, "n"),
     ("logprobs", {"model": PRIMARY, "messages": _msg(), "logprobs": True}, 400, "logprobs"),
     (
@@ -459,6 +483,39 @@ def test_bad_requests_get_openai_shaped_4xx(
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert error["param"] == param
     assert "Traceback" not in reply.text
+
+
+def test_refusals_name_the_clients_own_fields(server: Server) -> None:
+    """Messages say what the client sent and which of its fields to change, never a server key."""
+
+    def message(body: Any) -> str:
+        if isinstance(body, str):
+            reply = httpx2.post(
+                server.url + "/v1/chat/completions",
+                content=body,
+                headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"},
+                timeout=300,
+            )
+        else:
+            reply = server.post(body)
+        assert 400 <= reply.status_code < 500, reply.text
+        return reply.json()["error"]["message"]
+
+    nan = message(_raw("temperature", "NaN"))
+    assert nan == "temperature is NaN: it must be a finite number (no NaN or Infinity)"
+    assert "leave tools out" in message({"model": PRIMARY, "messages": _msg(), "tools": []})
+    null = message({"model": PRIMARY, "messages": [{"role": "user", "content": None}]})
+    assert "messages[0].content is null" in null and "user message needs content" in null
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    structured = {
+        "model": PRIMARY,
+        "messages": _msg("Answer in JSON."),
+        "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+    }
+    cut = message({**structured, "max_tokens": 2})
+    assert "raise max_tokens in the request" in cut and "llm.max_tokens" not in cut
+    cut = message({**structured, "max_completion_tokens": 2})
+    assert "raise max_completion_tokens in the request" in cut
 
 
 def test_auth_and_unknown_routes(server: Server) -> None:

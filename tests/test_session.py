@@ -78,6 +78,14 @@ def test_session_on_the_embedded_model_decides_fills_records_and_resumes(
     code, out, _ = cli(capsys, "ledger", "--json")
     assert code == 0 and json.loads(out)
 
+    # without a terminal: one tab-separated table with its header, then the account with headers
+    code, out, err = cli(capsys, "run", "--ticker", "GOOG", "--date", "2013-03-01")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split("\t") == ["date", "ticker", "analyst", "risk", "executor", "order", "model"]
+    assert lines[1].startswith("2013-03-01\tGOOG\t") and len(lines[1].split("\t")) == 7
+    assert any(line.split() == ["┃", "what", "┃", "value", "┃"] for line in lines), out
+
 
 def test_a_reply_asking_for_ten_times_the_limit_is_clipped(tmp_path: Path) -> None:
     """Instructions smuggled into the rationale and a 10x order change nothing: limits are code."""
@@ -182,7 +190,7 @@ def test_session_killed_mid_run_resumes_without_duplicate_orders(isolated_state:
         (["--start", "2013-13-01"], "--start '2013-13-01' is not a date"),
         (["--start", "2013-03-01", "--end", "2013-02-01"], "is after --end"),
         (["--date", "2013-02-23"], "no bar on 2013-02-23"),
-        (["--ticker", "GOOG", "--start", "2020-01-01"], "no bars in 2020-01-01"),
+        (["--ticker", "GOOG", "--start", "2020-01-01"], "--start 2020-01-01 is after the last bar"),
         (["--data", "missing.csv"], "missing.csv"),
     ],
 )

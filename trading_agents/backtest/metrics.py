@@ -21,9 +21,10 @@ Definitions (``E_t`` is the equity after bar ``t``, ``E_0`` the starting cash):
     Starting cash, equity after the last bar, and the highest equity seen.
 ``return_pct``  Return [%]
     ``(E_final - E_0) / E_0``.
-``buy_hold_return_pct``  Buy & Hold Return [%]
+``buy_hold_return_pct``  Buy & Hold Return, uncapped, no costs [%]
     Equal-weight across tickers: the mean of ``last Close / first Close - 1`` inside the
-    window, without costs.
+    window, fully invested and without costs (the ``buy-hold`` baseline is the same idea
+    traded under the run's caps and costs).
 ``return_ann_pct``  Return (Ann.) [%]
     Geometric: ``(1 + g) ** 252 - 1`` where ``g`` is the geometric mean daily return.
 ``cagr_pct``  CAGR [%]
@@ -84,7 +85,7 @@ METRICS: dict[str, str] = {
     "equity_final": "Equity Final [$]",
     "equity_peak": "Equity Peak [$]",
     "return_pct": "Return [%]",
-    "buy_hold_return_pct": "Buy & Hold Return [%]",
+    "buy_hold_return_pct": "Buy & Hold Return, uncapped, no costs [%]",
     "return_ann_pct": "Return (Ann.) [%]",
     "cagr_pct": "CAGR [%]",
     "volatility_ann_pct": "Volatility (Ann.) [%]",
@@ -180,7 +181,7 @@ def compute_metrics(
 def trade_metrics(trades: pd.DataFrame) -> dict[str, MetricValue]:
     """The per-trade statistics (# Trades .. SQN) of a trades table.
 
-    Expects the engine's columns ``pnl``, ``return_pct`` (a fraction), ``entry_time`` and
+    Expects the engine's columns ``pnl``, ``return_pct`` (a percent), ``entry_time`` and
     ``exit_time``; open trades (no ``exit_time``) are ignored.
     """
     if len(trades) and "exit_time" in trades:
@@ -201,7 +202,7 @@ def trade_metrics(trades: pd.DataFrame) -> dict[str, MetricValue]:
     if not n:
         return out
     pnl = trades["pnl"].astype(float)
-    returns = trades["return_pct"].astype(float)
+    returns = trades["return_pct"].astype(float) / 100  # percent -> fraction for the formulas
     held = pd.to_datetime(trades["exit_time"]) - pd.to_datetime(trades["entry_time"])
     held_days = held.dt.total_seconds() / 86400
     out["win_rate_pct"] = float((pnl > 0).mean() * 100)
@@ -245,8 +246,16 @@ def format_metric(key: str, value: MetricValue) -> str:
     if key in ("equity_start", "equity_final", "equity_peak", "commissions"):
         return f"{float(value):,.2f}"
     if isinstance(value, float):
-        return f"{value:,.2f}" if abs(value) >= 1000 else f"{value:.3f}".rstrip("0").rstrip(".") or "0"
+        text = f"{value:,.2f}" if abs(value) >= 1000 else f"{value:.3f}".rstrip("0").rstrip(".") or "0"
+        return unsigned_zero(text)
     return str(value)
+
+
+def unsigned_zero(text: str) -> str:
+    """``"-0"``, ``"-0.00"``, ``"-0.0%"`` -> the same without the sign: a value that rounds to zero."""
+    if text.startswith("-") and not any(ch in "123456789" for ch in text):
+        return text[1:]
+    return text
 
 
 def _exposure(trades: pd.DataFrame, index: pd.DatetimeIndex) -> np.ndarray:
@@ -316,7 +325,7 @@ def _json_safe(value: Any) -> MetricValue:
     if isinstance(value, np.integer | bool):
         return int(value)
     if isinstance(value, np.floating | float):
-        value = float(value)
+        value = float(value) + 0.0  # -0.0 -> 0.0: no "-0" in files or tables
         return value if math.isfinite(value) else None
     if isinstance(value, pd.Timestamp):
         return value.isoformat()

@@ -11,8 +11,8 @@
     was made (strategy, parameters, tickers, window, costs, model sha256s, seed, the config
     with secrets masked, package versions, LLM call counts, look-ahead warnings).
 ``trades.csv``
-    One closed round trip per row (ticker, size, entry/exit time and price, pnl, return_pct,
-    commission, bars_held).
+    One closed round trip per row (ticker, size, entry/exit time and price, pnl, return_pct
+    in percent like every ``_pct`` field, commission, bars_held).
 ``equity.csv``
     One row per bar: equity, cash, exposure, drawdown and the position of each ticker.
 ``decisions.jsonl``
@@ -23,9 +23,11 @@
     One row per bar: the equity of buy-and-hold and of each baseline run beside it (only
     when the run had bars or baselines to compare with).
 ``report.html``
-    Opens offline: charts are PNGs embedded as base64 (equity against buy-and-hold,
-    drawdown, exposure and positions), the metrics table, a comparison table against the
-    baselines, the run's metadata and the decisions.
+    Opens offline: charts are PNGs embedded as base64 (equity against buy-and-hold under the
+    run's caps and uncapped without costs, the price of each ticker with its entries and
+    exits, drawdown, exposure and positions), the caps the run traded under, the trade table,
+    the metrics table, a comparison table against the baselines (each one saying whether it
+    trades under the run's caps), the run's metadata and the decisions.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trading_agents.backtest.metrics import METRICS, format_metric
+from trading_agents.backtest.metrics import METRICS, format_metric, unsigned_zero
 from trading_agents.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 RESULT_FILES = ("summary.json", "trades.csv", "equity.csv", "decisions.jsonl", "report.html")
@@ -56,7 +58,6 @@ VERSIONED_PACKAGES = ("trading-agents", "llama-cpp-python", "autogen-agentchat",
 #: Metrics shown in the comparison table against the baselines.
 COMPARISON_KEYS = (
     "return_pct",
-    "buy_hold_return_pct",
     "return_ann_pct",
     "volatility_ann_pct",
     "sharpe",
@@ -69,6 +70,22 @@ COMPARISON_KEYS = (
 )
 
 MAX_DECISIONS_IN_HTML = 200
+MAX_TRADES_IN_HTML = 500
+MAX_PRICE_CHARTS = 6
+
+#: Legend text of the uncapped, cost-free buy-and-hold curve (the ``buy_hold_return_pct`` metric).
+UNCAPPED_BUY_HOLD = "buy & hold (uncapped, no costs)"
+
+#: The caps of :func:`trading_agents.core.risk.caps_in_force`, as a reader names them.
+CAP_LABELS: dict[str, str] = {
+    "max_position_pct": "largest position per ticker",
+    "max_order_notional": "largest order",
+    "max_order_notional_pct": "largest order, share of equity",
+    "max_gross_exposure_pct": "gross exposure",
+    "max_daily_loss_pct": "daily loss that halts trading",
+    "max_drawdown_pct": "drawdown that halts trading",
+    "allow_short": "short selling",
+}
 
 
 def package_versions(names: tuple[str, ...] = VERSIONED_PACKAGES) -> dict[str, str | None]:
@@ -206,11 +223,19 @@ def render_html(
             f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{png}">'
             f"<figcaption>{_e(caption)}</figcaption></figure>"
         )
+    if meta.get("risk_caps"):
+        parts.append("<h2>Caps this run traded under</h2>")
+        parts.append(
+            "<p>The strategy and every baseline below trade under these caps, with the same costs; "
+            f"only &ldquo;{_e(UNCAPPED_BUY_HOLD)}&rdquo; does not.</p>"
+        )
+        parts.append(caps_table(meta["risk_caps"]))
+    parts.append("<h2>Trades</h2>")
+    parts.append(_trades_table(getattr(result, "trades", None)))
     parts.append("<h2>Metrics</h2>")
     parts.append(_metrics_table(metrics))
-    if baselines:
-        parts.append("<h2>Against baselines (same data, same engine, same costs)</h2>")
-        parts.append(_comparison_table(name, metrics, baselines))
+    parts.append("<h2>Against baselines (same data, same engine, same costs)</h2>")
+    parts.append(_comparison_table(name, metrics, baselines))
     if summary.get("track_record"):
         parts.append("<h2>Track record (the desk's BUY and SELL calls)</h2>")
         parts.append(_track_table(summary["track_record"]))
@@ -252,21 +277,33 @@ def _charts(
 
     fig = Figure(figsize=(10, 4), dpi=100)
     ax = fig.add_subplot()
-    ax.plot(index, equity, label=name, linewidth=1.6, color="#1f4e79")
+    ax.plot(index, equity, label=f"{name} (under the run's caps)", linewidth=1.6, color="#1f4e79")
+    for other, curve in baseline_equity.items():
+        ax.plot(
+            curve.index,
+            curve.to_numpy(dtype=float),
+            label=f"{other} (under the run's caps)",
+            linewidth=1.3 if other == "buy-hold" else 0.8,
+            alpha=0.9 if other == "buy-hold" else 0.6,
+            color="#e67e22" if other == "buy-hold" else None,
+        )
     if bars:
         ax.plot(
             index,
             buy_hold_curve(bars, index, cash),
-            label="buy & hold (no costs)",
+            label=UNCAPPED_BUY_HOLD,
             linewidth=1.0,
+            linestyle="--",
             color="#999999",
         )
-    for other, curve in baseline_equity.items():
-        ax.plot(curve.index, curve.to_numpy(dtype=float), label=other, linewidth=0.8, alpha=0.7)
     ax.set_ylabel("equity [$]")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    charts.append(("Equity against buy-and-hold", png_data_uri(fig)))
+    charts.append(
+        ("Equity against buy-and-hold: under the run's caps, and uncapped without costs", png_data_uri(fig))
+    )
+    if bars:
+        charts.extend(_price_charts(result, bars, index))
 
     fig = Figure(figsize=(10, 2.5), dpi=100)
     ax = fig.add_subplot()
@@ -348,10 +385,17 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
 def _comparison_table(
     name: str, metrics: Mapping[str, Any], baselines: Mapping[str, Mapping[str, Any]]
 ) -> str:
-    names = [name, *baselines]
-    columns = [metrics, *baselines.values()]
+    """The strategy, each baseline and the uncapped buy-and-hold side by side.
+
+    The first row says whether each column trades under the run's caps; the uncapped,
+    cost-free buy-and-hold has a return only (it is a price ratio, not a run).
+    """
+    names = [name, *baselines, UNCAPPED_BUY_HOLD]
+    uncapped = {"return_pct": metrics.get("buy_hold_return_pct")}
+    columns = [metrics, *baselines.values(), uncapped]
     head = "<tr><th></th>" + "".join(f"<th>{_e(n)}</th>" for n in names) + "</tr>"
-    body = []
+    capped = ["yes"] * (len(names) - 1) + ["no"]
+    body = ["<tr><th>Trades under the run's caps</th>" + "".join(f"<td>{c}</td>" for c in capped) + "</tr>"]
     for key in COMPARISON_KEYS:
         cells = "".join(f"<td>{_e(format_metric(key, col.get(key)))}</td>" for col in columns)
         body.append(f"<tr><th>{_e(METRICS[key])}</th>{cells}</tr>")
@@ -368,12 +412,154 @@ def _meta_table(meta: Mapping[str, Any]) -> str:
                 f"<pre>{_e(text)}</pre></details></td></tr>"
             )
             continue
-        if isinstance(value, Mapping | list):
-            text = json.dumps(_json_ready(value), default=str)
-        else:
-            text = "" if value is None else str(value)
+        if key == "risk_caps":
+            continue  # its own table above
+        text = _plain(value)
         rows.append(f"<tr><th>{_e(key)}</th><td>{_e(text)}</td></tr>")
     return f'<table class="meta">{"".join(rows)}</table>'
+
+
+def caps_rows(caps: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """``(config key, label, value)`` per cap, values as a reader writes them.
+
+    Fractions of equity become percents, cash amounts get thousands separators, an unset
+    cap reads ``no limit`` and ``allow_short`` reads ``allowed``/``not allowed``.
+    """
+    rows = []
+    for key, value in caps.items():
+        if key == "allow_short":
+            text = "allowed" if value else "not allowed"
+        elif value is None:
+            text = "no limit"
+        elif key.endswith("_pct"):
+            text = unsigned_zero(f"{float(value) * 100:.4g}%") + " of equity"
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            text = f"{float(value):,.2f}"
+        else:
+            text = str(value)
+        rows.append((key, CAP_LABELS.get(key, key), text))
+    return rows
+
+
+def caps_table(caps: Mapping[str, Any]) -> str:
+    """The caps as an HTML table with a header: what, limit, config key."""
+    body = "".join(
+        f"<tr><td>{_e(label)}</td><td>{_e(text)}</td><td><code>risk.{_e(key)}</code></td></tr>"
+        for key, label, text in caps_rows(caps)
+    )
+    return f'<table class="caps"><tr><th>cap</th><th>limit</th><th>config key</th></tr>{body}</table>'
+
+
+def _trades_table(trades: pd.DataFrame | None) -> str:
+    if trades is None or not len(trades):
+        return "<p>No closed trades (a position still open at the end is not a trade).</p>"
+    cols = (
+        ("ticker", "ticker"),
+        ("size", "shares"),
+        ("entry_time", "entry"),
+        ("entry_price", "entry price"),
+        ("exit_time", "exit"),
+        ("exit_price", "exit price"),
+        ("bars_held", "bars held"),
+        ("pnl", "P&L [$]"),
+        ("return_pct", "return [%]"),
+        ("commission", "commission [$]"),
+    )
+    head = "".join(f"<th>{_e(title)}</th>" for _, title in cols)
+    rows = []
+    for _, trade in trades.head(MAX_TRADES_IN_HTML).iterrows():
+        cells = []
+        for key, _ in cols:
+            value = trade.get(key)
+            if key == "ticker":
+                text = str(value)
+            elif key.endswith("_time"):
+                text = _iso(value) or "-"
+            elif key in ("size", "bars_held"):
+                text = f"{float(value):,.0f}"
+            elif key == "return_pct":
+                text = unsigned_zero(f"{float(value):+.2f}")
+            else:
+                text = unsigned_zero(f"{float(value):,.2f}")
+            cls = ' class="neg"' if key in ("pnl", "return_pct") and float(value) < 0 else ""
+            cells.append(f"<td{cls}>{_e(text)}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    more = len(trades) - min(len(trades), MAX_TRADES_IN_HTML)
+    note = f"<p>First {MAX_TRADES_IN_HTML} shown; all are in trades.csv.</p>" if more > 0 else ""
+    return f'{note}<table class="trades"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def _price_charts(
+    result: Any, bars: Mapping[str, pd.DataFrame], index: pd.DatetimeIndex
+) -> list[tuple[str, str]]:
+    """One price chart per ticker (the first few), buys and sells marked where they filled."""
+    from matplotlib.figure import Figure
+
+    fills = getattr(result, "fills", None)
+    trades = getattr(result, "trades", None)
+    out = []
+    for ticker in list(bars)[:MAX_PRICE_CHARTS]:
+        close = bars[ticker]["Close"].astype(float)
+        close = close[(close.index >= index[0]) & (close.index <= index[-1])]
+        if close.empty:
+            continue
+        fig = Figure(figsize=(10, 3.2), dpi=100)
+        ax = fig.add_subplot()
+        ax.plot(close.index, close.to_numpy(), color="#555555", linewidth=1.0, label=f"{ticker} close")
+        buys, sells = _marks(ticker, fills, trades)
+        if buys:
+            ax.scatter(
+                *zip(*buys, strict=True), marker="^", s=50, color="#1e8449", zorder=3, label="buy (fill)"
+            )
+        if sells:
+            ax.scatter(
+                *zip(*sells, strict=True), marker="v", s=50, color="#c0392b", zorder=3, label="sell (fill)"
+            )
+        ax.set_ylabel("price [$]")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+        out.append((f"{ticker}: price with entries and exits", png_data_uri(fig)))
+    return out
+
+
+def _marks(ticker: str, fills: Any, trades: Any) -> tuple[list[tuple[Any, float]], list[tuple[Any, float]]]:
+    """(time, price) of the buys and sells of ``ticker``: from the fills, else from the trades."""
+    buys: list[tuple[Any, float]] = []
+    sells: list[tuple[Any, float]] = []
+    if (
+        isinstance(fills, pd.DataFrame)
+        and len(fills)
+        and {"ticker", "side", "price", "filled_at"} <= set(fills)
+    ):
+        mine = fills[fills["ticker"] == ticker]
+        for side, at, price in zip(mine["side"], mine["filled_at"], mine["price"], strict=True):
+            (buys if str(side).lower() == "buy" else sells).append((pd.Timestamp(at), float(price)))
+    elif isinstance(trades, pd.DataFrame) and len(trades):
+        mine = trades[trades["ticker"] == ticker]
+        for _, t in mine.iterrows():
+            entry = buys if float(t["size"]) > 0 else sells
+            exit_ = sells if float(t["size"]) > 0 else buys
+            entry.append((pd.Timestamp(t["entry_time"]), float(t["entry_price"])))
+            if t.get("exit_time") is not None and not pd.isna(t.get("exit_time")):
+                exit_.append((pd.Timestamp(t["exit_time"]), float(t["exit_price"])))
+    return buys, sells
+
+
+def _plain(value: Any) -> str:
+    """A metadata value as text: JSON's ``null``/``true``/``false``, never Python's ``None``/``False``."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if (
+        isinstance(value, Mapping)
+        and value
+        and all(not isinstance(v, Mapping | list) for v in value.values())
+    ):
+        return ", ".join(f"{k}: {_plain(v)}" for k, v in value.items())
+    if isinstance(value, Mapping | list):
+        return json.dumps(_json_ready(value), default=str)
+    return str(value)
 
 
 def _iso(value: Any) -> str | None:
@@ -419,4 +605,7 @@ th,td{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:right;vertical-a
 th{text-align:left;font-weight:600}table.meta td{text-align:left;word-break:break-all}
 pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.85em}
 details summary{cursor:pointer}
+td.neg{color:#c0392b}table.caps td{text-align:left}
+td.routes{text-align:left;white-space:nowrap;font-size:.85em}
+table.compare,table.meta{max-width:100%}table.meta td{overflow-wrap:anywhere}
 """

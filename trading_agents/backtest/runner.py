@@ -219,7 +219,7 @@ def run_backtest(
     meta = {
         "run_id": run_id,
         "strategy": request.strategy,
-        "params": strategy_params(request, settings),
+        "params": strategy_params(request, settings, llm),
         "tickers": tickers,
         "data_file": str(request.data_file) if request.data_file else None,
         "source": request.source,
@@ -306,7 +306,12 @@ def load_request_bars(request: BacktestRequest) -> dict[str, pd.DataFrame]:
 
 
 def choose_window(
-    bars: Mapping[str, pd.DataFrame], strategy: str, start: dt.date | None, end: dt.date | None
+    bars: Mapping[str, pd.DataFrame],
+    strategy: str,
+    start: dt.date | None,
+    end: dt.date | None,
+    *,
+    names: tuple[str, str] = ("--start", "--end"),
 ) -> tuple[dt.date, dt.date, int]:
     """The ``(start, end, number of bars)`` to trade; see the module docstring for defaults.
 
@@ -316,7 +321,6 @@ def choose_window(
     if not frames:
         raise UserInputError("the data has no bars; check the tickers or the data file")
     dates = pd.DatetimeIndex(sorted(set().union(*(f.index for f in frames))))
-    available = f"{dates[0].date()}..{dates[-1].date()}"
     if start and end and start > end:
         raise UserInputError(f"--start {start} is after --end {end}; swap the dates")
     lo = pd.Timestamp(start) if start else None
@@ -332,9 +336,32 @@ def choose_window(
     elif lo is None and strategy == "agents":
         inside = inside[-AGENT_DEFAULT_BARS:]
     if not len(inside):
-        asked = f"{start or '...'}..{end or '...'}"
-        raise UserInputError(f"no bars in {asked}; available: {available}; choose dates inside that range")
+        raise UserInputError(no_bars_message(start, end, dates[0].date(), dates[-1].date(), names=names))
     return inside[0].date(), inside[-1].date(), len(inside)
+
+
+def no_bars_message(
+    start: dt.date | None,
+    end: dt.date | None,
+    first: dt.date,
+    last: dt.date,
+    *,
+    names: tuple[str, str] = ("--start", "--end"),
+) -> str:
+    """Why a start/end window holds no bar, and which dates would.
+
+    ``first``/``last`` are the data's first and last bar; ``names`` what the user wrote the
+    two dates as (the flags, or a grid spec's ``start``/``end`` keys).
+    """
+    s, e = names
+    covers = f"the data covers {first}..{last}"
+    if start is not None and start > last:
+        return f"{s} {start} is after the last bar ({last}); {covers}: give a {s} on or before {last}"
+    if end is not None and end < first:
+        return f"{e} {end} is before the first bar ({first}); {covers}: give an {e} on or after {first}"
+    if start is not None and end is not None:
+        return f"no bars from {s} {start} to {e} {end} (no trading days); {covers}: widen the window"
+    return f"no bars in the window; {covers}: choose dates inside it"
 
 
 def lookahead_warnings(
@@ -425,20 +452,55 @@ def run_baseline(
     )
 
 
-def strategy_params(request: BacktestRequest, settings: Settings) -> dict[str, Any]:
-    """The parameters that shaped the strategy's decisions (recorded in summary.json)."""
+def strategy_params(
+    request: BacktestRequest, settings: Settings, llm: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The parameters that shaped the strategy's decisions (recorded in summary.json).
+
+    For the agents, ``primary`` and ``fallback`` are the models that were loaded (the
+    embedded model when a configured file is missing; the configured names then go under
+    ``configured``), and ``served_by`` lists the models that answered calls, from ``llm``.
+    """
     if request.strategy == "agents":
-        return {
+        primary, fallback = _loaded_pair(settings)
+        params: dict[str, Any] = {
             "blind": request.blind,
             "use_cache": request.use_cache,
-            "primary": settings.llm.primary,
-            "fallback": settings.llm.fallback,
-            "temperature": settings.llm.temperature,
-            "seed": settings.llm.seed,
-            "news": settings.data.news,
-            "memory": settings.memory.model_dump(),
+            "primary": primary,
+            "fallback": fallback,
         }
+        configured = {"primary": settings.llm.primary, "fallback": settings.llm.fallback}
+        if configured != {"primary": primary, "fallback": fallback}:
+            params["configured"] = configured
+        params["served_by"] = served_models(llm)
+        params.update(
+            {
+                "temperature": settings.llm.temperature,
+                "seed": settings.llm.seed,
+                "news": settings.data.news,
+                "memory": settings.memory.model_dump(),
+            }
+        )
+        return params
     return _baseline_params(request.strategy, request, settings)
+
+
+def served_models(llm: Mapping[str, Any] | None) -> list[str]:
+    """The models that answered at least one call, from ``llm_stats()``'s ``routes`` (``model:reason``)."""
+    routes = (llm or {}).get("routes") or {}
+    return sorted({str(key).rsplit(":", 1)[0] for key, count in routes.items() if count})
+
+
+def _loaded_pair(settings: Settings) -> tuple[str, str | None]:
+    if settings.llm.server_url:
+        return settings.llm.primary, settings.llm.fallback  # the server resolves its own models
+    from trading_agents.model_files.registry import resolve_llm_pair
+
+    try:
+        primary, fallback, _notes = resolve_llm_pair(settings)
+    except Exception:
+        return settings.llm.primary, settings.llm.fallback
+    return primary.name, fallback.name if fallback else None
 
 
 def _baseline_params(name: str, request: BacktestRequest, settings: Settings) -> dict[str, Any]:

@@ -37,7 +37,6 @@ log = logging.getLogger("trading_agents.backtest")
 
 SUMMARY_KEYS = (
     "return_pct",
-    "buy_hold_return_pct",
     "return_ann_pct",
     "sharpe",
     "max_drawdown_pct",
@@ -235,18 +234,25 @@ def _progress(*, enabled: bool) -> Iterator[Any]:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
+    """The strategy beside each baseline (all under the run's caps) and the uncapped buy-and-hold."""
+    from trading_agents.backtest.report import UNCAPPED_BUY_HOLD
+
     meta = summary["meta"]
     window = meta["window"]
     table = Table(
         title=f"{meta['strategy']} on {', '.join(meta['tickers'])}: {window['start']}..{window['end']}"
     )
-    table.add_column("")
+    table.add_column("metric")
     table.add_column(meta["strategy"], justify="right")
     names = list(summary.get("baselines") or {})
     for name in names:
         table.add_column(name, justify="right")
+    table.add_column(UNCAPPED_BUY_HOLD, justify="right")
+    table.add_row("Trades under the run's caps", *(["yes"] * (len(names) + 1)), "no")
+    uncapped = {"return_pct": summary["metrics"].get("buy_hold_return_pct")}
     for key in SUMMARY_KEYS:
         row = [format_metric(key, summary["metrics"].get(key))]
         row += [format_metric(key, summary["baselines"][n].get(key)) for n in names]
+        row.append(format_metric(key, uncapped.get(key)))
         table.add_row(METRICS[key], *row)
     console.print(table)

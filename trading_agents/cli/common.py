@@ -15,8 +15,19 @@ from rich.console import Console
 from trading_agents.config.settings import Settings, load_settings
 from trading_agents.errors import UserInputError
 
-console = Console()
-err_console = Console(stderr=True)
+#: Width of tables written to a pipe or file: wide enough that no column is cut or wrapped
+#: (the table takes only the width its content needs); a terminal keeps its own width.
+PIPE_WIDTH = 1000
+
+
+def _console(*, stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    tty = stream.isatty()
+    return Console(stderr=stderr, width=None if tty else PIPE_WIDTH)
+
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,

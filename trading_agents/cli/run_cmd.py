@@ -150,7 +150,9 @@ def _window(
     hi = pd.Timestamp(last) if last else dates[-1]
     inside = dates[(dates <= hi) & (dates >= lo)] if lo is not None else dates[dates <= hi][-days:]
     if not len(inside):
-        raise UserInputError(f"no bars in {first or '...'}..{last or '...'}; available: {available}")
+        from trading_agents.backtest.runner import no_bars_message
+
+        raise UserInputError(no_bars_message(first, last, dates[0].date(), dates[-1].date()))
     return inside[0].date(), inside[-1].date()
 
 
@@ -270,7 +272,9 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 def _print_summary(summary: dict[str, Any]) -> None:
     acct = summary["account"]
-    table = Table(title=f"Paper account {acct.get('name')}", show_header=False)
+    table = Table(title=f"Paper account {acct.get('name')}")
+    table.add_column("what")
+    table.add_column("value")
     for key in ("cash", "equity", "risk_state"):
         if key in acct:
             value = acct[key]
@@ -288,6 +292,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
     console.print(table)
 
 
+DECISION_COLUMNS = ("date", "ticker", "analyst", "risk", "executor", "order", "model")
+
+
 class _LiveView:
     """A rich live table of decisions with the agent currently thinking; plain lines without a TTY."""
 
@@ -300,6 +307,7 @@ class _LiveView:
         self.tokens = 0
         self.current: dict[str, str] = {}
         self._live: Live | None = None
+        self._header_printed = False
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -315,7 +323,7 @@ class _LiveView:
 
     def _render(self) -> Group:
         table = Table(title="Decisions", expand=False)
-        for col in ("date", "ticker", "analyst", "risk", "executor", "order", "model"):
+        for col in DECISION_COLUMNS:
             table.add_column(col)
         for row in self.rows[-15:]:
             table.add_row(*row)
@@ -357,7 +365,12 @@ class _LiveView:
             row = (str(event.bar_date)[:10], tick, *cells, order, model)
             self.rows.append(row)
             if self.plain:
-                console.print("  ".join(row), highlight=False, soft_wrap=True)
+                # one tab-separated table (rich would expand the tabs): a header, then a row per decision
+                if not self._header_printed:
+                    console.file.write("\t".join(DECISION_COLUMNS) + "\n")
+                    self._header_printed = True
+                console.file.write("\t".join(row) + "\n")
+                console.file.flush()
         self.status = Text(f"bar {event.index + 1}/{event.total} done; equity {event.equity:,.2f}")
         self._refresh()
 

@@ -59,7 +59,7 @@ def _print_tables(snap: dict[str, Any]) -> None:
         )
     console.print(models)
     machine, cool, limits = snap["machine"], snap["cooldown"], snap["thresholds"]
-    view = Table(title="selector", title_justify="left", show_header=False)
+    view = Table(title="selector", title_justify="left")
     view.add_column("what", no_wrap=True)
     view.add_column("value", overflow="fold")
     view.add_row(

@@ -15,6 +15,7 @@ Secrets (the Hugging Face token, the server's API key) are ``SecretStr``: printe
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from functools import cache
@@ -317,18 +318,61 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def describe_validation_error(exc: ValidationError) -> tuple[list[str], str, str]:
+def describe_validation_error(
+    exc: ValidationError, model: type[BaseModel] | None = None
+) -> tuple[list[str], str, str]:
     """The first error's key path, its message and ``" (and N more)"``: every validated file
-    (the config, grid specs) names a bad key the same way."""
-    err = exc.errors()[0]
+    (the config, grid specs) names a bad key the same way.
+
+    An unknown key comes first (a misspelt key also leaves the right one "missing", which is
+    a consequence, not a second mistake) and gets a "did you mean" from the keys valid at its
+    place in ``model`` (and the keys reported missing beside it).
+    """
+    errors = exc.errors()
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    err = unknown[0] if unknown else errors[0]
     loc = [str(p) for p in err["loc"]]
-    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return loc, msg, more
+    rest = len(errors) - 1
+    if err["type"] != "extra_forbidden":
+        return loc, err["msg"], f" (and {rest} more)" if rest else ""
+    parent = loc[:-1]
+    missing = [
+        str(e["loc"][-1])
+        for e in errors
+        if e["type"] == "missing" and [str(p) for p in e["loc"][:-1]] == parent
+    ]
+    candidates = sorted(set(_keys_at(model, parent)) | set(missing)) if model else missing
+    guess = difflib.get_close_matches(loc[-1], candidates, n=1, cutoff=0.6)
+    msg = "unknown key" + (f" (did you mean '{guess[0]}'?)" if guess else "")
+    if guess and guess[0] in missing:
+        rest -= 1  # the "missing" error of the key that was misspelt
+    return loc, msg, f" (and {rest} more)" if rest else ""
+
+
+def _keys_at(model: type[BaseModel] | None, path: list[str]) -> list[str]:
+    """The field names (and aliases) valid at ``path`` inside ``model``; ``[]`` when unknown."""
+    for part in path:
+        if model is None:
+            return []
+        field = model.model_fields.get(part)
+        if field is None:
+            continue  # a union tag or a list index: stay on this model
+        model = _model_in(field.annotation)
+    if model is None:
+        return []
+    return [k for name, f in model.model_fields.items() for k in (name, f.alias) if k]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The one pydantic model an annotation holds (``X``, ``X | None``, ``Annotated[X, ...]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    models = [m for arg in getattr(annotation, "__args__", ()) if (m := _model_in(arg)) is not None]
+    return models[0] if len(models) == 1 else None
 
 
 def _describe(exc: ValidationError, path: Path | None, data: dict[str, Any], flags: dict[str, Any]) -> str:
-    loc, msg, more = describe_validation_error(exc)
+    loc, msg, more = describe_validation_error(exc, Settings)
     key = ".".join(p if p.isprintable() and p.strip() == p and p else repr(p) for p in loc)  # one line
     env_name = ENV_PREFIX + "__".join(p.upper() for p in loc)
     env_keys = {k.upper() for k in os.environ}

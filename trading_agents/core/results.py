@@ -169,7 +169,7 @@ def round_trips(fills: Sequence[Fill], dates: pd.DatetimeIndex) -> pd.DataFrame:
     """Match fills FIFO into round trips, one row per (entry lot, exit fill) pair.
 
     ``size`` is signed (negative for shorts); ``pnl`` is after the pro-rata entry and exit
-    commissions; ``return_pct`` is ``pnl / (entry_price * |size|)`` as a fraction;
+    commissions; ``return_pct`` is ``100 * pnl / (entry_price * |size|)``, a percent like every ``_pct``;
     ``bars_held`` counts bars of ``dates`` between entry and exit.
     """
     books: dict[str, deque[list[Any]]] = {}
@@ -194,7 +194,7 @@ def round_trips(fills: Sequence[Fill], dates: pd.DatetimeIndex) -> pd.DataFrame:
                     "entry_price": lot[1],
                     "exit_price": f.price,
                     "pnl": pnl,
-                    "return_pct": pnl / (lot[1] * matched),
+                    "return_pct": 100.0 * pnl / (lot[1] * matched),
                     "commission": commission,
                     "bars_held": at - lot[4],
                 }

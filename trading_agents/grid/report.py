@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trading_agents.backtest.report import REPORT_CSS, png_data_uri
+from trading_agents.backtest.metrics import unsigned_zero
+from trading_agents.backtest.report import REPORT_CSS, caps_table, png_data_uri
 from trading_agents.fsutil import atomic_write_json, atomic_write_text
 from trading_agents.grid.store import CellRow
 
@@ -26,9 +27,9 @@ _COLUMNS = (
     ("done", "cells"),
     ("mean_return_pct", "mean return [%]"),
     ("median_return_pct", "median return [%]"),
-    ("mean_excess_pct", "mean excess vs B&H [%]"),
+    ("mean_excess_pct", "mean excess vs capped B&H [%]"),
     ("excess_ci95_pct", "95% CI (bootstrap)"),
-    ("beat_buy_hold_share", "beat B&H"),
+    ("beat_buy_hold_share", "beat capped B&H"),
     ("mean_sharpe", "mean Sharpe"),
     ("worst_max_drawdown_pct", "worst max DD [%]"),
     ("failed", "failed"),
@@ -62,8 +63,11 @@ def render_html(board: Mapping[str, Any]) -> str:
     parts.append("<h2>Leaderboard</h2>")
     parts.append(_leaderboard_table(board["strategies"]))
     parts.append("<h2>Caps in force</h2>")
-    caps = ", ".join(f"{k}: {v}" for k, v in grid["risk_caps"].items())
-    parts.append(f"<p>cash {grid['cash']:,.0f}; {_e(caps)}</p>")
+    parts.append(
+        f"<p>Every strategy, buy-and-hold included, trades under these caps with cash "
+        f"{grid['cash']:,.0f}.</p>"
+    )
+    parts.append(caps_table(grid["risk_caps"]))
     for caption, png in charts(board):
         parts.append(
             f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{png}">'
@@ -115,8 +119,7 @@ def charts(board: Mapping[str, Any]) -> list[tuple[str, str]]:
             if c["label"] == lab and c["excess_pct"] is not None:
                 grid[data.index(c["data"]), windows.index(c["window"])] = c["excess_pct"]
         ax = fig.add_subplot(len(labels), 1, n + 1)
-        finite = grid[np.isfinite(grid)]
-        bound = max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-9)
+        bound = heatmap_bound(grid)
         image = ax.imshow(grid, aspect="auto", cmap="RdYlGn", vmin=-bound, vmax=bound)
         ax.set_yticks(range(len(data)), data)
         ax.set_xticks(range(len(windows)), [w.replace("..", "\n") for w in windows], fontsize=7)
@@ -124,6 +127,22 @@ def charts(board: Mapping[str, Any]) -> list[tuple[str, str]]:
         fig.colorbar(image, ax=ax, label="excess [%]")
     out.append(("Excess return by data item x window", png_data_uri(fig)))
     return out
+
+
+#: The smallest colour range of a heatmap, in percent either side of 0: a -0.02% cell is a
+#: pale tint, not the deepest red.
+MIN_HEATMAP_BOUND_PCT = 5.0
+
+
+def heatmap_bound(values: Any) -> float:
+    """The colour scale's half range: symmetric around 0, the largest ``|value|``, at least
+    :data:`MIN_HEATMAP_BOUND_PCT`."""
+    import numpy as np
+
+    arr = np.asarray(values, dtype=float)
+    finite = arr[np.isfinite(arr)]
+    largest = float(np.abs(finite).max()) if finite.size else 0.0
+    return max(largest, MIN_HEATMAP_BOUND_PCT)
 
 
 def _leaderboard_table(strategies: list[Mapping[str, Any]]) -> str:
@@ -148,14 +167,18 @@ def _llm_table(agents: list[Mapping[str, Any]]) -> str:
     )
     head = "<th>strategy</th>" + "".join(f"<th>{_e(k)}</th>" for k in keys)
     body = "".join(
-        "<tr><td>"
-        + _e(s["label"])
-        + "</td>"
-        + "".join(f"<td>{_e(fmt(k, s['llm'].get(k)))}</td>" for k in keys)
-        + "</tr>"
+        "<tr><td>" + _e(s["label"]) + "</td>" + "".join(_llm_cell(k, s["llm"].get(k)) for k in keys) + "</tr>"
         for s in agents
     )
     return f'<table class="compare"><tr>{head}</tr>{body}</table>'
+
+
+def _llm_cell(key: str, value: Any) -> str:
+    """One LLM-cost cell; the routes go one ``model: reason count`` per line so the table fits the page."""
+    if key == "routes" and isinstance(value, Mapping):
+        lines = "<br>".join(f"{_e(route)}&nbsp;{_e(count)}" for route, count in value.items())
+        return f'<td class="routes">{lines or "--"}</td>'
+    return f"<td>{_e(fmt(key, value))}</td>"
 
 
 def _cells_table(cells: list[Mapping[str, Any]]) -> str:
@@ -174,9 +197,9 @@ def fmt(key: str, value: Any) -> str:
     if key == "beat_buy_hold_share":
         return f"{value:.0%}"
     if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int | float) for v in value):
-        return f"[{value[0]:.2f}, {value[1]:.2f}]"
+        return f"[{unsigned_zero(f'{value[0]:.2f}')}, {unsigned_zero(f'{value[1]:.2f}')}]"
     if isinstance(value, float):
-        return "--" if not math.isfinite(value) else f"{value:.2f}"
+        return "--" if not math.isfinite(value) else unsigned_zero(f"{value:.2f}")
     if isinstance(value, Mapping):
         return json.dumps(value)
     return str(value)

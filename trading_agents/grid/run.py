@@ -88,30 +88,34 @@ def shared_config(base: Settings) -> dict[str, Any]:
     return data
 
 
-def check_data(spec: GridSpec) -> set[str]:
-    """Load every data item once and check each window has bars; return the items whose
-    files are malformed (their cells fail with that error, the others run).
+def check_data(spec: GridSpec) -> dict[tuple[str, str, str], int]:
+    """Load every data item once and check each window has bars, before any cell runs.
 
-    Raises for an unknown ticker (exit 4) or a window with no bars (exit 2).
+    Returns the bars of each ``(data item, window start, window end)`` (ISO dates). A
+    malformed data file (missing columns, bad rows) is bad input here as in ``backtest``:
+    :class:`DataValidationError` (exit 2) naming the item, and nothing is written. Raises for
+    an unknown ticker (exit 4) or a window with no bars (exit 2) too.
     """
+    counts: dict[tuple[str, str, str], int] = {}
     from trading_agents.backtest.runner import BacktestRequest, choose_window, load_request_bars
 
-    bad: set[str] = set()
     for label, ticker, file in data_items(spec):
         request = BacktestRequest(
             tickers=[ticker] if ticker else None, data_file=Path(file) if file else None
         )
         try:
             bars = load_request_bars(request)
-        except DataValidationError:
-            bad.add(label)
-            continue
+        except DataValidationError as exc:
+            raise DataValidationError(f"spec data: {label}: {exc.message}") from None
         for window in spec.window_list():
             try:
-                choose_window(bars, "buy-hold", window.start, window.end)
+                _, _, n_bars = choose_window(
+                    bars, "buy-hold", window.start, window.end, names=("start", "end")
+                )
             except UserInputError as exc:
                 raise UserInputError(f"spec windows: {label}: {exc.message}") from None
-    return bad
+            counts[(label, window.start.isoformat(), window.end.isoformat())] = n_bars
+    return counts
 
 
 def connect(address: str | None, num_cpus: int | None) -> bool:
@@ -187,13 +191,21 @@ def run_grid(
     config: Path | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     on_result: Callable[[Cell, dict[str, Any]], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+    ray_output: Callable[[Path], contextlib.AbstractContextManager[Any]] | None = None,
 ) -> GridOutcome:
     """Run the cells of ``spec`` that ``out_dir`` does not hold yet; write the leaderboard.
+
+    ``on_note`` receives one-line notes meant for the person waiting: the estimate of the
+    agent cells (cells x bars x measured seconds per decision) before they start, and again
+    once the first one has measured it. ``ray_output(out_dir)`` is entered around the Ray
+    part of the run, once the spec has been validated (the CLI sends Ray's own output to
+    the grid's log there).
 
     Raises :class:`PartialFailureError` (exit 8) after writing everything when some cells
     failed; the store and leaderboard then hold the rest.
     """
-    from trading_agents.grid import execute, leaderboard, report
+    from trading_agents.grid import execute
 
     began = time.monotonic()
     if threads < 1:
@@ -203,7 +215,7 @@ def run_grid(
     out_dir = Path(out_dir).resolve()
     base = base_settings(spec, config)
     cells = expand(spec)
-    check_data(spec)
+    bars = check_data(spec)
     strategies = {s.default_label(): s for s in spec.with_reference()}
     per_label = {label: cell_settings(base, s, threads, spec.seed) for label, s in strategies.items()}
     needs: dict[str, int] = {}
@@ -220,6 +232,54 @@ def run_grid(
             finished_keys = {r.cell.key for r in store.rows() if r.status == "done"}
     work = any(c.key not in finished_keys for c in cells)
 
+    quiet = ray_output(out_dir) if (work and ray_output is not None) else contextlib.nullcontext()
+    with quiet:
+        return _run_and_report(
+            spec,
+            out_dir,
+            cells=cells,
+            hashed=hashed,
+            canonical=canonical,
+            shared=shared,
+            per_label=per_label,
+            needs=needs,
+            bars=bars,
+            base=base,
+            workers=workers,
+            threads=threads,
+            address=address,
+            work=work,
+            began=began,
+            on_progress=on_progress,
+            on_result=on_result,
+            on_note=on_note,
+        )
+
+
+def _run_and_report(
+    spec: GridSpec,
+    out_dir: Path,
+    *,
+    cells: list[Cell],
+    hashed: list[tuple[Cell, str]],
+    canonical: dict[str, Any],
+    shared: dict[str, Any],
+    per_label: dict[str, dict[str, Any]],
+    needs: dict[str, int],
+    bars: dict[tuple[str, str, str], int],
+    base: Settings,
+    workers: int | None,
+    threads: int,
+    address: str | None,
+    work: bool,
+    began: float,
+    on_progress: Callable[[Progress], None] | None,
+    on_result: Callable[[Cell, dict[str, Any]], None] | None,
+    on_note: Callable[[str], None] | None,
+) -> GridOutcome:
+    """Connect to Ray, run the pending cells, write the leaderboard (see :func:`run_grid`)."""
+    from trading_agents.grid import estimate, execute, leaderboard, report
+
     started = connect(address, None if address else physical_cores()) if work else False
     try:
         n_workers = workers or 1
@@ -234,6 +294,19 @@ def run_grid(
             progress = Progress(total=len(cells), skipped=len(cells) - len(todo))
             progress.done = progress.skipped
             _notify(on_progress, progress)
+            agent_todo = [c for c in todo if c.is_agents]
+            n_workers_agents = min(n_workers, len(agent_todo)) or 1
+            measured = estimate.measured_seconds_per_decision(store.rows(c.key for c in cells))
+            if agent_todo and on_note is not None:
+                on_note(
+                    estimate.estimate_line(
+                        len(agent_todo),
+                        estimate.decisions_of(agent_todo, bars),
+                        measured,
+                        n_workers_agents,
+                        source="measured on this grid's finished cells",
+                    )
+                )
 
             def submitted(cell: Cell) -> None:
                 store.mark_running(cell.key)
@@ -242,12 +315,32 @@ def run_grid(
 
             def finished(cell: Cell, result: dict[str, Any]) -> None:
                 store.record(result)
+                finished_now.add(cell.key)
                 progress.running -= 1
                 progress.done += 1
                 progress.failed += result.get("status") != "done"
                 _notify(on_progress, progress)
+                nonlocal measured
+                if measured is None and cell.is_agents and on_note is not None:
+                    measured = estimate.measured_seconds_per_decision([result])
+                    left = [c for c in agent_todo if store_pending(c)]
+                    if measured is not None and left:
+                        on_note(
+                            estimate.estimate_line(
+                                len(left),
+                                estimate.decisions_of(left, bars),
+                                measured,
+                                n_workers_agents,
+                                source=f"measured on {cell.key}",
+                            ).replace("grid: ", "grid: still to run: ", 1)
+                        )
                 if on_result is not None:
                     on_result(cell, result)
+
+            finished_now: set[str] = set()
+
+            def store_pending(cell: Cell) -> bool:
+                return cell.key not in finished_now
 
             try:
                 execute.execute(

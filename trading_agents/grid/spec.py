@@ -55,6 +55,9 @@ from trading_agents.errors import ConfigError
 EXAMPLE = "configs/grids/example.yaml"
 PERIOD = re.compile(r"^(\d+)([dwmy])$")
 # Union branch tags pydantic puts into an error's location; a key path never holds them.
+#: Calendar days of the one window ``grid run --quick`` keeps (about ten trading days).
+QUICK_DAYS = 14
+
 _TAGS = {"model-name", "model-pair", "window-list", "window-rolling"}
 
 
@@ -224,6 +227,13 @@ class GridSpec(_Strict):
     def window_list(self) -> list[WindowSpec]:
         return self.windows.rolling.expand() if isinstance(self.windows, RollingWindows) else self.windows
 
+    def quick(self, days: int = QUICK_DAYS) -> GridSpec:
+        """The same grid on one short window: the last ``days`` calendar days of the last window
+        (``grid run --quick``: every data item and strategy, minutes instead of hours)."""
+        last = self.window_list()[-1]
+        start = max(last.start, last.end - dt.timedelta(days=days - 1))
+        return self.model_copy(update={"windows": [WindowSpec(start=start, end=last.end)]})
+
     def with_reference(self) -> list[StrategySpec]:
         """The strategies, with buy-and-hold added when the spec has none (the yardstick)."""
         if any(s.name == "buy-hold" for s in self.strategies):
@@ -273,7 +283,7 @@ def parse_spec(data: Any, source: str, base_dir: Path | None = None, *, check_fi
     try:
         spec = GridSpec.model_validate(data)
     except ValidationError as exc:
-        loc, msg, more = describe_validation_error(exc)
+        loc, msg, more = describe_validation_error(exc, GridSpec)
         key = ".".join(p for p in loc if p not in _TAGS) or "spec"
         msg = msg.removeprefix("Value error, ")
         raise ConfigError(f"{source}: {key}: {msg}{more}; see {EXAMPLE} for valid keys") from None

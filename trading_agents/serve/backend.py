@@ -114,6 +114,7 @@ class Call:
     stops: list[str] = field(default_factory=list)
     stream_pieces: bool = True
     pieces: int = 0  # tokens received so far (what a cancelled call generated)
+    cap_param: str | None = None  # the request field that set max_tokens; None: the server's default
 
 
 class Backend:
@@ -306,6 +307,11 @@ class Backend:
             extra=extra,
             stops=req.stops,
             stream_pieces=restore is None,
+            cap_param=(
+                "max_completion_tokens"
+                if req.max_completion_tokens is not None
+                else ("max_tokens" if req.max_tokens is not None else None)
+            ),
         )
 
     def _client(self, target: str) -> Any:
@@ -362,9 +368,9 @@ class Backend:
             if not stopped:
                 raise
         except (ContextOverflowError, OutputTruncatedError, DeadlineExceededError, ModelLoadError) as exc:
-            raise _api_error(exc) from None
+            raise _api_error(exc, call) from None
         except LLMError as exc:
-            raise _api_error(exc) from None
+            raise _api_error(exc, call) from None
         except MemoryError:
             raise ApiError(503, "the model ran out of memory", code="model_unavailable") from None
         finally:
@@ -441,17 +447,41 @@ async def _close_quietly(client: Any) -> None:
         await client.close()
 
 
-def _api_error(exc: LLMError) -> ApiError:
-    """LLM-layer failures as the client should see them."""
+def _api_error(exc: LLMError, call: Call | None = None) -> ApiError:
+    """LLM-layer failures as the client should see them, naming the client's own fields."""
     if isinstance(exc, ContextOverflowError):
         return ApiError(400, exc.message, param="messages", code="context_length_exceeded")
     if isinstance(exc, OutputTruncatedError):
-        return ApiError(400, exc.message, param="max_tokens", code="output_truncated")
+        return ApiError(
+            400,
+            truncated_message(call),
+            param=(call and call.cap_param) or "max_tokens",
+            code="output_truncated",
+        )
     if isinstance(exc, DeadlineExceededError):
         return ApiError(504, exc.message, code="deadline_exceeded")
     if "rejected the grammar" in exc.message:
         return ApiError(400, exc.message, param="response_format", code="invalid_schema")
     return ApiError(503, exc.message, code="model_unavailable")
+
+
+def truncated_message(call: Call | None) -> str:
+    """A structured reply cut off by the token cap: which cap, and the request field to raise.
+
+    The cap is the request's ``max_tokens``/``max_completion_tokens``, or the server's default
+    when the request sets neither; either way the fix is in the request, not the server config.
+    """
+    cap = call.extra.get("max_tokens") if call is not None else None
+    where = f" at {cap} tokens" if cap else ""
+    if call is not None and call.cap_param:
+        return (
+            f"the JSON reply was cut off{where}, before it was complete; "
+            f"raise {call.cap_param} in the request"
+        )
+    return (
+        f"the JSON reply was cut off{where} (the server's default, the request set no max_tokens) "
+        "before it was complete; send a larger max_tokens in the request"
+    )
 
 
 def _to_messages(chat: list[dict[str, str]]) -> list[LLMMessage]:

@@ -81,6 +81,20 @@ def validation_error(exc: RequestValidationError) -> ApiError:
         return ApiError(400, "the request body is not a JSON object", code="invalid_json")
     if kind == "missing":
         return ApiError(422, f"{param} is required", param=param, code="missing_parameter")
+    if kind == "finite_number":
+        value = first.get("input")
+        shown = (
+            "NaN"
+            if value != value
+            else ("Infinity" if str(value).lstrip("+") in ("inf", "Infinity") else str(value))
+        )
+        shown = "-Infinity" if str(value).startswith("-") else shown
+        return ApiError(
+            422,
+            f"{param} is {shown}: it must be a finite number (no NaN or Infinity)",
+            param=param,
+            code="invalid_value",
+        )
     return ApiError(422, f"{param}: {first.get('msg', 'invalid value')}", param=param, code="invalid_value")
 
 

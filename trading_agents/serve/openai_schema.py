@@ -2,6 +2,10 @@
 
 Requests forbid unknown fields: a field the server does not know, or one it knows but does not
 support (tools, ``n`` > 1, logprobs), is refused with a 400 that names it, never ignored.
+``tools`` is refused even as an empty list (as OpenAI's API does): a client that sends it
+expects function calling, which this server does not have. A message other than the
+assistant's with ``content: null`` is refused (400), and so is a number that is NaN or
+infinite (422, "not a finite number").
 Responses carry one extension, ``trading_agents``: the selector's route and, when the request
 header ``x-trading-agents-prompt: include`` asks for it, the prompt as the model saw it.
 """
@@ -16,7 +20,8 @@ from trading_agents.serve.errors import ApiError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # NaN and infinities (which Python's JSON parser accepts) are refused as "not a finite number"
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class ContentPart(_Strict):
@@ -81,7 +86,12 @@ class ChatCompletionRequest(_Strict):
             ("n", self.n not in (None, 1), "only n=1 is supported"),
             ("logprobs", bool(self.logprobs), "logprobs are not supported"),
             ("top_logprobs", self.top_logprobs is not None, "logprobs are not supported"),
-            ("tools", bool(self.tools), "this server has no function calling; use response_format"),
+            (
+                "tools",
+                self.tools is not None,
+                "this server has no function calling; leave tools out (an empty list too) "
+                "and use response_format for structured replies",
+            ),
             ("tool_choice", self.tool_choice not in (None, "none"), "this server has no function calling"),
             ("functions", bool(self.functions), "this server has no function calling"),
             (
@@ -114,6 +124,14 @@ class ChatCompletionRequest(_Strict):
                     400,
                     f"unsupported role {msg.role!r}: use system, user or assistant (no function calling)",
                     param=f"messages[{i}].role",
+                )
+            if msg.content is None and msg.role != "assistant":
+                raise ApiError(
+                    400,
+                    f"messages[{i}].content is null: a {msg.role} message needs content, "
+                    "a string or a list of text parts",
+                    param=f"messages[{i}].content",
+                    code="missing_content",
                 )
             for j, part in enumerate(msg.content if isinstance(msg.content, list) else []):
                 if part.type != "text" or part.text is None:
