@@ -472,7 +472,7 @@ def strategy_params(
         configured = {"primary": settings.llm.primary, "fallback": settings.llm.fallback}
         if configured != {"primary": primary, "fallback": fallback}:
             params["configured"] = configured
-        params["served_by"] = served_models(llm)
+        params["served_by"] = list((llm or {}).get("served") or [])
         params.update(
             {
                 "temperature": settings.llm.temperature,
@@ -483,12 +483,6 @@ def strategy_params(
         )
         return params
     return _baseline_params(request.strategy, request, settings)
-
-
-def served_models(llm: Mapping[str, Any] | None) -> list[str]:
-    """The models that answered at least one call, from ``llm_stats()``'s ``routes`` (``model:reason``)."""
-    routes = (llm or {}).get("routes") or {}
-    return sorted({str(key).rsplit(":", 1)[0] for key, count in routes.items() if count})
 
 
 def _loaded_pair(settings: Settings) -> tuple[str, str | None]:
