@@ -43,7 +43,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -57,11 +57,8 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, ConfigDict
 
-from utils.llm_integration.autogen_client import (
-    LocalLlamaChatCompletionClient,
-    StreamingChatCompletionClient,
-    to_chat_messages,
-)
+from utils.llm_integration.autogen_client import LocalLlamaChatCompletionClient
+from utils.llm_integration.client_base import BaseChatClient, Route, to_chat_messages
 from utils.llm_integration.components import CLIENT_PROVIDER, SELECTOR_PROVIDER, check_providers
 from utils.llm_integration.errors import (
     ContextOverflowError,
@@ -110,18 +107,6 @@ class SelectorConfig(SelectorLimits, _SelectorModels):
     """
 
     model_config = ConfigDict(extra="forbid")
-
-
-@dataclass(frozen=True)
-class Route:
-    """Which model served a call and why (``reason`` is one of :data:`REASONS`)."""
-
-    model: str
-    reason: str
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------- machine load
@@ -374,7 +359,7 @@ def load_local_client(config: Mapping[str, Any], what: str) -> LocalLlamaChatCom
     return client
 
 
-class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfig]):
+class ModelSelectorClient(BaseChatClient, Component[SelectorConfig]):
     """An AutoGen model client that routes each call to the primary or the fallback.
 
     Args:
