@@ -40,6 +40,27 @@ JsonOption = Annotated[
 ]
 
 
+EndpointOption = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint",
+        metavar="URL",
+        help="Run the desk on this OpenAI-compatible server (llama-server, vLLM, Ollama): llm.endpoint.",
+    ),
+]
+EndpointModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint-model", metavar="NAME", help="The model the endpoint serves (config llm.endpoint.model)."
+    ),
+]
+
+
+def endpoint_flags(url: str | None, model: str | None) -> dict[str, Any]:
+    """``--endpoint URL --endpoint-model NAME`` as settings overrides (``None``: not given)."""
+    return {"llm.endpoint.base_url": url, "llm.endpoint.model": model}
+
+
 def settings_from(config: Path | None, **flags: Any) -> Settings:
     """Load settings with CLI flags on top (keys like ``"llm.seed"``; ``None`` means not given)."""
     return load_settings(config, {k: v for k, v in flags.items() if v is not None})
