@@ -47,7 +47,9 @@ def running_llama_server(
     try:
         deadline = time.monotonic() + 300
         while True:
-            assert proc.poll() is None, "the llama.cpp server exited" + (f":\n{log.read_text()}" if log else "")
+            assert proc.poll() is None, "the llama.cpp server exited" + (
+                f":\n{log.read_text()}" if log else ""
+            )
             with contextlib.suppress(httpx2.HTTPError):
                 if httpx2.get(url + "/v1/models", headers=headers, timeout=5).status_code == 200:
                     break
@@ -89,4 +91,6 @@ def _serve(model: str, port: int, parallel: int, alias: str, api_key: str) -> No
 
 
 if __name__ == "__main__":
-    _serve(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else "")
+    _serve(
+        sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else ""
+    )

@@ -1,0 +1,254 @@
+"""The desk on an external OpenAI-compatible endpoint (``llm.endpoint``, ``--endpoint``).
+
+A real llama.cpp server (llama.cpp's own server code through xllamacpp, in a child process)
+on a free loopback port, with the embedded SmolLM2 and 2 parallel slots and an API key,
+serves a ``run`` session, replay through the response cache and the error paths. An
+Ollama-/vLLM-shaped server is tested for request shape only, with a small local stub that
+also plays a server whose replies do not validate or that fails with HTTP 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+import yaml
+from autogen_core.models import UserMessage
+from pydantic import BaseModel, Field
+
+from tests.llama_server import ALIAS, free_port, running_llama_server
+
+KEY = "endpoint-key-3c9a"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Verdict(BaseModel):
+    action: Literal["BUY", "SELL", "HOLD"]
+    quantity: int = Field(ge=0, le=100000)
+
+
+@pytest.fixture(scope="module")
+def llama(embedded_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    with running_llama_server(embedded_model, parallel=2, api_key=KEY, log=log) as url:
+        yield url
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRADING_AGENTS_")}
+    env["TRADING_AGENTS_HOME"] = str(home)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _config(path: Path, **endpoint: Any) -> Path:
+    llm: dict[str, Any] = {"primary": "smollm2", "fallback": None, "max_tokens": 200}
+    if endpoint:
+        llm["endpoint"] = endpoint
+    path.write_text(yaml.safe_dump({"llm": llm, "selector": {"enabled": False}}))
+    return path
+
+
+def _run(config: Path, home: Path, *flags: str, days: int = 1) -> subprocess.CompletedProcess[str]:
+    args = [sys.executable, "-m", "trading_agents.cli.app", "run", "--days", str(days), "--seed", "3"]
+    return subprocess.run(
+        [*args, "--config", str(config), *flags, "--json"],
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def _steps_recorded(home: Path) -> int:
+    ledger = home / "ledger.sqlite"
+    if not ledger.is_file():
+        return 0
+    with contextlib.closing(sqlite3.connect(ledger)) as db:
+        return int(db.execute("SELECT COUNT(*) FROM steps").fetchone()[0])
+
+
+# --------------------------------------------------------------------------- a real llama.cpp server
+
+
+def test_a_run_session_on_a_llama_server(llama: str, tmp_path: Path) -> None:
+    config = _config(tmp_path / "c.yaml", base_url="http://unused.invalid", model="other", api_key=KEY)
+    home = tmp_path / "home"
+    done = _run(config, home, "--endpoint", llama, "--endpoint-model", ALIAS)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["models"]["server"] == llama and summary["models"]["primary"] == ALIAS
+    assert summary["llm"]["models"] == {ALIAS: f"endpoint:{ALIAS}@"}
+    assert summary["decisions"] and all(d["agents"] for d in summary["decisions"])
+    outputs = [a for d in summary["decisions"] for a in d["agents"]]
+    assert any(a["output"] for a in outputs), outputs  # the server's grammar held
+    assert all(a["model"] == ALIAS for a in outputs)
+    assert _steps_recorded(home) == len(summary["decisions"])
+
+
+@pytest.mark.parametrize("problem", ["unreachable", "refused key", "unlisted model"])
+def test_endpoint_errors_stop_before_any_bar(llama: str, tmp_path: Path, problem: str) -> None:
+    url, model, key = llama, ALIAS, KEY
+    if problem == "unreachable":
+        url = f"http://127.0.0.1:{free_port()}"
+    elif problem == "refused key":
+        key = "wrong-key"
+    else:
+        model = "mixtral-8x7b"
+    config = _config(tmp_path / "c.yaml", base_url=url, model=model, api_key=key)
+    home = tmp_path / "home"
+    done = _run(config, home)
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    expected = {
+        "unreachable": "cannot reach",
+        "refused key": "refused the API key",
+        "unlisted model": "does not list",
+    }
+    assert expected[problem] in lines[0]
+    assert key not in done.stderr or problem != "refused key"
+    assert _steps_recorded(home) == 0 and done.stdout == ""
+
+
+def test_endpoint_client_replays_through_the_response_cache(llama: str, tmp_path: Path) -> None:
+    from utils.llm_integration.endpoint_client import EndpointChatCompletionClient
+    from utils.llm_integration.response_cache import ResponseCacheClient
+
+    def client(revision: str) -> ResponseCacheClient:
+        inner = EndpointChatCompletionClient(
+            base_url=llama + "/v1", model=ALIAS, api_key=KEY, revision=revision, max_tokens=60
+        )
+        return ResponseCacheClient(inner, tmp_path / "cache.sqlite")
+
+    async def ask(c: ResponseCacheClient) -> Any:
+        try:
+            return await c.create([UserMessage(content="Verdict on GOOG?", source="u")], json_output=Verdict)
+        finally:
+            await c.close()
+
+    first = asyncio.run(ask(client("b1")))
+    again_client = client("b1")
+    again = asyncio.run(ask(again_client))
+    rebuilt = asyncio.run(ask(client("b2")))  # a new model build: not replayed
+    assert not first.cached and again.cached and again.content == first.content
+    assert Verdict.model_validate_json(first.content)
+    assert again_client.last_metrics.model_sha256 == f"endpoint:{ALIAS}@b1"
+    assert not rebuilt.cached
+
+
+# --------------------------------------------------------------------------- a stub server
+
+
+class _Stub:
+    """An OpenAI-/Ollama-shaped server on loopback that records what it is sent."""
+
+    def __init__(self, reply: str, status: int = 200) -> None:
+        self.reply, self.status = reply, status
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("content-type", kind)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                if self.path == "/v1/models":
+                    self._send(200, json.dumps({"object": "list", "data": [{"id": "stub"}]}).encode())
+                elif self.path == "/api/tags":
+                    self._send(200, json.dumps({"models": [{"name": "stub"}]}).encode())
+                else:
+                    self._send(404, b"{}")
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                stub.requests.append((self.path, body))
+                if stub.status != 200:
+                    self._send(stub.status, json.dumps({"error": {"message": "engine crashed"}}).encode())
+                elif self.path == "/api/chat":
+                    lines = [
+                        {"message": {"content": stub.reply}, "done": False},
+                        {"done": True, "done_reason": "stop", "prompt_eval_count": 7, "eval_count": 3},
+                    ]
+                    self._send(
+                        200, "".join(json.dumps(x) + "\n" for x in lines).encode(), "application/x-ndjson"
+                    )
+                else:
+                    chunks = [
+                        {"choices": [{"delta": {"content": stub.reply}, "finish_reason": None}]},
+                        {"choices": [{"delta": {}, "finish_reason": "stop"}]},
+                        {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}},
+                    ]
+                    text = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+                    self._send(200, text.encode(), "text/event-stream")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> _Stub:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("structured", ["json_schema", "json_object", "ollama"])
+def test_request_shape_per_structured_mode(structured: str) -> None:
+    from utils.llm_integration.endpoint_client import EndpointChatCompletionClient, check_endpoint
+
+    with _Stub('{"action": "HOLD", "quantity": 0}') as stub:
+        assert check_endpoint(stub.url, "stub", structured=structured) == ["stub"]  # type: ignore[arg-type]
+        client = EndpointChatCompletionClient(
+            base_url=stub.url, model="stub", structured=structured, max_tokens=33, seed=9
+        )
+        result = asyncio.run(client.create([UserMessage(content="hi", source="u")], json_output=Verdict))
+    assert Verdict.model_validate_json(result.content).action == "HOLD"
+    assert client.last_metrics.prompt_tokens == 7 and client.last_metrics.completion_tokens == 3
+    (path, body), schema = stub.requests[0], Verdict.model_json_schema()
+    assert body["model"] == "stub" and body["messages"] == [{"role": "user", "content": "hi"}]
+    if structured == "ollama":
+        assert path == "/api/chat" and body["format"] == schema
+        assert body["options"]["num_predict"] == 33 and body["options"]["seed"] == 9
+    else:
+        assert path == "/v1/chat/completions" and body["max_tokens"] == 33 and body["seed"] == 9
+        fmt = body["response_format"]
+        if structured == "json_schema":
+            assert fmt["type"] == "json_schema" and fmt["json_schema"]["schema"] == schema
+        else:
+            assert fmt == {"type": "json_object"}
+
+
+@pytest.mark.parametrize(("reply", "status"), [('{"action": "MAYBE"}', 200), ("", 500)])
+def test_a_reply_that_does_not_validate_or_a_5xx_fails_the_step_closed(
+    tmp_path: Path, reply: str, status: int
+) -> None:
+    with _Stub(reply, status) as stub:
+        config = _config(tmp_path / "c.yaml", base_url=stub.url, model="stub")
+        home = tmp_path / "home"
+        done = _run(config, home, days=2)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert len(summary["decisions"]) == 2 and summary["llm"]["failed_steps"] == 2
+    assert all(d["error"] and d["intent"] is None for d in summary["decisions"])
+    assert summary["orders"] == [] and _steps_recorded(home) == 2  # recorded, the run went on
+    assert stub.requests  # the analyst was asked
