@@ -28,6 +28,7 @@ from autogen_core.models import UserMessage
 from pydantic import BaseModel, Field
 
 from tests.llama_server import ALIAS, free_port, running_llama_server
+from tests.ray_cluster import ray_cluster  # noqa: F401  (module-scoped fixture)
 
 KEY = "endpoint-key-3c9a"
 ROOT = Path(__file__).resolve().parents[1]
@@ -252,3 +253,71 @@ def test_a_reply_that_does_not_validate_or_a_5xx_fails_the_step_closed(
     assert all(d["error"] and d["intent"] is None for d in summary["decisions"])
     assert summary["orders"] == [] and _steps_recorded(home) == 2  # recorded, the run went on
     assert stub.requests  # the analyst was asked
+
+
+# --------------------------------------------------------------------------- a grid on the server
+
+GRID = """
+data: {tickers: [GOOG, SPX]}
+windows: [{start: 2013-02-27, end: 2013-02-28}]   # two bars: one decision per cell
+strategies:
+  - {name: agents, model: embedded, label: desk}
+seed: 5
+"""
+
+
+def _decided(path: Path) -> list[Any]:
+    """What each decision said (the agents' outputs and the intent), without timings."""
+    out = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line).get("record") or {}
+        agents = [
+            (a.get("role"), a.get("output"))
+            for t in (record.get("tickers") or {}).values()
+            for a in t["agents"]
+        ]
+        out.append((agents, [t.get("intent") for t in (record.get("tickers") or {}).values()]))
+    return out
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_two_cell_agents_grid_with_concurrency_two(llama: str, tmp_path: Path) -> None:
+    """Both agent cells run as light clients (no model loaded) against the server's 2 slots;
+    the decisions at concurrency 1 and 2 are compared and the difference is printed."""
+    from trading_agents.grid.run import run_grid
+    from trading_agents.grid.spec import spec_from_text
+    from trading_agents.grid.store import GridStore
+
+    config = _config(tmp_path / "c.yaml", api_key=KEY, base_url=llama, model=ALIAS)
+    flags = {"llm.endpoint.base_url": llama, "llm.endpoint.model": ALIAS}
+
+    def grid(concurrency: int) -> dict[str, Any]:
+        results: list[dict[str, Any]] = []
+        outcome = run_grid(
+            spec_from_text(GRID),
+            tmp_path / f"grid-{concurrency}",
+            workers=1,
+            concurrency=concurrency,
+            config=config,
+            overrides=flags,
+            on_result=lambda c, r: results.append(r),
+        )
+        assert outcome.counts["done"] == 4, outcome.counts
+        with GridStore.open(tmp_path / f"grid-{concurrency}", create=False) as store:
+            rows = {r.cell.key: r for r in store.rows() if r.cell.label == "desk"}
+        assert len(rows) == 2
+        return {k: _decided(Path(r.out_dir) / "decisions.jsonl") for k, r in rows.items()}
+
+    two = grid(2)
+    assert all(agents for cell in two.values() for agents, _ in cell)  # decisions were read
+    if os.environ.get("ENDPOINT_COMPARE_CONCURRENCY"):  # measured, not asserted: see docs/endpoints.md
+        one = grid(1)
+        differing = sum(one[k] != two[k] for k in one)
+        print(f"agent cells whose decisions differ between concurrency 1 and 2: {differing} of {len(one)}")
+    [row] = [
+        s
+        for s in json.loads((tmp_path / "grid-2" / "leaderboard.json").read_text())["strategies"]
+        if s["label"] == "desk"
+    ]
+    assert row["done"] == 2 and row["llm"]["calls"] >= 2
+    assert set(row["llm"]["routes"]) == {f"{ALIAS}:primary"}

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,9 +62,14 @@ def physical_cores() -> int:
     return cores()
 
 
-def base_settings(spec: GridSpec, config: Path | None) -> Settings:
-    """The config (file, environment) with the spec's broker, risk and llm keys on top."""
-    return load_settings(config, spec.overrides())
+def base_settings(
+    spec: GridSpec, config: Path | None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """The config (file, environment) with the spec's broker, risk and llm keys on top, then
+    ``overrides`` (command-line flags such as ``--endpoint``)."""
+    return load_settings(
+        config, {**spec.overrides(), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    )
 
 
 def cell_settings(base: Settings, strategy: StrategySpec, threads: int, seed: int) -> dict[str, Any]:
@@ -78,6 +83,9 @@ def cell_settings(base: Settings, strategy: StrategySpec, threads: int, seed: in
             llm["primary"], llm["fallback"] = strategy.primary, strategy.fallback
         llm["n_threads"], llm["seed"] = threads, seed
         llm["ram_cache_mb"] = 0  # no state carried between cells: results independent of order
+        endpoint = base.llm.endpoint
+        if endpoint is not None and endpoint.api_key is not None:  # the JSON dump masks secrets
+            llm["endpoint"]["api_key"] = endpoint.api_key.get_secret_value()
     return data
 
 
@@ -193,6 +201,8 @@ def run_grid(
     on_result: Callable[[Cell, dict[str, Any]], None] | None = None,
     on_note: Callable[[str], None] | None = None,
     ray_output: Callable[[Path], contextlib.AbstractContextManager[Any]] | None = None,
+    concurrency: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> GridOutcome:
     """Run the cells of ``spec`` that ``out_dir`` does not hold yet; write the leaderboard.
 
@@ -201,6 +211,9 @@ def run_grid(
     once the first one has measured it. ``ray_output(out_dir)`` is entered around the Ray
     part of the run, once the spec has been validated (the CLI sends Ray's own output to
     the grid's log there).
+
+    Agent cells on an external endpoint (``llm.endpoint``, ``--endpoint``) run as light
+    clients that load no model, ``concurrency`` desks in flight (default: ``workers``).
 
     Raises :class:`PartialFailureError` (exit 8) after writing everything when some cells
     failed; the store and leaderboard then hold the rest.
@@ -212,8 +225,10 @@ def run_grid(
         raise UserInputError(f"--threads-per-worker must be at least 1 (got {threads})")
     if workers is not None and workers < 1:
         raise UserInputError(f"--workers must be at least 1 (got {workers})")
+    if concurrency is not None and concurrency < 1:
+        raise UserInputError(f"--concurrency must be at least 1 (got {concurrency})")
     out_dir = Path(out_dir).resolve()
-    base = base_settings(spec, config)
+    base = base_settings(spec, config, overrides)
     cells = expand(spec)
     bars = check_data(spec)
     strategies = {s.default_label(): s for s in spec.with_reference()}
@@ -253,6 +268,7 @@ def run_grid(
             on_progress=on_progress,
             on_result=on_result,
             on_note=on_note,
+            concurrency=concurrency,
         )
 
 
@@ -276,6 +292,7 @@ def _run_and_report(
     on_progress: Callable[[Progress], None] | None,
     on_result: Callable[[Cell, dict[str, Any]], None] | None,
     on_note: Callable[[str], None] | None,
+    concurrency: int | None,
 ) -> GridOutcome:
     """Connect to Ray, run the pending cells, write the leaderboard (see :func:`run_grid`)."""
     from trading_agents.grid import estimate, execute, leaderboard, report
@@ -349,6 +366,7 @@ def _run_and_report(
                     grid_dir=out_dir,
                     grid_seed=spec.seed,
                     workers=n_workers,
+                    concurrency=concurrency,
                     threads=threads,
                     memory_for=lambda c: needs.get(c.label, 0),
                     on_submit=submitted,
