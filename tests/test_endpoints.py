@@ -321,3 +321,56 @@ def test_a_two_cell_agents_grid_with_concurrency_two(llama: str, tmp_path: Path)
     ]
     assert row["done"] == 2 and row["llm"]["calls"] >= 2
     assert set(row["llm"]["routes"]) == {f"{ALIAS}:primary"}
+
+
+# --------------------------------------------------------------------------- the selector
+
+
+def test_the_selector_falls_back_from_a_failing_endpoint_to_the_local_model(tmp_path: Path) -> None:
+    """An endpoint primary that answers HTTP 500, the embedded model as local fallback: every
+    role is served by the fallback with reason ``error`` and the run decides every bar."""
+    with _Stub("", 500) as stub:
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "llm": {
+                        "primary": "smollm2",
+                        "fallback": "smollm2",
+                        "max_tokens": 200,
+                        "n_threads": 1,
+                        "endpoint": {"base_url": stub.url, "model": "stub"},
+                    },
+                    "selector": {"enabled": True, "failure_threshold": 100},
+                }
+            )
+        )
+        done = _run(config, tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    agents = [a for d in summary["decisions"] for a in d["agents"]]
+    assert agents and summary["llm"]["failed_steps"] == 0
+    assert {a["route_reason"] for a in agents} == {"error"}
+    assert {a["model"] for a in agents} == {"smollm2-135m-instruct"}
+    assert len(stub.requests) == len(agents)  # the primary was tried on every call
+
+
+def test_the_selector_serves_from_a_live_endpoint_primary(llama: str, embedded_model: Path) -> None:
+    from utils.llm_integration.autogen_client import AutoGenLLMConfig
+    from utils.llm_integration.components import ENDPOINT_PROVIDER
+    from utils.llm_integration.model_selector import ModelSelectorClient
+
+    selector = ModelSelectorClient(
+        primary={
+            "provider": ENDPOINT_PROVIDER,
+            "config": {"base_url": llama, "model": ALIAS, "api_key": KEY, "max_tokens": 60},
+        },
+        fallback=AutoGenLLMConfig.local(embedded_model, n_threads=1, max_tokens=60),
+        deadline_s=600,
+    )
+    result = asyncio.run(
+        selector.create([UserMessage(content="Verdict on GOOG?", source="u")], json_output=Verdict)
+    )
+    assert selector.last_route is not None and selector.last_route.reason == "primary"
+    assert selector.last_route.model == ALIAS and Verdict.model_validate_json(result.content)
+    assert selector.last_metrics is not None and selector.last_metrics.model_sha256 == f"endpoint:{ALIAS}@"

@@ -23,7 +23,7 @@ from trading_agents.agents.team import ROLES
 from trading_agents.config.settings import Settings
 from trading_agents.errors import ModelFileError
 from trading_agents.model_files.gguf_info import read_gguf_info
-from trading_agents.model_files.registry import ResolvedModel, resolve_llm_pair
+from trading_agents.model_files.registry import ResolvedModel, resolve_llm_pair, resolve_or_embedded
 from utils.llm_integration.autogen_client import AutoGenLLMConfig, LocalLlamaChatCompletionClient
 
 if TYPE_CHECKING:
@@ -88,11 +88,20 @@ def selector_config(
     )
 
 
+def _local_fallback(settings: Settings) -> tuple[ResolvedModel, dict[str, Any]] | None:
+    """The local fallback behind an endpoint primary (``llm.fallback`` with the selector on)."""
+    if not settings.llm.fallback or not settings.selector.enabled:
+        return None
+    model, _ = resolve_or_embedded(settings.llm.fallback, settings)
+    check_model_file(model)
+    return model, local_client_config(model, settings)
+
+
 def build_desk_models(settings: Settings, *, response_cache: Path | None = None) -> DeskModels:
     """Resolve primary/fallback and build one client per role: on an external endpoint with
     ``llm.endpoint``, on a ``serve`` server with ``llm.server_url``, else in this process."""
     if settings.llm.endpoint is not None:
-        return endpoint_desk_models(settings, response_cache)
+        return endpoint_desk_models(settings, response_cache, _local_fallback(settings))
     if settings.llm.server_url:
         return server_desk_models(settings, response_cache)
     primary, fallback, notes = resolve_llm_pair(settings)

@@ -6,16 +6,22 @@ unknown model stop a run before any bar is recorded (``LLMError``, exit 3). Ever
 :class:`~utils.llm_integration.endpoint_client.EndpointChatCompletionClient` with this side's
 sampling settings; no model is loaded in this process. With a response cache each client is
 wrapped in a :class:`~utils.llm_integration.response_cache.ResponseCacheClient`.
+
+With a local fallback (``llm.fallback`` and ``selector.enabled``) each role gets a
+:class:`~utils.llm_integration.model_selector.ModelSelectorClient` with the endpoint as its
+primary and the local model as fallback, with the ``selector:`` limits and reasons.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from trading_agents.agents.desk_models import DeskModels
 from trading_agents.agents.team import ROLES
 from trading_agents.config.settings import EndpointSettings, Settings
 from trading_agents.model_files.registry import ResolvedModel
+from utils.llm_integration.components import ENDPOINT_PROVIDER
 from utils.llm_integration.endpoint_client import (
     EndpointChatCompletionClient,
     EndpointClientConfig,
@@ -43,8 +49,13 @@ def endpoint_client_config(endpoint: EndpointSettings, settings: Settings) -> En
     )
 
 
-def endpoint_desk_models(settings: Settings, response_cache: Path | None) -> DeskModels:
-    """One endpoint client per role, after the endpoint's preflight check."""
+def endpoint_desk_models(
+    settings: Settings,
+    response_cache: Path | None,
+    fallback: tuple[ResolvedModel, dict[str, Any]] | None = None,
+) -> DeskModels:
+    """One endpoint client per role, after the endpoint's preflight check; with ``fallback``
+    (the local model and its client config) a selector per role, the endpoint as primary."""
     endpoint = settings.llm.endpoint
     assert endpoint is not None
     check_endpoint(endpoint.base_url, endpoint.model, endpoint.api_key, structured=endpoint.structured)
@@ -59,13 +70,32 @@ def endpoint_desk_models(settings: Settings, response_cache: Path | None) -> Des
             chat_format="server",
             embedded=False,
         ),
-        fallback=None,
+        fallback=fallback[0] if fallback is not None else None,
         notes=[f"model {endpoint.model} served by the endpoint {endpoint.base_url}"],
         server=endpoint.base_url,
         served_sha256={endpoint.model: first.identity},
     )
+    if fallback is not None:
+        from utils.llm_integration.files import file_sha256
+
+        desk.served_sha256[fallback[0].name] = file_sha256(fallback[0].path, settings.paths.home)
     for role in ROLES:
-        client = EndpointChatCompletionClient(config)
+        client: Any = EndpointChatCompletionClient(config)
+        if fallback is not None:
+            from utils.llm_integration.model_selector import ModelSelectorClient, SelectorConfig
+
+            primary = {"provider": ENDPOINT_PROVIDER, "config": config.model_dump(mode="python")}
+            if config.api_key is not None:
+                primary["config"]["api_key"] = config.api_key.get_secret_value()
+            client = ModelSelectorClient(
+                SelectorConfig(
+                    primary=primary,
+                    fallback=fallback[1],
+                    role=role,
+                    may_fall_back=role in settings.selector.fallback_roles,
+                    **settings.selector.model_dump(exclude={"enabled", "fallback_roles"}),
+                )
+            )
         if response_cache is not None:
             from utils.llm_integration.response_cache import ResponseCacheClient
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Literal, Self
 
@@ -62,7 +63,7 @@ from utils.llm_integration.openai_wire import (
 from utils.llm_integration.spec import SamplingParams
 
 StructuredMode = Literal["json_schema", "json_object", "ollama"]
-_EXTRA_ARGS = {"max_tokens", "temperature", "top_p", "seed"}
+_EXTRA_ARGS = {"max_tokens", "temperature", "top_p", "top_k", "repeat_penalty", "seed", "deadline_s"}
 _KEY_SETTING = "llm.endpoint.api_key"
 
 
@@ -144,8 +145,10 @@ def _slots(root: str, size: int) -> threading.BoundedSemaphore:
 class EndpointChatCompletionClient(OpenAIWireClient, Component[EndpointClientConfig]):
     """AutoGen model client over an OpenAI-compatible server (see the module docstring).
 
-    ``extra_create_args``: ``max_tokens``, ``temperature``, ``top_p``, ``seed``. A cancellation
-    token closes the connection, which stops the server's generation.
+    ``extra_create_args``: ``max_tokens``, ``temperature``, ``top_p``, ``top_k``,
+    ``repeat_penalty``, ``seed``, and ``deadline_s`` (seconds from now; the call is cut there and
+    raises ``DeadlineExceededError``). A cancellation token closes the connection, which stops
+    the server's generation.
     """
 
     component_type = "model"
@@ -193,8 +196,8 @@ class EndpointChatCompletionClient(OpenAIWireClient, Component[EndpointClientCon
             temperature=float(extra.get("temperature", cfg.temperature)),
             top_p=float(extra.get("top_p", cfg.top_p)),
             seed=int(extra.get("seed", cfg.seed)),
-            top_k=cfg.top_k,
-            repeat_penalty=cfg.repeat_penalty,
+            top_k=int(extra.get("top_k", cfg.top_k)),
+            repeat_penalty=float(extra.get("repeat_penalty", cfg.repeat_penalty)),
         )
 
     def replay_key(
@@ -270,12 +273,20 @@ class EndpointChatCompletionClient(OpenAIWireClient, Component[EndpointClientCon
         chat = to_chat_messages(messages)
         self._begin()
         path, body = self.request(chat, sampling, json_output)
+        deadline_s = extra_create_args.get("deadline_s")
+        deadline = time.monotonic() + float(deadline_s) if deadline_s is not None else None
         slots = _slots(self._root, self._config.max_in_flight)
         await asyncio.to_thread(slots.acquire)
         reply = WireReply()
         try:
             async for piece in self._stream_chat(
-                path, body, {}, reply, cancellation_token, ndjson=self._config.structured == "ollama"
+                path,
+                body,
+                {},
+                reply,
+                cancellation_token,
+                ndjson=self._config.structured == "ollama",
+                deadline=deadline,
             ):
                 yield piece
         finally:

@@ -135,19 +135,28 @@ class OpenAIWireClient(BaseChatClient):
         cancellation_token: CancellationToken | None,
         *,
         ndjson: bool = False,
+        deadline: float | None = None,
     ) -> AsyncGenerator[str, None]:
         """POST ``body`` to ``path`` and yield the reply's text pieces; ``reply`` collects the rest.
 
         ``ndjson``: the server streams one JSON object a line (Ollama's ``/api/chat``) instead
-        of server-sent events.
+        of server-sent events. ``deadline`` (``time.monotonic()``): the call is cut there and
+        raises ``DeadlineExceededError``; closing the connection stops the server's generation.
         """
         import httpx2
 
         started = time.monotonic()
         pieces: list[str] = []
+        wait_s = self._timeout_s
+        if deadline is not None:
+            wait_s = max(0.001, min(wait_s, deadline - started))
         try:
             async with self._client().stream(
-                "POST", self._root + path, json=dict(body), headers=dict(headers)
+                "POST",
+                self._root + path,
+                json=dict(body),
+                headers=dict(headers),
+                timeout=httpx2.Timeout(wait_s, connect=min(10.0, wait_s)),
             ) as resp:
                 if resp.status_code != 200:
                     raise http_error(resp.status_code, await resp.aread(), self._root, self.key_setting)
@@ -161,6 +170,8 @@ class OpenAIWireClient(BaseChatClient):
                         break
                     if "error" in event:
                         raise http_error(0, event, self._root, self.key_setting)
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise DeadlineExceededError(f"the call to {self._root} passed its deadline")
                     for piece, finish in _pieces(event, ndjson):
                         if piece:
                             if not pieces:
@@ -173,8 +184,7 @@ class OpenAIWireClient(BaseChatClient):
                     reply.usage = _usage(event, ndjson) or reply.usage
         except httpx2.TimeoutException as exc:
             raise DeadlineExceededError(
-                f"the model server at {self._root} did not answer within {self._timeout_s:g}s"
-                f" ({type(exc).__name__})"
+                f"the model server at {self._root} did not answer within {wait_s:g}s ({type(exc).__name__})"
             ) from None
         except httpx2.HTTPError as exc:
             raise LLMError(
