@@ -27,8 +27,8 @@ import yaml
 from autogen_core.models import UserMessage
 from pydantic import BaseModel, Field
 
-from tests.llama_server import ALIAS, free_port, running_llama_server
 from tests.ray_cluster import ray_cluster  # noqa: F401  (module-scoped fixture)
+from trading_agents.bench.llama_server import ALIAS, free_port, running_llama_server
 
 KEY = "endpoint-key-3c9a"
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,11 +1,11 @@
-"""A real llama.cpp server on loopback for tests and benchmarks: llama.cpp's own server code
-through ``xllamacpp``, run in a child process so that its ggml never shares a process with
-llama-cpp-python's.
+"""A real llama.cpp server on loopback for ``bench engines`` and the tests: llama.cpp's own
+server code through ``xllamacpp`` (the ``bench`` and ``dev`` extras), run in a child process
+so that its ggml never shares a process with llama-cpp-python's.
 
     with running_llama_server(model_path, parallel=2) as url:
         ...   # url = http://127.0.0.1:PORT, the model listed as ``smollm2``
 
-``python tests/llama_server.py MODEL PORT PARALLEL ALIAS [API_KEY]`` is the child: it serves
+``python trading_agents/bench/llama_server.py MODEL PORT PARALLEL ALIAS [API_KEY]`` is the child: it serves
 until its stdin closes or it is terminated.
 """
 
