@@ -374,3 +374,36 @@ def test_the_selector_serves_from_a_live_endpoint_primary(llama: str, embedded_m
     assert selector.last_route is not None and selector.last_route.reason == "primary"
     assert selector.last_route.model == ALIAS and Verdict.model_validate_json(result.content)
     assert selector.last_metrics is not None and selector.last_metrics.model_sha256 == f"endpoint:{ALIAS}@"
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_grid_cells_are_spread_over_the_endpoint_replicas(tmp_path: Path) -> None:
+    """Two servers with the same model (``base_url`` and one of ``replicas``): the two agent
+    cells run one on each, two desks in flight; replies that do not validate fail closed."""
+    from trading_agents.grid.run import run_grid
+    from trading_agents.grid.spec import spec_from_text
+
+    with _Stub('{"action": "HOLD"}') as first, _Stub('{"action": "HOLD"}') as second:
+        config = _config(tmp_path / "c.yaml", base_url=first.url, model="stub", replicas=[second.url])
+        outcome = run_grid(spec_from_text(GRID), tmp_path / "grid", workers=1, concurrency=2, config=config)
+    assert outcome.counts["done"] == 4, outcome.counts
+    assert first.requests and second.requests
+    paths = {path for path, _ in first.requests + second.requests}
+    assert paths == {"/v1/chat/completions"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--endpoint-model", "m"], "error: --endpoint-model needs --endpoint URL"),
+        (["--endpoint", "http://127.0.0.1:9"], "error: --endpoint needs --endpoint-model NAME"),
+        (["--endpoint", "localhost:8080", "--endpoint-model", "m"], "must start with http:// or https://"),
+    ],
+)
+def test_endpoint_flags_that_cannot_work_are_one_error_line(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    done = _run(_config(tmp_path / "c.yaml"), tmp_path / "home", *flags)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr

@@ -80,13 +80,20 @@ class EndpointSettings(Section):
     revision: str = Field(
         "", max_length=200, description="Names the model build (part of the replay key)."
     )
+    replicas: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="More servers with the same model (one per node): grid agent cells are spread"
+        " over base_url and these.",
+    )
     max_in_flight: int = Field(4, ge=1, le=1024, description="Requests open at once from this process.")
     timeout_s: float = Field(300.0, gt=0.0, le=86400.0, description="Longest wait for one reply.")
 
     @model_validator(mode="after")
     def _http_url(self) -> EndpointSettings:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"llm.endpoint.base_url {self.base_url!r} must start with http:// or https://")
+        for url in (self.base_url, *self.replicas):
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"llm.endpoint URL {url!r} must start with http:// or https://")
         return self
 
 

@@ -206,7 +206,10 @@ def execute(
         groups: dict[str, list[Cell]] = {}
         for cell in cells:
             if cell.is_agents:
-                groups.setdefault(json.dumps(settings_for(cell)["llm"], sort_keys=True), []).append(cell)
+                llm = dict(settings_for(cell)["llm"])
+                if llm.get("endpoint"):  # replicas of one endpoint: one pool, cells spread over them
+                    llm["endpoint"] = {k: v for k, v in llm["endpoint"].items() if k != "base_url"}
+                groups.setdefault(json.dumps(llm, sort_keys=True), []).append(cell)
         for group in groups.values():
             settings = settings_for(group[0])
             if settings["llm"].get("endpoint"):

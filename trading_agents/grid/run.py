@@ -8,6 +8,7 @@ a model that fits no node's memory ends with one ``error:`` line and nothing wri
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import socket
 import time
@@ -87,6 +88,26 @@ def cell_settings(base: Settings, strategy: StrategySpec, threads: int, seed: in
         if endpoint is not None and endpoint.api_key is not None:  # the JSON dump masks secrets
             llm["endpoint"]["api_key"] = endpoint.api_key.get_secret_value()
     return data
+
+
+def spread_over_endpoints(
+    cells: list[Cell], per_label: Mapping[str, dict[str, Any]]
+) -> Callable[[Cell], dict[str, Any]]:
+    """Each cell's settings, agent cells on an endpoint with replicas spread over the servers
+    round-robin in the spec's order (``llm.endpoint.base_url`` first, then ``replicas``)."""
+    order = {c.key: i for i, c in enumerate(c for c in cells if c.is_agents)}
+
+    def settings_for(cell: Cell) -> dict[str, Any]:
+        data = per_label[cell.label]
+        endpoint = data["llm"].get("endpoint") if cell.is_agents else None
+        if not endpoint or not endpoint.get("replicas"):
+            return data
+        urls = [endpoint["base_url"], *endpoint["replicas"]]
+        data = copy.deepcopy(data)
+        data["llm"]["endpoint"]["base_url"] = urls[order[cell.key] % len(urls)]
+        return data
+
+    return settings_for
 
 
 def shared_config(base: Settings) -> dict[str, Any]:
@@ -233,6 +254,12 @@ def run_grid(
     bars = check_data(spec)
     strategies = {s.default_label(): s for s in spec.with_reference()}
     per_label = {label: cell_settings(base, s, threads, spec.seed) for label, s in strategies.items()}
+    endpoint = base.llm.endpoint
+    if endpoint is not None and any(s.name == "agents" for s in strategies.values()):
+        from utils.llm_integration.endpoint_client import check_endpoint
+
+        for url in endpoint.replicas:  # base_url is checked when the desk is built below
+            check_endpoint(url, endpoint.model, endpoint.api_key, structured=endpoint.structured)
     needs: dict[str, int] = {}
     for label, s in strategies.items():
         if s.name == "agents":
@@ -362,7 +389,7 @@ def _run_and_report(
             try:
                 execute.execute(
                     todo,
-                    lambda c: per_label[c.label],
+                    spread_over_endpoints(cells, per_label),
                     grid_dir=out_dir,
                     grid_seed=spec.seed,
                     workers=n_workers,
