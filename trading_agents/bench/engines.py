@@ -1,7 +1,9 @@
 """``trading-agents bench engines``: the same desks on three engines, at several desks in flight.
 
-Every desk is a real ``trading-agents run`` (its own process and ledger, the same bars, the
-same seed, the embedded SmolLM2, selector off); N of them run at once:
+Every desk is a real ``trading-agents run`` (its own process and ledger, the same seed, the
+embedded SmolLM2, selector off, no response cache); desk i decides the GOOG bars of its own
+window (the last ``days`` bars, ending ``i * days`` bars before the last), so no desk's prompt
+is another's; N of them run at once, and every engine starts cold at every N:
 
 ``grid-workers``  (a) today's grid: every desk loads its own model in-process (one model per
                   worker), ``n_threads`` = cores / N.
@@ -15,9 +17,12 @@ time, the desk's set-up included), ``latency_p50_s`` / ``latency_p95_s`` (one de
 three agent calls), ``rss_mb`` (peak resident memory of the processes that hold the model:
 the N workers for (a), the server for (b) and (c)) and ``client_rss_mb`` (the desks' own
 processes where they are clients). For (c) also ``parallel_slots`` and
-``differing_decisions``: decisions (per desk and bar) whose agents' outputs differ from the
-same bar decided with 1 desk in flight. ``--quick``: 1 decision per desk, 1 and 2 desks
-((c) also 4, the target's point); otherwise 3 decisions per desk at 1, 2, 4 and 8.
+``differing_decisions``: decisions whose agents' outputs differ from the same window decided
+with 1 desk in flight (at N = 1 the windows of every level are decided one desk at a time, so
+each has its reference; that level's throughput counts them all).
+
+``--quick``: 1 decision per desk, 1 and 2 desks ((c) also 4, the target's point); otherwise
+3 decisions per desk at 1, 2, 4 and 8.
 """
 
 from __future__ import annotations
@@ -92,15 +97,29 @@ def _config(path: Path, threads: int, **llm: Any) -> Path:
     return path
 
 
+def _window_ends(count: int, days: int) -> list[str]:
+    """The last date of desk i's window: ``i * days`` bars before GOOG's last bar."""
+    from trading_agents.market import load_bars
+
+    dates = load_bars(tickers=["GOOG"])["GOOG"].index
+    return [str(dates[-1 - i * days].date()) for i in range(count)]
+
+
 def _desks(
-    config: Path, work: Path, n: int, days: int, engine_rss: _PeakRss, client_rss: _PeakRss | None
+    config: Path,
+    work: Path,
+    ends: list[str],
+    days: int,
+    engine_rss: _PeakRss,
+    client_rss: _PeakRss | None,
 ) -> list[dict[str, Any]]:
-    """Run ``n`` desks at once; their ``run --json`` summaries."""
+    """Run one desk per window end at once; their ``run --json`` summaries, in that order."""
     procs = []
-    for i in range(n):
+    for i, end in enumerate(ends):
         home = work / f"desk-{i}"
         home.mkdir(parents=True, exist_ok=True)
         args = [sys.executable, "-m", "trading_agents.cli.app", "run", "--days", str(days), "--seed", "1"]
+        args += ["--end", end]
         proc = subprocess.Popen(
             [*args, "--config", str(config), "--json"],
             env=_env(home),
@@ -120,13 +139,20 @@ def _desks(
 
 
 def _figures(
-    name: str, n: int, summaries: list[dict[str, Any]], rss: float, client: float | None
+    name: str,
+    n: int,
+    summaries: list[dict[str, Any]],
+    rss: float,
+    client: float | None,
+    *,
+    serial: bool = False,
 ) -> dict[str, Any]:
     latencies = [
         sum(a.get("latency_s") or 0.0 for a in d["agents"]) for s in summaries for d in s["decisions"]
     ]
     decisions = sum(len(s["decisions"]) for s in summaries)
-    wall = max(s["wall_s"] for s in summaries)
+    # desks at once: the slowest one's wall time; desks one after another: the sum
+    wall = sum(s["wall_s"] for s in summaries) if serial else max(s["wall_s"] for s in summaries)
     row: dict[str, Any] = {
         "name": name,
         "in_flight": n,
@@ -208,58 +234,61 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     levels = [1, 2] if quick else [1, 2, 4, 8]
     c_levels = [1, 2, 4] if quick else levels  # (c) at 4 is the target's point
     days = 1 if quick else 3
+    ends = _window_ends(max(c_levels), days)
     configs: list[dict[str, Any]] = []
 
     for n in levels:  # (a) one model per worker
         config = _config(work / f"a-{n}.yaml", max(1, cores // n))
         with _PeakRss() as rss:
-            summaries = _desks(config, work / f"a-{n}", n, days, rss, None)
+            summaries = _desks(config, work / f"a-{n}", ends[:n], days, rss, None)
         configs.append(_figures("grid-workers", n, summaries, rss.peak_mb, None))
 
-    port = _free_port()  # (b) serve
-    serve_cfg = _config(work / "serve.yaml", cores)
-    url = f"http://127.0.0.1:{port}"
-    with _PeakRss() as rss:
-        args = [
-            sys.executable,
-            "-m",
-            "trading_agents.cli.app",
-            "serve",
-            "--port",
-            str(port),
-            "--config",
-            str(serve_cfg),
-        ]
-        with _process(args, _env(work / "serve-home"), url + "/health", "trading-agents serve", rss):
-            for n in levels:
-                rss.peak_mb = 0.0
-                with _PeakRss() as clients:
-                    config = _config(work / f"b-{n}.yaml", 1, server_url=url)
-                    summaries = _desks(config, work / f"b-{n}", n, days, rss, clients)
-                configs.append(_figures("serve", n, summaries, rss.peak_mb, clients.peak_mb))
+    for n in levels:  # (b) serve, started cold for each level
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        args = [sys.executable, "-m", "trading_agents.cli.app", "serve", "--port", str(port)]
+        args += ["--config", str(_config(work / f"serve-{n}.yaml", cores))]
+        with (
+            _PeakRss() as rss,
+            _process(args, _env(work / f"serve-home-{n}"), url + "/health", "trading-agents serve", rss),
+            _PeakRss() as clients,
+        ):
+            rss.peak_mb = 0.0
+            config = _config(work / f"b-{n}.yaml", 1, server_url=url)
+            summaries = _desks(config, work / f"b-{n}", ends[:n], days, rss, clients)
+        configs.append(_figures("serve", n, summaries, rss.peak_mb, clients.peak_mb))
 
-    reference: list[Any] | None = None  # (c) llama.cpp server with matching slots
     from trading_agents.bench import llama_server
 
-    helper = llama_server.__file__
-    for n in c_levels:
+    reference: list[Any] = []
+    for n in c_levels:  # (c) a llama.cpp server with matching slots, started cold for each level
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "LLAMA_SERVER_THREADS": str(cores)}
-        with _PeakRss() as rss:
-            args = [sys.executable, helper, str(_model_path()), str(port), str(n), ALIAS, ""]
-            with _process(args, env, url + "/v1/models", "llama.cpp server", rss):
-                rss.peak_mb = 0.0
-                with _PeakRss() as clients:
-                    config = _config(work / f"c-{n}.yaml", 1, endpoint={"base_url": url, "model": ALIAS})
-                    summaries = _desks(config, work / f"c-{n}", n, days, rss, clients)
-        row = _figures("llama-server", n, summaries, rss.peak_mb, clients.peak_mb)
+        args = [sys.executable, llama_server.__file__, str(_model_path()), str(port), str(n), ALIAS, ""]
+        with (
+            _PeakRss() as rss,
+            _process(args, env, url + "/v1/models", "llama.cpp server", rss),
+            _PeakRss() as clients,
+        ):
+            rss.peak_mb = 0.0
+            config = _config(work / f"c-{n}.yaml", 1, endpoint={"base_url": url, "model": ALIAS})
+            if n == 1:  # every window, one desk at a time: the references
+                summaries = [
+                    _desks(config, work / f"c-1-{i}", [end], days, rss, clients)[0]
+                    for i, end in enumerate(ends)
+                ]
+            else:
+                summaries = _desks(config, work / f"c-{n}", ends[:n], days, rss, clients)
+        row = _figures("llama-server", n, summaries, rss.peak_mb, clients.peak_mb, serial=n == 1)
         outputs = [_outputs(s) for s in summaries]
-        if reference is None:
-            reference = outputs[0]
+        if n == 1:
+            reference = outputs
         row["parallel_slots"] = n
         row["differing_decisions"] = sum(
-            mine != ref for desk in outputs for mine, ref in zip(desk, reference, strict=False)
+            mine != ref
+            for desk, ref_desk in zip(outputs, reference, strict=False)
+            for mine, ref in zip(desk, ref_desk, strict=False)
         )
         configs.append(row)
 
