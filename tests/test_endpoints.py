@@ -280,6 +280,7 @@ def _decided(path: Path) -> list[Any]:
     return out
 
 
+@pytest.mark.slow  # about 90 s here; the stub grid below covers the path in the default run
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_two_cell_agents_grid_with_concurrency_two(llama: str, tmp_path: Path) -> None:
     """Both agent cells run as light clients (no model loaded) against the server's 2 slots;
