@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from trading_agents.agents.clients import DeskModels, build_desk_models
+from trading_agents.agents.clients import build_desk_models
+from trading_agents.agents.desk_models import DeskModels
 from trading_agents.agents.guards import outcome_to_intent
 from trading_agents.agents.inputs import DeskInputs
 from trading_agents.agents.prompts import desk_rules, render_task

@@ -23,9 +23,12 @@ from trading_agents.backtest.runner import (
 )
 from trading_agents.cli.common import (
     ConfigOption,
+    EndpointModelOption,
+    EndpointOption,
     JsonOption,
     console,
     emit_json,
+    endpoint_flags,
     err_console,
     interactive,
     parse_date,
@@ -112,6 +115,8 @@ def backtest(
         Path | None,
         typer.Option("--lock-file", help="Run lock (default <TRADING_AGENTS_HOME>/backtest.lock)."),
     ] = None,
+    endpoint: EndpointOption = None,
+    endpoint_model: EndpointModelOption = None,
     config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -124,7 +129,11 @@ def backtest(
     A window before a model's training cutoff is warned about: pass --blind.
     A run overlapping another (same --lock-file) exits 6 at once.
 
-    Example: trading-agents backtest -s sma-cross --start 2010-01-04 --slow 30
+    Examples:
+
+      trading-agents backtest -s sma-cross --start 2010-01-04 --slow 30
+
+      trading-agents backtest -s agents --endpoint http://127.0.0.1:8080 --endpoint-model smollm2
     """
     from trading_agents.cli.common import settings_from
 
@@ -160,7 +169,9 @@ def backtest(
                 err_console.print(closed, highlight=False)
             return
 
-    settings = settings_from(config, **request.setting_overrides())
+    settings = settings_from(
+        config, **request.setting_overrides(), **endpoint_flags(endpoint, endpoint_model)
+    )
     lock = lock_file or default_lock_file(settings)
 
     def warn(line: str) -> None:

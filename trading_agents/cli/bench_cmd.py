@@ -28,12 +28,14 @@ BENCHES = {
     "serve": "trading_agents.bench.serve",
     "contention": "trading_agents.bench.contention",
     "dashboard": "trading_agents.bench.dashboard",
+    "engines": "trading_agents.bench.engines",
 }
 
 app = typer.Typer(
     no_args_is_help=True,
     help=(
-        "Benchmarks: llm, session, selector, backtest, grid, serve, contention, dashboard, or all"
+        "Benchmarks: llm, session, selector, backtest, grid, serve, contention, dashboard, engines,"
+        " or all"
         " (JSON files under --out)."
     ),
 )

@@ -27,9 +27,12 @@ from rich.text import Text
 from trading_agents.agents.guards import order_text, stopped_by
 from trading_agents.cli.common import (
     ConfigOption,
+    EndpointModelOption,
+    EndpointOption,
     JsonOption,
     console,
     emit_json,
+    endpoint_flags,
     err_console,
     interactive,
     parse_date,
@@ -65,6 +68,8 @@ def run(
     seed: Annotated[
         int | None, typer.Option("--seed", min=0, help="LLM sampling seed (config llm.seed).")
     ] = None,
+    endpoint: EndpointOption = None,
+    endpoint_model: EndpointModelOption = None,
     config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -83,6 +88,8 @@ def run(
 
       trading-agents run --news trading_agents/market/data/GOOG.news.jsonl --start 2013-02-19
 
+      trading-agents run --endpoint http://127.0.0.1:8080 --endpoint-model qwen2.5-7b --days 5
+
     Exit codes: 0 ok, 2 bad input, 3 model failure, 4 data unavailable, 5 the account ended
     HALTED (kill switch), 6 another session holds the ledger.
     """
@@ -99,7 +106,11 @@ def run(
         first = last = parse_date(date, "--date")
     if first and last and first > last:
         raise UserInputError(f"--start {first} is after --end {last}; swap the dates")
-    settings = settings_from(config, **{"llm.seed": seed, "session.days": days, "data.news": news})
+    settings = settings_from(
+        config,
+        **{"llm.seed": seed, "session.days": days, "data.news": news},
+        **endpoint_flags(endpoint, endpoint_model),
+    )
     tickers = [t.upper() for t in (ticker or settings.session.tickers)]
 
     bars = load_bars(data_file=data) if data is not None else load_bars(tickers=tickers)
