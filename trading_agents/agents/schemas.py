@@ -12,23 +12,50 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-_WORD = "[A-Za-z0-9%.,:;+/'()$-]"
+# a word's characters: upper-case letters, digits and marks, then lower-case letters; a mark may
+# follow the lower-case run and start a second such run ("20-day", "it's", "up,"), so a lower-case
+# letter is never followed by a capital or a digit inside a word ("butEMA12", "iswithin1.6")
+_UPPER = "[A-Z0-9%.,;+/'()$-]"
+_MARK = "[%.,;+/'()$-]"
+_LOWER = "[a-z]"
+WORD_HEAD, WORD_LOWER, WORD_TAIL_HEAD, WORD_TAIL_LOWER = 7, 11, 3, 7
+WORD_CHARS = WORD_HEAD + WORD_LOWER + 1 + WORD_TAIL_HEAD + WORD_TAIL_LOWER  # the longest word: 29
 
 
-def words_pattern(words: int, longest: int) -> str:
-    """Text of 1 to ``words`` words of at most ``longest`` characters, the first starting with
-    a letter and at least 2 long: so the grammar itself stops a run like ".0.0.0.0..." or a
-    string of random capitals, and the longest match, ``words * (longest + 1) - 1`` characters,
-    is within the field's max_length (the grammar follows the pattern, not max_length)."""
-    return rf"^[A-Za-z]{_WORD}{{1,{longest - 1}}}( {_WORD}{{1,{longest}}}){{0,{words - 1}}}$"
+def _word(first: bool) -> str:
+    head = f"[A-Z]{_UPPER}{{0,{WORD_HEAD - 1}}}" if first else f"{_UPPER}{{1,{WORD_HEAD}}}"
+    return (
+        f"({head}{_LOWER}{{0,{WORD_LOWER}}}|{_LOWER}{{1,{WORD_LOWER + 1}}})"
+        f"({_MARK}{_UPPER}{{0,{WORD_TAIL_HEAD}}}{_LOWER}{{0,{WORD_TAIL_LOWER}}})?"
+    )
 
 
-RATIONALE_PATTERN = words_pattern(8, 14)  # at most 119 characters
-SIGNAL_PATTERN = words_pattern(4, 9)  # at most 39
-REASON_PATTERN = words_pattern(5, 11)  # at most 59
+def words_pattern(words: int) -> str:
+    """Text of 1 to ``words`` words separated by one space (or ``": "``), the first starting with
+    a letter: so the grammar itself stops a run like ".0.0.0.0..." and never glues a lower-case
+    letter to a capital or digit, and no field ends in a bare label (``action:``). The cap on
+    words is set above what the prompt asks for, so a model never has to glue words to go on;
+    the longest match, :func:`words_max_length`, is the field's max_length (the grammar follows
+    the pattern, not max_length)."""
+    return rf"^{_word(True)}(:? {_word(False)}){{0,{words - 1}}}$"
 
-Signal = Annotated[str, StringConstraints(min_length=2, max_length=40, pattern=SIGNAL_PATTERN)]
-Reason = Annotated[str, StringConstraints(min_length=2, max_length=60, pattern=REASON_PATTERN)]
+
+def words_max_length(words: int) -> int:
+    """The longest text :func:`words_pattern` allows for ``words`` words."""
+    return words * (WORD_CHARS + 2) - 2
+
+
+SIGNAL_WORDS, RATIONALE_WORDS, REASON_WORDS = 6, 14, 8
+RATIONALE_PATTERN = words_pattern(RATIONALE_WORDS)
+SIGNAL_PATTERN = words_pattern(SIGNAL_WORDS)
+REASON_PATTERN = words_pattern(REASON_WORDS)
+
+Signal = Annotated[
+    str, StringConstraints(min_length=2, max_length=words_max_length(SIGNAL_WORDS), pattern=SIGNAL_PATTERN)
+]
+Reason = Annotated[
+    str, StringConstraints(min_length=2, max_length=words_max_length(REASON_WORDS), pattern=REASON_PATTERN)
+]
 
 
 class _Reply(BaseModel):
@@ -43,7 +70,7 @@ class AnalystReport(_Reply):
     """
 
     key_signals: list[Signal] = Field(min_length=1, max_length=2)
-    rationale: str = Field(max_length=120, pattern=RATIONALE_PATTERN)
+    rationale: str = Field(max_length=words_max_length(RATIONALE_WORDS), pattern=RATIONALE_PATTERN)
     action: Literal["BUY", "SELL", "HOLD"]
     conviction: float = Field(ge=0.0, le=1.0, description="0 = none, 1 = certain")
     horizon_days: int = Field(ge=1, le=20, description="expected holding period in trading days")
