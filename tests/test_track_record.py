@@ -114,7 +114,7 @@ def test_an_outcome_is_absent_from_every_prompt_before_the_bar_where_it_is_known
     bars = load_bars(tickers=["GOOG"])["GOOG"]
     third = pd.Timestamp(dates[2])
     move = bars.loc[third, "Close"] / bars.loc[dates[1], "Open"] - 1
-    assert f"2 bars ago: BUY 0.70 for 2 bars: {move * 100:+.2f}% realised" in prompts[2]
+    assert f"2 bars ago: BUY 0.7 for 2 bars: {round(move * 100, 2):+.1f}% realised" in prompts[2]
     # the records keep what each prompt showed and the outcomes known at each bar
     rec = result.decisions[3]["record"]["tickers"]["GOOG"]
     assert rec["call"] == {"action": "BUY", "conviction": 0.7, "horizon": 2}

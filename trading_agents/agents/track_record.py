@@ -207,11 +207,12 @@ def render_track_record(review: Review, ticker_label: str, bars: pd.DataFrame) -
         ago = len(bars) - 1 - int(bars.index.searchsorted(pd.Timestamp(o.call.date)))
         verdict = "hit" if o.hit else "miss"
         if o.status == "realised":
-            state = f"{o.return_pct:+.2f}% realised, {verdict}"
+            state = f"{o.return_pct:+.1f}% realised, {verdict}"
         else:
-            state = f"{o.return_pct:+.2f}% after {o.bars} of {o.call.horizon} bars, {verdict} so far"
+            state = f"{o.return_pct:+.1f}% after {o.bars} of {o.call.horizon} bars, {verdict} so far"
+        # one decimal: every digit is a token evaluated again on each later decision
         lines.append(
-            f"- {ago} bar{'s' if ago != 1 else ''} ago: {o.call.action} {o.call.conviction:.2f}"
+            f"- {ago} bar{'s' if ago != 1 else ''} ago: {o.call.action} {o.call.conviction:.1f}"
             f" for {o.call.horizon} bars: {state}"
         )
     if review.realised:
@@ -219,8 +220,6 @@ def render_track_record(review: Review, ticker_label: str, bars: pd.DataFrame) -
             f"Hit rate so far: {review.hits} of {review.realised} realised calls "
             f"({review.hits / review.realised:.0%})."
         )
-    else:
-        lines.append("Hit rate so far: no realised calls yet.")
     return "\n".join(lines)
 
 
