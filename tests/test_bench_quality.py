@@ -186,13 +186,14 @@ def test_bundled_instruments_each_get_three_windows() -> None:
 
 def test_bench_quality_on_the_embedded_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real path: the grid on Ray, llama.cpp with the embedded model, decisions read back."""
-    monkeypatch.setattr(quality, "QUICK_BARS", 2)
+    monkeypatch.setattr(quality, "QUICK_BARS", 3)  # 2 decisions a window
     result = quality.run(tmp_path, quick=True, models=["embedded"])
     json.dumps(result)  # JSON-safe
     assert [w["kind"] for w in result["windows"]] == ["up", "down", "mixed"]
     figures = result["models"]["embedded"]
-    assert figures["decisions"] == 6
+    assert figures["decisions"] == 6  # a backtest does not decide on its last bar
     assert sum(figures["actions"].values()) == 6
+    assert sum(sum(v.values()) for v in figures["actions_by_window"].values()) == 6
     for key in (
         "rule_agreement",
         "trend_following_gap",
@@ -207,6 +208,7 @@ def test_bench_quality_on_the_embedded_model(tmp_path: Path, monkeypatch: pytest
         assert key in figures, key
     assert figures["invalid_decisions"] == 0 and figures["degenerate_reply_share"] == 0
     assert 0 <= figures["rule_agreement"] <= 1
+    assert figures["evaluated_prompt_tokens_per_decision"] < figures["evaluated_prompt_tokens_first_decision"]
     labels = {row["label"] for row in figures["leaderboard"]}
     assert labels == {"agents-embedded", "sma-cross", "macd", "rsi", "buy-hold"}
     agents = next(r for r in figures["leaderboard"] if r["label"] == "agents-embedded")

@@ -127,7 +127,8 @@ def bench_quality(
         list[str] | None,
         typer.Option(
             "--models",
-            help="Registry names or GGUF paths, repeated or comma-separated (default: embedded).",
+            help="Registry names or GGUF files in the models folder, repeated or comma-separated"
+            " (default: embedded).",
         ),
     ] = None,
 ) -> None:
@@ -139,12 +140,9 @@ def bench_quality(
 
     Example: trading-agents bench quality --quick --json
 
-    Example: trading-agents bench quality --models embedded,models/llm_models/qwen.gguf
+    Example: trading-agents bench quality --models embedded,qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
     """
     names = [m.strip() for item in models or () for m in item.split(",") if m.strip()]
-    for name in names:
-        if name.endswith(".gguf") and not Path(name).is_file():
-            raise UserInputError(f"--models {name} is not a file; give a .gguf model file or a registry name")
     options = {"models": names, "on_progress": lambda line: err_console.print(f"  {line}")}
     result = _run_one("quality", out, quick, **options)
     if json_out:
