@@ -82,7 +82,8 @@ class RiskVerdict(_Reply):
     decision: Literal["approve", "reduce", "reject"]
     max_position_pct: float = Field(ge=0.0, le=1.0, description="largest position, fraction of equity")
     stop_loss_pct: float = Field(ge=0.0, le=0.5, description="stop distance below entry, fraction")
-    reasons: list[Reason] = Field(min_length=1, max_length=2)
+    # one reason: each is ~15 sampled tokens on a 1.5B model, the longest part of the risk turn
+    reasons: list[Reason] = Field(min_length=1, max_length=1)
 
 
 class OrderProposal(_Reply):
