@@ -227,10 +227,12 @@ def snapshot_to_prompt(
     """Compact text for a model (about 150 tokens on a tokenizer that spends one token per
     digit); the same snapshot always gives the same text.
 
-    Prices have 3 significant digits (4 when ``blind``), percentages one decimal, RSI none:
-    every digit is a token to evaluate on every decision, and the comparisons the desk rules
-    weigh are spelled out on the ``Signals:`` line. The number of bars is shown only while
-    it is under a year.
+    Prices have 3 significant digits (4 when ``blind``), percentages one decimal, RSI and
+    volatility none: every digit is a token to evaluate on every decision, and the comparisons
+    the desk rules weigh are spelled out on the ``Signals:`` line. ATR is shown as a share of
+    the close, volume as a multiple of its 20-day average; the open and the 52-week range are
+    left out (the drawdown from the peak says where the price stands). The number of bars is
+    shown only while it is under a year.
 
     ``blind=True`` writes ``ASSET`` instead of the ticker, a day number instead of the date,
     and every price rebased so that the close 4 bars back is 100 (returns, percentages, RSI and
@@ -259,24 +261,21 @@ def snapshot_to_prompt(
     else:
         history = f" ({s.bars_available} daily bars)" if s.bars_available < YEAR_BARS else ""
         head = f"{s.ticker} after the close of {s.as_of.isoformat()}{history}"
-    atr_pct = ""
-    if s.atr_14 is not None and s.last_close:
-        atr_pct = f" = {s.atr_14 / s.last_close * 100:.1f}% of close"
-    if s.high_52w is not None and s.low_52w is not None:
-        year = f"52-week range {p(s.low_52w)} to {p(s.high_52w)}"
-    else:
-        year = "52-week range n/a"
+    atr = (
+        f"ATR14 {s.atr_14 / s.last_close * 100:.1f}% of close"
+        if s.atr_14 is not None and s.last_close
+        else "ATR14 n/a"
+    )
+    vol = f"{s.volatility_20d_pct:.0f}%" if s.volatility_20d_pct is not None else "n/a"
+    volume = f"{s.volume_ratio_20d:.1f}x" if s.volume_ratio_20d is not None else "n/a"
     lines = [
         head,
-        f"Close {p(s.last_close)}, open {p(s.last_open)}; change 1d {change(s.change_1d_pct, 1)}, "
+        f"Close {p(s.last_close)}; change 1d {change(s.change_1d_pct, 1)}, "
         f"5d {change(s.change_5d_pct, 5)}, 20d {change(s.change_20d_pct, 20)}.",
         f"Trend: SMA20 {p(s.sma_20)}, SMA50 {p(s.sma_50)}, EMA12 {p(s.ema_12)}, EMA26 {p(s.ema_26)}.",
         f"Momentum: RSI14 {f'{s.rsi_14:.0f}' if s.rsi_14 is not None else 'n/a'}, "
         f"MACD {p(s.macd)} (signal {p(s.macd_signal)}).",
-        f"Risk: ATR14 {p(s.atr_14)}{atr_pct}; volatility 20d {pct(s.volatility_20d_pct, signed=False)} "
-        f"a year; drawdown {pct(s.drawdown_pct)}.",
-        f"{year}; volume "
-        f"{f'{s.volume_ratio_20d:.1f}x' if s.volume_ratio_20d is not None else 'n/a'} the 20-day average.",
+        f"Risk: {atr}, volatility {vol} a year, drawdown {pct(s.drawdown_pct)}; volume {volume} average.",
         *([f"Signals: {reading}."] if (reading := signal_reading(s)) else []),
     ]
     if s.news is not None:
