@@ -114,7 +114,7 @@ def test_prompt_is_deterministic_and_compact(goog: pd.DataFrame) -> None:
     text = snapshot_to_prompt(snap)
     assert text == snapshot_to_prompt(build_snapshot("GOOG", goog.copy(), AS_OF))
     assert text.startswith("GOOG after the close of 2010-06-30")
-    assert f"Close {snap.last_close:.0f}," in text and f"RSI14 {snap.rsi_14:.0f}," in text
+    assert f"Close {snap.last_close:.0f};" in text and f"RSI14 {snap.rsi_14:.0f}," in text
     words = len(re.findall(r"\S+", text))
     assert 50 <= words <= 170, words  # roughly 150-250 tokens
 
@@ -127,7 +127,7 @@ def test_blind_prompt_hides_ticker_dates_and_price_level(goog: pd.DataFrame) -> 
     for price in (snap.last_close, snap.sma_20, snap.high_52w, *snap.recent_closes):
         assert f"{price:.0f}" not in text
     rebased_last = snap.last_close / snap.recent_closes[0] * 100
-    assert f"Close {rebased_last:.4g}," in text
+    assert f"Close {rebased_last:.4g};" in text
     # Scale-free numbers are kept as they are.
     assert f"{snap.change_1d_pct:+.1f}%" in text and f"RSI14 {snap.rsi_14:.0f}" in text
     # Two periods with the same shape at different price levels read the same.
