@@ -41,7 +41,8 @@ BAD = [
     ({"reasons": ["ATR 14% of close iswithin1.6"]}, "runs words together: 'iswithin1.6'"),
     ({"reasons": ["action:"]}, "ends in ':'"),
     ({"key_signals": ["momentum up-"]}, "ends in '-'"),
-    ({"rationale": "Price is overextendedxx"}, "has a cut word"),
+    ({"rationale": "Price is overextendedxxxx"}, "has a cut word"),
+    ({"rationale": "close above SMA 20/50 and EMA12/26.uggests"}, "runs words together: 'EMA12/26.uggests'"),
 ]
 
 
@@ -68,7 +69,7 @@ def test_the_word_patterns_refuse_glued_words_and_bare_labels() -> None:
         assert re.fullmatch(RATIONALE_PATTERN, text), text
     for text in ("trend up", "RSI 72 stretched", "close 1.6% above SMA20", "near 20-day high"):
         assert re.fullmatch(SIGNAL_PATTERN, text), text
-    for text in ("butEMA12", "iswithin1.6", "action:", "trend  up", " trend", ".0.0.0.0", "20-day high"):
+    for text in ("butEMA12", "iswithin1.6", "EMA12/26.uggests", "action:", "trend  up", " trend", ".0.0.0.0"):
         assert not re.fullmatch(SIGNAL_PATTERN, text), text
     ok = {"action": "HOLD", "conviction": 0.5, "horizon_days": 5, "key_signals": ["RSI 64"]}
     with pytest.raises(ValidationError):
@@ -81,22 +82,30 @@ def test_the_longest_text_a_pattern_allows_fits_max_length() -> None:
     """The grammar follows the pattern, not max_length: its longest match must validate."""
     from trading_agents.agents import schemas
 
-    word = "A" + "B" * (schemas.WORD_HEAD - 1) + "c" * schemas.WORD_LOWER + "." + "D" * 3 + "e" * 7
-    later = "B" * schemas.WORD_HEAD + word[schemas.WORD_HEAD :]
-    assert len(word) == len(later) == schemas.WORD_CHARS
+    rest = "c" * schemas.WORD_LOWER + "-" + "d" * schemas.WORD_TAIL + "." * schemas.WORD_CLOSE
+    first = "A" + "B" * (schemas.WORD_HEAD - 1) + rest
+    later = "B" * schemas.WORD_HEAD + rest
+    assert len(first) == len(later) == schemas.WORD_CHARS
+
+    def longest(words: int) -> str:
+        return first + "".join(": " + later for _ in range(words - 1))
+
     for words, pattern in (
         (schemas.SIGNAL_WORDS, SIGNAL_PATTERN),
         (schemas.RATIONALE_WORDS, RATIONALE_PATTERN),
     ):
-        text = word + "".join(": " + later for _ in range(words - 1))
-        assert re.fullmatch(pattern, text)
-        assert len(text) == schemas.words_max_length(words)
+        assert re.fullmatch(pattern, longest(words))
+        assert not re.fullmatch(pattern, longest(words) + "e")
+        assert len(longest(words)) == schemas.words_max_length(words)
     AnalystReport(
-        key_signals=[word + "".join(": " + later for _ in range(schemas.SIGNAL_WORDS - 1))],
-        rationale=word + "".join(": " + later for _ in range(schemas.RATIONALE_WORDS - 1)),
+        key_signals=[longest(schemas.SIGNAL_WORDS)],
+        rationale=longest(schemas.RATIONALE_WORDS),
         action="HOLD",
         conviction=0.5,
         horizon_days=5,
+    )
+    RiskVerdict(
+        decision="approve", max_position_pct=0.1, stop_loss_pct=0.05, reasons=[longest(schemas.REASON_WORDS)]
     )
 
 

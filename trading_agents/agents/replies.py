@@ -4,7 +4,8 @@
 (``.0.0.0.0``), the same word again and again, an empty signal or reason list.
 
 *Malformed* (:func:`malformed_reasons`): words run together or cut. A lower-case letter followed
-by a capital or a digit inside a word (``butEMA12``, ``iswithin1.6``), a word cut where the
+by a capital or a digit inside a word (``butEMA12``, ``iswithin1.6``), a mark or number run into
+a lower-case word (``26.uggests``), a word cut where the
 grammar's longest run of lower-case letters ends, a field ending in a colon (a bare label such
 as ``action:``), a hyphen or an apostrophe.
 
@@ -25,7 +26,8 @@ _CHAR_RUN = re.compile(r"(.)\1{5,}")  # one character six times or more
 _UNIT_RUN = re.compile(r"(.{2,4}?)\1{3,}")  # a 2-4 character unit four times or more
 _WORD_RUN = re.compile(r"\b(\w+)\b(?:\W+\1\b){2,}", re.IGNORECASE)  # a word three times in a row
 LIST_FIELDS = ("key_signals", "reasons")
-_GLUED = re.compile(r"\S*[a-z][A-Z0-9]\S*")  # a lower-case letter then a capital or digit
+# a lower-case letter then a capital or digit, or a closing mark then a lower-case letter
+_GLUED = re.compile(r"\S*(?:[a-z][A-Z0-9]|[%.,;:)][a-z]{2})\S*")
 # the grammar's longest lower-case run: a word that long was most likely stopped, not finished
 _CUT = re.compile(rf"[a-z]{{{WORD_LOWER + 1},}}")
 _BAD_END = (":", "-", "'")

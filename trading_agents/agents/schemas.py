@@ -12,22 +12,35 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-# a word's characters: upper-case letters, digits and marks, then lower-case letters; a mark may
-# follow the lower-case run and start a second such run ("20-day", "it's", "up,"), so a lower-case
-# letter is never followed by a capital or a digit inside a word ("butEMA12", "iswithin1.6")
+# A word is a run of capitals, digits and marks, a lower-case run, or both, with optionally a
+# joiner and a second lower-case run ("20-day", "it's", "low-vol") and up to two closing marks
+# ("up,", "(up)."). Only a capital, digit, "(", "-", "'" or "/" may come before a lower-case
+# letter, so a word never runs a lower-case letter into a capital or digit ("butEMA12",
+# "iswithin1.6") or a lower-case word after a number and a full stop ("26.uggests").
 _UPPER = "[A-Z0-9%.,;+/'()$-]"
-_MARK = "[%.,;+/'()$-]"
+_BEFORE_LOWER = "[A-Z0-9('/-]"
 _LOWER = "[a-z]"
-WORD_HEAD, WORD_LOWER, WORD_TAIL_HEAD, WORD_TAIL_LOWER = 7, 11, 3, 7
-WORD_CHARS = WORD_HEAD + WORD_LOWER + 1 + WORD_TAIL_HEAD + WORD_TAIL_LOWER  # the longest word: 29
+_JOINER = "[-'/]"
+_CLOSE = "[%.,;)]"
+WORD_HEAD, WORD_LOWER, WORD_TAIL, WORD_CLOSE = 7, 13, 7, 2
+WORD_CHARS = WORD_HEAD + WORD_LOWER + 1 + WORD_TAIL + WORD_CLOSE  # the longest word: 30
 
 
 def _word(first: bool) -> str:
-    head = f"[A-Z]{_UPPER}{{0,{WORD_HEAD - 1}}}" if first else f"{_UPPER}{{1,{WORD_HEAD}}}"
-    return (
-        f"({head}{_LOWER}{{0,{WORD_LOWER}}}|{_LOWER}{{1,{WORD_LOWER + 1}}})"
-        f"({_MARK}{_UPPER}{{0,{WORD_TAIL_HEAD}}}{_LOWER}{{0,{WORD_TAIL_LOWER}}})?"
-    )
+    lower = f"{_LOWER}{{1,{WORD_LOWER}}}"
+    if first:  # starts with a letter
+        stem = (
+            f"[A-Z]{_UPPER}{{0,{WORD_HEAD + 1}}}"
+            f"|[A-Z]({_UPPER}{{0,{WORD_HEAD - 2}}}{_BEFORE_LOWER})?{lower}"
+            f"|{_LOWER}{{1,{WORD_LOWER + 1}}}"
+        )
+    else:
+        stem = (
+            f"{_UPPER}{{1,{WORD_HEAD + 2}}}"
+            f"|{_UPPER}{{0,{WORD_HEAD - 1}}}{_BEFORE_LOWER}{lower}"
+            f"|{_LOWER}{{1,{WORD_LOWER + 1}}}"
+        )
+    return f"({stem})({_JOINER}{_LOWER}{{1,{WORD_TAIL}}})?{_CLOSE}{{0,{WORD_CLOSE}}}"
 
 
 def words_pattern(words: int) -> str:
@@ -45,7 +58,7 @@ def words_max_length(words: int) -> int:
     return words * (WORD_CHARS + 2) - 2
 
 
-SIGNAL_WORDS, RATIONALE_WORDS, REASON_WORDS = 6, 14, 8
+SIGNAL_WORDS, RATIONALE_WORDS, REASON_WORDS = 6, 20, 8
 RATIONALE_PATTERN = words_pattern(RATIONALE_WORDS)
 SIGNAL_PATTERN = words_pattern(SIGNAL_WORDS)
 REASON_PATTERN = words_pattern(REASON_WORDS)
