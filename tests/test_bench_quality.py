@@ -69,7 +69,17 @@ def test_the_word_patterns_refuse_glued_words_and_bare_labels() -> None:
         assert re.fullmatch(RATIONALE_PATTERN, text), text
     for text in ("trend up", "RSI 72 stretched", "close 1.6% above SMA20", "near 20-day high"):
         assert re.fullmatch(SIGNAL_PATTERN, text), text
-    for text in ("butEMA12", "iswithin1.6", "EMA12/26.uggests", "action:", "trend  up", " trend", ".0.0.0.0"):
+    bad = (
+        "butEMA12",
+        "iswithin1.6",
+        "EMA12/26.uggests",
+        "action:",
+        "trend  up",
+        " trend",
+        ".0.0.0.0",
+        "up. The",
+    )
+    for text in bad:
         assert not re.fullmatch(SIGNAL_PATTERN, text), text
     ok = {"action": "HOLD", "conviction": 0.5, "horizon_days": 5, "key_signals": ["RSI 64"]}
     with pytest.raises(ValidationError):
@@ -82,13 +92,13 @@ def test_the_longest_text_a_pattern_allows_fits_max_length() -> None:
     """The grammar follows the pattern, not max_length: its longest match must validate."""
     from trading_agents.agents import schemas
 
-    rest = "c" * schemas.WORD_LOWER + "-" + "d" * schemas.WORD_TAIL + "." * schemas.WORD_CLOSE
+    rest = "c" * schemas.WORD_LOWER + "-" + "d" * schemas.WORD_TAIL + ")" * schemas.WORD_CLOSE
     first = "A" + "B" * (schemas.WORD_HEAD - 1) + rest
     later = "B" * schemas.WORD_HEAD + rest
     assert len(first) == len(later) == schemas.WORD_CHARS
 
     def longest(words: int) -> str:
-        return first + "".join(": " + later for _ in range(words - 1))
+        return first + "".join(": " + later for _ in range(words - 1)) + "."
 
     for words, pattern in (
         (schemas.SIGNAL_WORDS, SIGNAL_PATTERN),
@@ -96,6 +106,7 @@ def test_the_longest_text_a_pattern_allows_fits_max_length() -> None:
     ):
         assert re.fullmatch(pattern, longest(words))
         assert not re.fullmatch(pattern, longest(words) + "e")
+        assert not re.fullmatch(pattern, longest(words)[: -len(later) - 3] + ". " + later)  # two sentences
         assert len(longest(words)) == schemas.words_max_length(words)
     AnalystReport(
         key_signals=[longest(schemas.SIGNAL_WORDS)],

@@ -14,14 +14,18 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 # A word is a run of capitals, digits and marks, a lower-case run, or both, with optionally a
 # joiner and a second lower-case run ("20-day", "it's", "low-vol") and up to two closing marks
-# ("up,", "(up)."). Only a capital, digit, "(", "-", "'" or "/" may come before a lower-case
+# ("up,", "(up)"). Only a capital, digit, "(", "-", "'" or "/" may come before a lower-case
 # letter, so a word never runs a lower-case letter into a capital or digit ("butEMA12",
-# "iswithin1.6") or a lower-case word after a number and a full stop ("26.uggests").
+# "iswithin1.6") or a lower-case word after a number and a full stop ("26.uggests"). A full
+# stop may end a word only at the end of the field: a field is one sentence, so a model that
+# has finished its sentence closes the field instead of gluing words past the word cap
+# ("The position isaligned").
 _UPPER = "[A-Z0-9%.,;+/'()$-]"
 _BEFORE_LOWER = "[A-Z0-9('/-]"
 _LOWER = "[a-z]"
 _JOINER = "[-'/]"
-_CLOSE = "[%.,;)]"
+_UPPER_END = "[A-Z0-9%,;+/'()$-]"  # a run of capitals, digits and marks ends in no full stop
+_CLOSE = "[%,;)]"
 WORD_HEAD, WORD_LOWER, WORD_TAIL, WORD_CLOSE = 7, 13, 7, 2
 WORD_CHARS = WORD_HEAD + WORD_LOWER + 1 + WORD_TAIL + WORD_CLOSE  # the longest word: 30
 
@@ -30,13 +34,13 @@ def _word(first: bool) -> str:
     lower = f"{_LOWER}{{1,{WORD_LOWER}}}"
     if first:  # starts with a letter
         stem = (
-            f"[A-Z]{_UPPER}{{0,{WORD_HEAD + 1}}}"
+            f"[A-Z]({_UPPER}{{0,{WORD_HEAD}}}{_UPPER_END})?"
             f"|[A-Z]({_UPPER}{{0,{WORD_HEAD - 2}}}{_BEFORE_LOWER})?{lower}"
             f"|{_LOWER}{{1,{WORD_LOWER + 1}}}"
         )
     else:
         stem = (
-            f"{_UPPER}{{1,{WORD_HEAD + 2}}}"
+            f"{_UPPER}{{0,{WORD_HEAD + 1}}}{_UPPER_END}"
             f"|{_UPPER}{{0,{WORD_HEAD - 1}}}{_BEFORE_LOWER}{lower}"
             f"|{_LOWER}{{1,{WORD_LOWER + 1}}}"
         )
@@ -45,17 +49,18 @@ def _word(first: bool) -> str:
 
 def words_pattern(words: int) -> str:
     """Text of 1 to ``words`` words separated by one space (or ``": "``), the first starting with
-    a letter: so the grammar itself stops a run like ".0.0.0.0..." and never glues a lower-case
-    letter to a capital or digit, and no field ends in a bare label (``action:``). The cap on
+    a letter, and at most one full stop, at the end: so the grammar itself stops a run like
+    ".0.0.0.0...", never glues a lower-case letter to a capital or digit, ends the field where
+    the sentence ends, and no field ends in a bare label (``action:``). The cap on
     words is set above what the prompt asks for, so a model never has to glue words to go on;
     the longest match, :func:`words_max_length`, is the field's max_length (the grammar follows
     the pattern, not max_length)."""
-    return rf"^{_word(True)}(:? {_word(False)}){{0,{words - 1}}}$"
+    return rf"^{_word(True)}(:? {_word(False)}){{0,{words - 1}}}[.]?$"
 
 
 def words_max_length(words: int) -> int:
     """The longest text :func:`words_pattern` allows for ``words`` words."""
-    return words * (WORD_CHARS + 2) - 2
+    return words * (WORD_CHARS + 2) - 1
 
 
 SIGNAL_WORDS, RATIONALE_WORDS, REASON_WORDS = 6, 20, 8
