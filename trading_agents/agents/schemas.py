@@ -63,7 +63,7 @@ def words_max_length(words: int) -> int:
     return words * (WORD_CHARS + 2) - 1
 
 
-SIGNAL_WORDS, RATIONALE_WORDS, REASON_WORDS = 6, 20, 8
+SIGNAL_WORDS, RATIONALE_WORDS, REASON_WORDS = 8, 30, 16
 RATIONALE_PATTERN = words_pattern(RATIONALE_WORDS)
 SIGNAL_PATTERN = words_pattern(SIGNAL_WORDS)
 REASON_PATTERN = words_pattern(REASON_WORDS)
