@@ -216,7 +216,7 @@ class NewsSettings(Section):
 
 class MemorySettings(Section):
     enabled: bool = Field(True, description="Show the analyst the desk's track record for the ticker.")
-    max_items: int = Field(5, ge=0, le=50, description="Latest BUY/SELL calls in the track record.")
+    max_items: int = Field(3, ge=0, le=50, description="Latest BUY/SELL calls in the track record.")
     horizon_days: int | None = Field(
         5, ge=1, le=60, description="Bars after which a call's outcome is realised; null: the analyst's."
     )
