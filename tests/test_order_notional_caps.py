@@ -83,4 +83,5 @@ def test_buy_hold_with_a_million_invests_the_same_fraction_and_names_its_caps(
     assert caps["max_order_notional"] is None and caps["max_order_notional_pct"] is None
     written = json.loads((tmp_path / "big" / "summary.json").read_text())
     assert written["meta"]["risk_caps"] == caps
-    assert "risk_caps" in (tmp_path / "big" / "report.html").read_text()
+    report = (tmp_path / "big" / "report.html").read_text()
+    assert 'class="caps"' in report and "risk.max_position_pct" in report and "100% of equity" in report
