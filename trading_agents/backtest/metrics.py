@@ -107,6 +107,10 @@ METRICS: dict[str, str] = {
     "expectancy_pct": "Expectancy [%]",
     "sqn": "SQN",
     "commissions": "Commissions [$]",
+    "llm_cost_usd": "LLM Cost [$]",
+    "return_net_pct": "Return net of LLM Cost [%]",
+    "excess_return_pct": "Excess Return [%]",
+    "excess_return_net_pct": "Excess Return net of LLM Cost [%]",
 }
 
 MetricValue = float | int | str | None

@@ -37,6 +37,9 @@ log = logging.getLogger("trading_agents.backtest")
 
 SUMMARY_KEYS = (
     "return_pct",
+    "llm_cost_usd",
+    "return_net_pct",
+    "excess_return_net_pct",
     "return_ann_pct",
     "sharpe",
     "max_drawdown_pct",
@@ -91,6 +94,13 @@ def backtest(
         str | None,
         typer.Option("--news", help="agents: news file (JSONL/CSV) or 'yahoo' (config data.news)."),
     ] = None,
+    portfolio: Annotated[
+        str | None,
+        typer.Option(
+            "--portfolio",
+            help="agents: portfolio.mode: off (each ticker on its own), conviction or llm (target weights).",
+        ),
+    ] = None,
     baselines: Annotated[
         bool,
         typer.Option("--baselines/--no-baselines", help="Also run the rule-based baselines for comparison."),
@@ -125,6 +135,8 @@ def backtest(
     A run overlapping another (same --lock-file) exits 6 at once.
 
     Example: trading-agents backtest -s sma-cross --start 2010-01-04 --slow 30
+    Universe: trading-agents backtest -t AAPL -t GOOG -t IBM -t MSFT --portfolio conviction
+    (equal-weight buy-and-hold and 1/N monthly run beside; rejected_orders.csv lists clips).
     """
     from trading_agents.cli.common import settings_from
 
@@ -144,6 +156,7 @@ def backtest(
         use_cache=not no_cache,
         blind=blind,
         news=news,
+        portfolio=portfolio.strip().lower() if portfolio else None,
         baselines=baselines,
         out=out,
     )
