@@ -171,7 +171,9 @@ class PortfolioSettings(Section):
         "off", description="off: each ticker on its own; conviction: deterministic; llm: a portfolio manager."
     )
     min_trade_pct: float = Field(0.01, ge=0.0, le=1.0, description="No trade below this share of equity.")
-    max_tokens: int = Field(256, ge=16, le=8192, description="Cap for the portfolio manager's reply.")
+    max_tokens: int = Field(
+        256, ge=2, le=8192, description="Sampled tokens of the portfolio manager's reply."
+    )
 
 
 class CostsSettings(Section):
