@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trading_agents.backtest.metrics import METRICS, format_metric, unsigned_zero
+from trading_agents.backtest.metrics import METRIC_NAMES, format_metric, unsigned_zero
 from trading_agents.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 RESULT_FILES = (
@@ -127,7 +127,7 @@ def write_results(
     bars: Mapping[str, pd.DataFrame] | None = None,
     baseline_equity: Mapping[str, pd.Series] | None = None,
 ) -> dict[str, Path]:
-    """Write the five result files (and ``baselines.csv`` when there is something to compare
+    """Write :data:`RESULT_FILES` (and ``baselines.csv`` when there is something to compare
     with) into ``out_dir`` (created) and return their paths by stem.
 
     ``result`` is an ``EngineResult``; ``metrics`` and each of ``baselines`` come from
@@ -143,7 +143,7 @@ def write_results(
     summary = {
         "metrics": dict(metrics),
         "baselines": {name: dict(m) for name, m in (baselines or {}).items()},
-        "metric_names": METRICS,
+        "metric_names": METRIC_NAMES,
         "meta": meta,
     }
     track = track_record_summary(result)
@@ -430,7 +430,7 @@ def _track_table(stats: Mapping[str, Mapping[str, Any]]) -> str:
 def _metrics_table(metrics: Mapping[str, Any]) -> str:
     rows = "".join(
         f"<tr><th>{_e(label)}</th><td>{_e(format_metric(key, metrics.get(key)))}</td></tr>"
-        for key, label in METRICS.items()
+        for key, label in METRIC_NAMES.items()
     )
     return f'<table class="metrics">{rows}</table>'
 
@@ -451,7 +451,7 @@ def _comparison_table(
     body = ["<tr><th>Trades under the run's caps</th>" + "".join(f"<td>{c}</td>" for c in capped) + "</tr>"]
     for key in COMPARISON_KEYS:
         cells = "".join(f"<td>{_e(format_metric(key, col.get(key)))}</td>" for col in columns)
-        body.append(f"<tr><th>{_e(METRICS[key])}</th>{cells}</tr>")
+        body.append(f"<tr><th>{_e(METRIC_NAMES[key])}</th>{cells}</tr>")
     return f'<table class="compare">{head}{"".join(body)}</table>'
 
 

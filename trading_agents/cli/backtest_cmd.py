@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from trading_agents.backtest.metrics import METRICS, format_metric
+from trading_agents.backtest.metrics import METRIC_NAMES, format_metric
 from trading_agents.backtest.runner import (
     STRATEGIES,
     BacktestRequest,
@@ -267,5 +267,5 @@ def _print_summary(summary: dict[str, Any]) -> None:
         row = [format_metric(key, summary["metrics"].get(key))]
         row += [format_metric(key, summary["baselines"][n].get(key)) for n in names]
         row.append(format_metric(key, uncapped.get(key)))
-        table.add_row(METRICS[key], *row)
+        table.add_row(METRIC_NAMES[key], *row)
     console.print(table)
