@@ -117,3 +117,32 @@ def test_llm_mode_end_to_end_with_replayed_cost_and_a_fail_closed_answer(
     assert not math.isnan(
         json.loads((tmp_path / "truncated" / "summary.json").read_text())["metrics"]["llm_cost_usd"]
     )
+
+
+def test_a_conviction_session_shows_targets_orders_and_clips_in_run_json_and_the_ledger(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(
+            ["run", "-t", "AAPL", "-t", "IBM", "--date", "2013-02-27", "--portfolio", "conviction", "--json"]
+        )
+    captured = capsys.readouterr()
+    assert exc.value.code in (0, None), captured.err
+    summary = json.loads(captured.out)
+    [book] = summary["portfolio"]
+    assert book["date"] == "2013-02-27" and book["mode"] == "conviction"
+    assert set(book["targets"]) == {"AAPL", "IBM", "cash"} and isinstance(book["clips"], list)
+    placed = [(o["ticker"], o["side"]) for o in summary["orders"]]
+    assert placed == [(o["ticker"], o["side"]) for o in book["orders"]]  # the step's orders, risk-checked
+    assert summary["llm_cost_usd"] > 0 and summary["llm"]["calls"] == 2  # the two analysts, no risk/executor
+
+    with pytest.raises(SystemExit) as exc:
+        main(["ledger", "--json"])
+    ledger = json.loads(capsys.readouterr().out)
+    [decision] = ledger["run"]["decisions"]
+    assert decision["record"]["portfolio"]["targets"] == book["targets"]
+    assert decision["record"]["llm_cost_usd"] == pytest.approx(summary["llm_cost_usd"])
+    with pytest.raises(SystemExit):
+        main(["ledger"])
+    shown = capsys.readouterr().out
+    assert "book" in shown and "conviction" in shown  # the book's row under the tickers' rows
