@@ -214,6 +214,8 @@ def fmt(key: str, value: Any) -> str:
         return "--"
     if key == "beat_buy_hold_share":
         return f"{value:.0%}"
+    if key == "llm_cost_usd" and isinstance(value, int | float):
+        return f"{value:.4f}"
     if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int | float) for v in value):
         return f"[{unsigned_zero(f'{value[0]:.2f}')}, {unsigned_zero(f'{value[1]:.2f}')}]"
     if isinstance(value, float):
