@@ -363,9 +363,7 @@ def _table(board: dict[str, Any]) -> None:
     yardstick = grid["reference"] + (
         f"; universes: {grid['universe_reference']}" if grid.get("universe_reference") else ""
     )
-    table = Table(
-        title=f"excess over buy-and-hold ({yardstick}, under the same caps), {grid['cells']} cells"
-    )
+    table = Table(title=f"excess over buy-and-hold ({yardstick}, under the same caps), {grid['cells']} cells")
     columns = (
         ("label", "strategy"),
         ("done", "cells"),
