@@ -143,6 +143,79 @@ def test_there_are_no_cycles_between_packages() -> None:
     assert cycles == [], "\n".join(sorted(set(cycles)))
 
 
+def _module_name(path: Path, base: Path) -> str:
+    parts = list(path.relative_to(base).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join([base.name, *parts])
+
+
+def _imported_modules(path: Path) -> Iterator[tuple[int, str]]:
+    """Every module an import names, ``from pkg import mod`` counted as ``pkg.mod`` too."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.lineno, node.module
+            for alias in node.names:
+                yield node.lineno, f"{node.module}.{alias.name}"
+
+
+def module_cycles(*bases: Path) -> list[str]:
+    """Import circles between two or more modules of one package (``a -> b -> a``), each with
+    the file and line of every import on it; imports inside functions count."""
+    files = {_module_name(p, base): (p, base) for base in bases for p in sorted(base.rglob("*.py"))}
+    graph: dict[str, dict[str, str]] = {}
+    for name, (path, base) in files.items():
+        package = name.rsplit(".", 1)[0]
+        if path.name == "__init__.py":  # a package's own __init__ re-exports its modules
+            continue
+        for line, target in _imported_modules(path):
+            if target in files and target != name and target.rsplit(".", 1)[0] == package:
+                where = f"{path.relative_to(base.parent)}:{line}"
+                graph.setdefault(name, {}).setdefault(target, where)
+    cycles: set[str] = set()
+
+    def visit(node: str, trail: list[str]) -> None:
+        if node in trail:
+            loop = trail[trail.index(node) :]
+            turn = loop.index(min(loop))  # one spelling per circle
+            loop = loop[turn:] + loop[:turn]
+            cycles.add(
+                " -> ".join(f"{a} ({graph[a][b]})" for a, b in zip(loop, [*loop[1:], loop[0]], strict=True))
+            )
+            return
+        if len(trail) > 12:
+            return
+        for nxt in sorted(graph.get(node, {})):
+            visit(nxt, [*trail, node])
+
+    for start in sorted(graph):
+        visit(start, [])
+    return sorted(cycles)
+
+
+def test_there_are_no_cycles_between_modules_of_one_package() -> None:
+    cycles = module_cycles(PACKAGE, UTILS)
+    assert cycles == [], "import circles:\n" + "\n".join(cycles)
+
+
+def test_the_module_cycle_check_finds_a_planted_circle(tmp_path: Path) -> None:
+    """Two modules of one package that import each other (one of them inside a function)."""
+    pkg = tmp_path / "planted" / "desk"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "clients.py").write_text("def build():\n    from planted.desk.server import serve\n")
+    (pkg / "server.py").write_text("from planted.desk.clients import build\n")
+    (pkg / "alone.py").write_text("from planted.desk import server\n")
+    cycles = module_cycles(tmp_path / "planted")
+    assert len(cycles) == 1
+    assert cycles[0].startswith("planted.desk.clients (")
+    assert "planted.desk.server (" in cycles[0] and "alone" not in cycles[0]
+
+
 @pytest.mark.parametrize(
     ("source", "rule"),
     [

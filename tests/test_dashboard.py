@@ -9,9 +9,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -167,6 +169,103 @@ def test_live_run_gains_a_decision_row_with_no_reload_then_every_page_loads_clea
             _shot(page, tmp_path, name)
         assert page.errors == [], page.errors
         context.close()
+
+
+def test_running_agents_backtest_page_gains_rows_and_points_with_no_reload(
+    chromium: Any, isolated_state: Path, tmp_path: Path
+) -> None:
+    """A real ``backtest --strategy agents`` on the embedded model journals each bar into its
+    results folder's ledger: the overview lists it as running and its page, opened while it
+    runs, gains decision rows and chart points over the event stream, then says it finished."""
+    root = tmp_path / "results"
+    out = root / "agents-live"
+    env = {**os.environ, "TRADING_AGENTS_HOME": str(isolated_state)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trading_agents.cli.app",
+            "backtest",
+            "--strategy",
+            "agents",
+            "--ticker",
+            "GOOG",
+            "--start",
+            "2013-02-25",
+            "--end",
+            "2013-02-27",
+            "--no-baselines",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Paused as soon as its ledger exists (before the model has answered a bar), the run
+        # cannot finish while the page opens, however slow the machine is.
+        while not (out / "ledger.sqlite").is_file():
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGSTOP)
+        with serving(_app(isolated_state, [root])) as base:
+            context = chromium.new_context(viewport={"width": 1300, "height": 900})
+            page = Page(context)
+            page.open(base + "/")
+            assert "running" in page.page.inner_text("#backtest-list")
+            page.open(f"{base}/backtests/0/agents-live", live=True)
+            assert "(running)" in page.page.inner_text("h1")
+            shown = int(page.page.get_attribute("#live", "data-steps") or 0)
+            rows = page.page.locator("#decisions tbody tr.decision").count()
+            assert rows < 2 and shown < 3  # bars 1 and 2 each record a decision; bar 3 none
+            page.page.evaluate("window.__notReloaded = true")
+            proc.send_signal(signal.SIGCONT)
+            page.page.wait_for_function(
+                f"document.querySelectorAll('#decisions tbody tr.decision').length > {rows}"
+                f" && document.getElementById('equity-chart').data[0].y.length > {shown}",
+                timeout=LIVE_TIMEOUT_MS,
+            )
+            assert page.page.evaluate("window.__notReloaded === true")
+            _, err = proc.communicate(timeout=LIVE_TIMEOUT_MS / 1000)
+            assert proc.returncode == 0, err
+            page.page.wait_for_function(
+                "document.getElementById('live-status').textContent.startsWith('finished')",
+                timeout=LIVE_TIMEOUT_MS,
+            )
+            assert page.page.evaluate("window.__notReloaded === true")
+            with Ledger.open_reader(out / "ledger.sqlite") as led:
+                (run,) = led.runs()
+                steps, decisions = led.step_count(run.run_id), led.decision_count(run.run_id)
+                acct = led.account(run.run_id)
+            assert (steps, decisions) == (3, 2) and acct is not None
+            equity = acct.last_equity
+            assert page.page.locator("#decisions tbody tr.decision").count() == decisions
+            points = page.page.evaluate("document.getElementById('equity-chart').data[0].y")
+            assert len(points) == steps and points[-1] == pytest.approx(equity, abs=1e-6)
+            assert page.page.inner_text("#equity") == f"{equity:,.2f}"
+            assert page.errors == [], page.errors
+            _shot(page, tmp_path, "backtest-live")
+            page.open(f"{base}/backtests/0/agents-live")  # finished: the full results page
+            assert page.page.locator(".message").count() == 0
+            context.close()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait()
+    # the folder holds what an exported ledger leaves: one settled file, no WAL or lock beside it
+    names = {p.name for p in out.iterdir()}
+    assert {"ledger.sqlite", "summary.json", "equity.csv"} <= names
+    assert not [n for n in names if n.endswith(("-wal", "-shm", ".lock"))], names
+    assert (out / "ledger.sqlite").read_bytes()[18] == 1  # rollback-journal mode: the file is whole
+    with Ledger.open_reader(out / "ledger.sqlite") as led:
+        (run,) = led.runs()
+        assert run.status == "completed" and led.reconcile(run.run_id) == []
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["meta"]["run_id"] == run.run_id
 
 
 def test_backtest_equity_chart_has_one_point_per_bar_ending_on_the_ledger_equity(

@@ -271,7 +271,7 @@ verdicts = st.builds(
     decision=st.sampled_from(["approve", "reduce", "reject"]),
     max_position_pct=st.floats(0, 1),
     stop_loss_pct=st.floats(0, 0.5),
-    reasons=st.lists(st.sampled_from(VOCAB[:3]), min_size=1, max_size=2),
+    reasons=st.lists(st.sampled_from(VOCAB[:3]), min_size=1, max_size=1),
 )
 proposals = st.builds(
     OrderProposal,

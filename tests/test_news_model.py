@@ -143,7 +143,7 @@ def test_an_agents_backtest_with_news_and_memory_cuts_exactly_and_replays_withou
     call = rows[0]["record"]["tickers"]["GOOG"]["call"]
     later = [a["prompt"] for a in rows[1]["record"]["tickers"]["GOOG"]["agents"]]
     if call is not None:  # a BUY or SELL on the 25th is realised (horizon 1) by the 26th's close
-        assert all("1 bar ago: " + call["action"] in p and "% realised, " in p for p in later)
+        assert all("1 ago: " + call["action"] in p and "% realised, " in p for p in later)
     else:
         assert all("TRACK RECORD" not in p for p in later)
     assert all("TRACK RECORD" not in a["prompt"] for a in rows[0]["record"]["tickers"]["GOOG"]["agents"])

@@ -697,3 +697,50 @@ def test_selector_is_served_without_a_fallback_as_the_primary(tmp_path: Path, ti
         assert reply.json()["trading_agents"]["route"]["reason"] == "primary"
         assert reply.headers["x-trading-agents-route"] == "primary"
         assert reply.json()["model"] == PRIMARY
+
+
+def test_a_cache_filled_through_the_server_replays_in_process_and_back(
+    server: Server, tmp_path: Path, embedded_model: Path
+) -> None:
+    """One replay key rule: the server path and the in-process path share recorded replies."""
+    from autogen_core.models import UserMessage
+
+    from utils.llm_integration.autogen_client import LocalLlamaChatCompletionClient
+    from utils.llm_integration.response_cache import ResponseCacheClient
+    from utils.llm_integration.server_client import ServerChatCompletionClient, fetch_health
+
+    shas = {m["id"]: m["sha256"] for m in fetch_health(server.url, KEY)["models"] if m["sha256"]}
+    cache = tmp_path / "cache.sqlite"
+
+    def remote() -> ServerChatCompletionClient:
+        return ServerChatCompletionClient(
+            base_url=server.url,
+            model=PRIMARY,
+            api_key=KEY,
+            model_sha256=shas,
+            max_tokens=100,
+            response_cache=str(cache),
+        )
+
+    def local() -> ResponseCacheClient:
+        inner = LocalLlamaChatCompletionClient(model_path=str(embedded_model), max_tokens=100, n_threads=1)
+        return ResponseCacheClient(inner, cache)
+
+    async def ask(client: Any, question: str) -> Any:
+        try:
+            return await client.create([UserMessage(content=question, source="u")], json_output=Verdict)
+        finally:
+            await client.close()
+
+    served = asyncio.run(ask(remote(), "Verdict on GOOG?"))
+    replayed = asyncio.run(ask(local(), "Verdict on GOOG?"))  # no model call: the server's reply
+    assert not served.cached and replayed.cached and replayed.content == served.content
+
+    requests_before = server.metric("trading_agents_serve_requests_total", 'endpoint="/v1/chat/completions"')
+    computed = asyncio.run(ask(local(), "Verdict on MSFT?"))
+    back = asyncio.run(ask(remote(), "Verdict on MSFT?"))  # no request: the in-process reply
+    assert not computed.cached and back.cached and back.content == computed.content
+    assert (
+        server.metric("trading_agents_serve_requests_total", 'endpoint="/v1/chat/completions"')
+        == requests_before
+    )

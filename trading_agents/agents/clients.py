@@ -11,65 +11,23 @@ place a selector config is built from settings (the desk and ``models status`` u
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autogen_core.models import ChatCompletionClient
 
+from trading_agents.agents.desk_models import DeskModels
+from trading_agents.agents.endpoint_clients import endpoint_desk_models
+from trading_agents.agents.server_clients import server_desk_models
 from trading_agents.agents.team import ROLES
 from trading_agents.config.settings import Settings
 from trading_agents.errors import ModelFileError
 from trading_agents.model_files.gguf_info import read_gguf_info
-from trading_agents.model_files.registry import ResolvedModel, resolve_llm_pair
+from trading_agents.model_files.registry import ResolvedModel, resolve_llm_pair, resolve_or_embedded
 from utils.llm_integration.autogen_client import AutoGenLLMConfig, LocalLlamaChatCompletionClient
 
 if TYPE_CHECKING:
     from utils.llm_integration.model_selector import SelectorConfig
-
-
-@dataclass
-class DeskModels:
-    """What serves the desk: resolved models, notes about substitutions, the clients per role."""
-
-    primary: ResolvedModel
-    fallback: ResolvedModel | None
-    notes: list[str]
-    clients: dict[str, ChatCompletionClient] = field(default_factory=dict)
-    server: str | None = None  # llm.server_url when a server serves the models
-    served_sha256: dict[str, str] = field(default_factory=dict)  # the server's, from its /health
-
-    def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"primary": self.primary.name, "primary_path": str(self.primary.path)}
-        out["fallback"] = self.fallback.name if self.fallback else None
-        if self.server is not None:
-            out["server"] = self.server
-        else:
-            from utils.llm_integration.loaded_model import loaded_models
-
-            # llama.cpp threads per loaded model: n_threads auto resolved, and how
-            out["threads"] = {m.display: m.threads.to_dict() for m in loaded_models() if m.threads}
-        return out
-
-    def model_sha256(self, home: Path) -> dict[str, str]:
-        """Model name -> file sha256 (hashed here, or as the server reported them)."""
-        if self.server is not None:
-            return dict(self.served_sha256)
-        from utils.llm_integration.files import file_sha256
-
-        return {m.name: file_sha256(m.path, home) for m in (self.primary, self.fallback) if m is not None}
-
-    def preload(self) -> None:
-        """Load the primary now when nothing could stand in for it (no fallback).
-
-        Without this a model llama.cpp cannot load would fail every bar closed, one by one,
-        and the session would record those bars as decided. Raises ``ModelLoadError`` (exit 3).
-        """
-        if self.fallback is not None:
-            return
-        llm = getattr(self.clients.get("analyst"), "llm", None)  # through a cache wrapper too
-        if llm is not None:
-            _ = llm.llama
 
 
 def check_model_file(model: ResolvedModel) -> None:
@@ -130,11 +88,21 @@ def selector_config(
     )
 
 
-def build_desk_models(settings: Settings, *, response_cache: Path | None = None) -> DeskModels:
-    """Resolve primary/fallback and build one client per role (on a server with ``llm.server_url``)."""
-    if settings.llm.server_url:
-        from trading_agents.agents.server_clients import server_desk_models
+def _local_fallback(settings: Settings) -> tuple[ResolvedModel, dict[str, Any]] | None:
+    """The local fallback behind an endpoint primary (``llm.fallback`` with the selector on)."""
+    if not settings.llm.fallback or not settings.selector.enabled:
+        return None
+    model, _ = resolve_or_embedded(settings.llm.fallback, settings)
+    check_model_file(model)
+    return model, local_client_config(model, settings)
 
+
+def build_desk_models(settings: Settings, *, response_cache: Path | None = None) -> DeskModels:
+    """Resolve primary/fallback and build one client per role: on an external endpoint with
+    ``llm.endpoint``, on a ``serve`` server with ``llm.server_url``, else in this process."""
+    if settings.llm.endpoint is not None:
+        return endpoint_desk_models(settings, response_cache, _local_fallback(settings))
+    if settings.llm.server_url:
         return server_desk_models(settings, response_cache)
     primary, fallback, notes = resolve_llm_pair(settings)
     for model in (primary, fallback):

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from trading_agents.agents.clients import DeskModels, build_desk_models
+from trading_agents.agents.clients import build_desk_models
 from trading_agents.agents.costs import steps_cost_usd
+from trading_agents.agents.desk_models import DeskModels
 from trading_agents.agents.guards import outcome_to_intent
 from trading_agents.agents.inputs import DeskInputs
 from trading_agents.agents.portfolio_manager import PortfolioManager, render_pm_task

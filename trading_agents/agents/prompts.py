@@ -43,8 +43,8 @@ example "close above SMA 20" or "RSI 72 stretched"."""
 ANALYST_INSTRUCTIONS = """Analyst: read the task's signals (trend: close vs SMA 20/50, EMA 12 \
 vs 26; momentum: MACD vs signal, 5 and 20 day change; RSI 14 above 70 stretched, below 30 \
 washed out; volatility). BUY when trend and momentum are up, SELL when both are down, HOLD \
-when they disagree. Give one or two short key_signals, a one-sentence rationale, then action, \
-conviction 0 to 1 and horizon_days 1 to 20. Examples: \
+when they disagree. Give one or two key_signals of at most 4 words, a rationale of at most 10 \
+words, then action, conviction 0 to 1 and horizon_days 1 to 20. Examples: \
 {"key_signals":["trend up","momentum up"],"rationale":"Trend and momentum up","action":"BUY",\
 "conviction":0.6,"horizon_days":10} \
 {"key_signals":["trend down","momentum down"],"rationale":"Trend and momentum down",\
@@ -55,7 +55,7 @@ conviction 0 to 1 and horizon_days 1 to 20. Examples: \
 RISK_INSTRUCTIONS = """Risk manager: review the analyst's proposal against the account and \
 limits. decision: approve, reduce (smaller size) or reject (no trade); max_position_pct: largest \
 position as a fraction of equity, within the limit; stop_loss_pct: stop distance below entry, \
-wider when volatile; one or two short reasons. Example: \
+wider when volatile; one reason of at most 5 words. Example: \
 {"decision":"reduce","max_position_pct":0.1,"stop_loss_pct":0.05,"reasons":["ATR 2% of close"]}"""
 
 EXECUTOR_INSTRUCTIONS = """Executor: turn the approved proposal into one order: side buy, sell \
@@ -111,11 +111,12 @@ def render_task(
     price = float(portfolio.prices.get(ticker, 0.0))
     value = held * price
     pct = value / portfolio.equity if portfolio.equity > 0 else 0.0
+    # every digit and comma is a token evaluated each day: the risk state is named when it binds
+    state = "" if portfolio.risk_state == "ACTIVE" else f", risk state {portfolio.risk_state}"
     lines = [
         snapshot_text,
         *([track_record] if track_record else []),
-        f"ACCOUNT equity {portfolio.equity:,.0f}, cash {portfolio.cash:,.0f}, risk state"
-        f" {portfolio.risk_state}; {ticker_label} shares held {held} (value {value:,.0f},"
-        f" {pct:.1%} of equity)",
+        f"ACCOUNT equity {portfolio.equity:.0f}, cash {portfolio.cash:.0f}{state};"
+        f" {ticker_label} shares held {held} ({pct:.1%} of equity)",
     ]
     return "\n".join(lines)

@@ -12,23 +12,68 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-_WORD = "[A-Za-z0-9%.,:;+/'()$-]"
+# A word is a run of capitals, digits and marks, a lower-case run, or both, with optionally a
+# joiner and a second lower-case run ("20-day", "it's", "low-vol") and up to two closing marks
+# ("up,", "(up)"). Only a capital, digit, "(", "-", "'" or "/" may come before a lower-case
+# letter, so a word never runs a lower-case letter into a capital or digit ("butEMA12",
+# "iswithin1.6") or a lower-case word after a number and a full stop ("26.uggests"). A full
+# stop may end a word only at the end of the field: a field is one sentence, so a model that
+# has finished its sentence closes the field instead of gluing words past the word cap
+# ("The position isaligned").
+_UPPER = "[A-Z0-9%.,;+/'()$-]"
+_BEFORE_LOWER = "[A-Z0-9('/-]"
+_LOWER = "[a-z]"
+_JOINER = "[-'/]"
+_UPPER_END = "[A-Z0-9%,;+/'()$-]"  # a run of capitals, digits and marks ends in no full stop
+_CLOSE = "[%,;)]"
+WORD_HEAD, WORD_LOWER, WORD_TAIL, WORD_CLOSE = 7, 13, 7, 2
+WORD_CHARS = WORD_HEAD + WORD_LOWER + 1 + WORD_TAIL + WORD_CLOSE  # the longest word: 30
 
 
-def words_pattern(words: int, longest: int) -> str:
-    """Text of 1 to ``words`` words of at most ``longest`` characters, the first starting with
-    a letter and at least 2 long: so the grammar itself stops a run like ".0.0.0.0..." or a
-    string of random capitals, and the longest match, ``words * (longest + 1) - 1`` characters,
-    is within the field's max_length (the grammar follows the pattern, not max_length)."""
-    return rf"^[A-Za-z]{_WORD}{{1,{longest - 1}}}( {_WORD}{{1,{longest}}}){{0,{words - 1}}}$"
+def _word(first: bool) -> str:
+    lower = f"{_LOWER}{{1,{WORD_LOWER}}}"
+    if first:  # starts with a letter
+        stem = (
+            f"[A-Z]({_UPPER}{{0,{WORD_HEAD}}}{_UPPER_END})?"
+            f"|[A-Z]({_UPPER}{{0,{WORD_HEAD - 2}}}{_BEFORE_LOWER})?{lower}"
+            f"|{_LOWER}{{1,{WORD_LOWER + 1}}}"
+        )
+    else:
+        stem = (
+            f"{_UPPER}{{0,{WORD_HEAD + 1}}}{_UPPER_END}"
+            f"|{_UPPER}{{0,{WORD_HEAD - 1}}}{_BEFORE_LOWER}{lower}"
+            f"|{_LOWER}{{1,{WORD_LOWER + 1}}}"
+        )
+    return f"({stem})({_JOINER}{_LOWER}{{1,{WORD_TAIL}}})?{_CLOSE}{{0,{WORD_CLOSE}}}"
 
 
-RATIONALE_PATTERN = words_pattern(8, 14)  # at most 119 characters
-SIGNAL_PATTERN = words_pattern(4, 9)  # at most 39
-REASON_PATTERN = words_pattern(5, 11)  # at most 59
+def words_pattern(words: int) -> str:
+    """Text of 1 to ``words`` words separated by one space (or ``": "``), the first starting with
+    a letter, and at most one full stop, at the end: so the grammar itself stops a run like
+    ".0.0.0.0...", never glues a lower-case letter to a capital or digit, ends the field where
+    the sentence ends, and no field ends in a bare label (``action:``). The cap on
+    words is set above what the prompt asks for, so a model never has to glue words to go on;
+    the longest match, :func:`words_max_length`, is the field's max_length (the grammar follows
+    the pattern, not max_length)."""
+    return rf"^{_word(True)}(:? {_word(False)}){{0,{words - 1}}}[.]?$"
 
-Signal = Annotated[str, StringConstraints(min_length=2, max_length=40, pattern=SIGNAL_PATTERN)]
-Reason = Annotated[str, StringConstraints(min_length=2, max_length=60, pattern=REASON_PATTERN)]
+
+def words_max_length(words: int) -> int:
+    """The longest text :func:`words_pattern` allows for ``words`` words."""
+    return words * (WORD_CHARS + 2) - 1
+
+
+SIGNAL_WORDS, RATIONALE_WORDS, REASON_WORDS = 8, 30, 16
+RATIONALE_PATTERN = words_pattern(RATIONALE_WORDS)
+SIGNAL_PATTERN = words_pattern(SIGNAL_WORDS)
+REASON_PATTERN = words_pattern(REASON_WORDS)
+
+Signal = Annotated[
+    str, StringConstraints(min_length=2, max_length=words_max_length(SIGNAL_WORDS), pattern=SIGNAL_PATTERN)
+]
+Reason = Annotated[
+    str, StringConstraints(min_length=2, max_length=words_max_length(REASON_WORDS), pattern=REASON_PATTERN)
+]
 
 
 class _Reply(BaseModel):
@@ -43,7 +88,7 @@ class AnalystReport(_Reply):
     """
 
     key_signals: list[Signal] = Field(min_length=1, max_length=2)
-    rationale: str = Field(max_length=120, pattern=RATIONALE_PATTERN)
+    rationale: str = Field(max_length=words_max_length(RATIONALE_WORDS), pattern=RATIONALE_PATTERN)
     action: Literal["BUY", "SELL", "HOLD"]
     conviction: float = Field(ge=0.0, le=1.0, description="0 = none, 1 = certain")
     horizon_days: int = Field(ge=1, le=20, description="expected holding period in trading days")
@@ -55,7 +100,8 @@ class RiskVerdict(_Reply):
     decision: Literal["approve", "reduce", "reject"]
     max_position_pct: float = Field(ge=0.0, le=1.0, description="largest position, fraction of equity")
     stop_loss_pct: float = Field(ge=0.0, le=0.5, description="stop distance below entry, fraction")
-    reasons: list[Reason] = Field(min_length=1, max_length=2)
+    # one reason: each is ~15 sampled tokens on a 1.5B model, the longest part of the risk turn
+    reasons: list[Reason] = Field(min_length=1, max_length=1)
 
 
 class OrderProposal(_Reply):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trading_agents.agents.clients import DeskModels
+from trading_agents.agents.desk_models import DeskModels
 from trading_agents.agents.team import ROLES
 from trading_agents.config.settings import Settings
 from trading_agents.model_files.registry import ResolvedModel
@@ -57,6 +57,8 @@ def server_desk_models(settings: Settings, response_cache: Path | None) -> DeskM
             max_tokens=llm.max_tokens,
             temperature=llm.temperature,
             top_p=llm.top_p,
+            top_k=llm.top_k,
+            repeat_penalty=llm.repeat_penalty,
             seed=llm.seed,
             deadline_s=settings.selector.deadline_s,
             response_cache=str(response_cache) if response_cache is not None else None,

@@ -187,9 +187,10 @@ class TrackRecord:
 
 
 TRACK_RECORD_LEGEND = (
-    "Each line of the desk's track record is one of its calls: bars since it was made, action, conviction and"
-    " horizon, then its move (the price from the fill at the next open to the latest close) and"
-    " whether it is a hit (it moved the call's way)."
+    "Each line of the desk's track record is one of its calls: how many bars ago it was made, action and"
+    " conviction, then its move (the price from the fill at the next open to the latest close, or to the"
+    " close at its horizon once realised) and whether it is a hit (it moved the call's way); 'so far'"
+    " while its horizon has not passed."
 )
 
 
@@ -197,30 +198,24 @@ def render_track_record(review: Review, ticker_label: str, bars: pd.DataFrame) -
     """The TRACK RECORD section of the task ("" when there is nothing to show).
 
     Calls are placed by how many bars before the last of ``bars`` they were made (no dates:
-    the text is the same with and without ``--blind``).
+    the text is the same with and without ``--blind``). Lines are terse, one decimal: the
+    section is evaluated again on every later decision, each digit a token on most tokenizers;
+    how to read them is :data:`TRACK_RECORD_LEGEND`, in the static desk rules.
     """
     if not review.shown:
         return ""
-    # how to read the lines (the move, a hit) is TRACK_RECORD_LEGEND, in the static desk rules
     lines = [f"TRACK RECORD on {ticker_label}, oldest first:"]
     for o in review.shown:
         ago = len(bars) - 1 - int(bars.index.searchsorted(pd.Timestamp(o.call.date)))
         verdict = "hit" if o.hit else "miss"
-        if o.status == "realised":
-            state = f"{o.return_pct:+.2f}% realised, {verdict}"
-        else:
-            state = f"{o.return_pct:+.2f}% after {o.bars} of {o.call.horizon} bars, {verdict} so far"
+        state = "realised" if o.status == "realised" else "so far"
         lines.append(
-            f"- {ago} bar{'s' if ago != 1 else ''} ago: {o.call.action} {o.call.conviction:.2f}"
-            f" for {o.call.horizon} bars: {state}"
+            f"- {ago} ago: {o.call.action} {o.call.conviction:.1f}, {o.return_pct:+.1f}% {state}, {verdict}"
         )
     if review.realised:
         lines.append(
-            f"Hit rate so far: {review.hits} of {review.realised} realised calls "
-            f"({review.hits / review.realised:.0%})."
+            f"Hit rate: {review.hits} of {review.realised} realised ({review.hits / review.realised:.0%})."
         )
-    else:
-        lines.append("Hit rate so far: no realised calls yet.")
     return "\n".join(lines)
 
 

@@ -169,7 +169,6 @@ def run_backtest(
     model serving), both by default to the log. Errors are :mod:`trading_agents.errors` exceptions.
     """
     from trading_agents.core import EngineConfig, run_engine
-    from trading_agents.journal import MemoryJournal
 
     request.validate_inputs()
     warn = warn or log.warning
@@ -195,7 +194,7 @@ def run_backtest(
     strategy = build_strategy(request.strategy, request, settings, news=news)
     for note in getattr(getattr(strategy, "desk", None), "notes", ()):
         (on_note or log.info)(note)
-    journal = MemoryJournal()
+    journal = open_journal(request.strategy, out_dir)
     try:
         result = run_engine(
             bars,
@@ -215,14 +214,19 @@ def run_backtest(
                 if line not in warnings:
                     warnings.append(line)
                     warn(line)
-        ledger_file = save_ledger(journal, run_id, out_dir)
     except BaseException:
-        if created:
+        recorded = journal.get_run(run_id) is not None and journal.step_count(run_id) > 0
+        close_journal(journal)
+        if created and not recorded:  # a ledger with recorded bars stays: the failed run's record
+            for path in _ledger_files(out_dir):
+                path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 out_dir.rmdir()  # only if still empty
         raise
     finally:
         _close(strategy)
+    close_journal(journal)
+    ledger_file = save_ledger(journal, run_id, out_dir)
 
     metrics = compute_metrics(result, bars)
     baseline_metrics: dict[str, dict[str, Any]] = {}
@@ -353,14 +357,55 @@ def ensure_writable(out_dir: Path) -> bool:
     return created
 
 
-def save_ledger(journal: Any, run_id: str, out_dir: Path) -> Path:
-    """Write the run's in-memory journal to ``<out_dir>/ledger.sqlite`` (atomically).
+def open_journal(strategy: str, out_dir: Path) -> Any:
+    """Where the run is journalled: ``agents`` step by step into ``<out_dir>/ledger.sqlite``,
+    so the dashboard shows a long LLM backtest while it runs (each bar is one transaction);
+    the rule-based strategies into a ``MemoryJournal`` (their speed), exported at the end.
 
-    The file holds every order, fill, step and decision of the run, for audits with SQL.
+    A ledger left in ``out_dir`` by an earlier run is replaced (a results folder holds one
+    run), unless a backtest still writes it: then :class:`~trading_agents.errors.LockBusyError`.
     """
-    from trading_agents.journal import LEDGER_FILENAME, export_run
+    from trading_agents.fsutil import exclusive_lock
+    from trading_agents.journal import LEDGER_FILENAME, Ledger, MemoryJournal
 
-    return export_run(journal, run_id, Path(out_dir) / LEDGER_FILENAME)
+    if strategy != "agents":
+        return MemoryJournal()
+    path = Path(out_dir) / LEDGER_FILENAME
+    with exclusive_lock(Path(f"{path}.lock"), f"another backtest writing {out_dir}"):
+        for old in _ledger_files(out_dir):
+            old.unlink(missing_ok=True)
+    return Ledger.open(path)
+
+
+def _ledger_files(out_dir: Path) -> list[Path]:
+    """A results folder's ledger and the files SQLite keeps beside it."""
+    from trading_agents.journal import LEDGER_FILENAME
+
+    path = Path(out_dir) / LEDGER_FILENAME
+    return [path, *(path.with_name(path.name + tail) for tail in ("-wal", "-shm", "-journal"))]
+
+
+def close_journal(journal: Any) -> None:
+    """Close the run's journal; a results folder's ledger is settled into one file and its
+    engine lock file removed, so the folder holds what an exported ledger leaves."""
+    path = getattr(journal, "path", None)
+    if path is not None:
+        journal.settle()
+    journal.close()
+    if path is not None:
+        Path(f"{path}.lock").unlink(missing_ok=True)
+
+
+def save_ledger(journal: Any, run_id: str, out_dir: Path) -> Path:
+    """``<out_dir>/ledger.sqlite`` with every order, fill, step and decision of the run, for
+    audits with SQL: a ``MemoryJournal`` is written there now (atomically); a ledger journal
+    already is that file."""
+    from trading_agents.journal import LEDGER_FILENAME, MemoryJournal, export_run
+
+    path = Path(out_dir) / LEDGER_FILENAME
+    if isinstance(journal, MemoryJournal):
+        return export_run(journal, run_id, path)
+    return path
 
 
 def load_request_bars(request: BacktestRequest) -> dict[str, pd.DataFrame]:

@@ -23,9 +23,12 @@ from trading_agents.backtest.runner import (
 )
 from trading_agents.cli.common import (
     ConfigOption,
+    EndpointModelOption,
+    EndpointOption,
     JsonOption,
     console,
     emit_json,
+    endpoint_flags,
     err_console,
     interactive,
     parse_date,
@@ -122,6 +125,8 @@ def backtest(
         Path | None,
         typer.Option("--lock-file", help="Run lock (default <TRADING_AGENTS_HOME>/backtest.lock)."),
     ] = None,
+    endpoint: EndpointOption = None,
+    endpoint_model: EndpointModelOption = None,
     config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -134,9 +139,16 @@ def backtest(
     A window before a model's training cutoff is warned about: pass --blind.
     A run overlapping another (same --lock-file) exits 6 at once.
 
-    Example: trading-agents backtest -s sma-cross --start 2010-01-04 --slow 30
-    Universe: trading-agents backtest -t AAPL -t GOOG -t IBM -t MSFT --portfolio conviction
-    (equal-weight buy-and-hold and 1/N monthly run beside; rejected_orders.csv lists clips).
+    Examples:
+
+      trading-agents backtest -s sma-cross --start 2010-01-04 --slow 30
+
+      trading-agents backtest -s agents --endpoint http://127.0.0.1:8080 --endpoint-model smollm2
+
+      trading-agents backtest -t AAPL -t GOOG -t IBM -t MSFT --portfolio conviction
+
+    A universe runs equal-weight buy-and-hold and 1/N monthly beside it; rejected_orders.csv
+    lists every clip and veto.
     """
     from trading_agents.cli.common import settings_from
 
@@ -173,7 +185,9 @@ def backtest(
                 err_console.print(closed, highlight=False)
             return
 
-    settings = settings_from(config, **request.setting_overrides())
+    settings = settings_from(
+        config, **request.setting_overrides(), **endpoint_flags(endpoint, endpoint_model)
+    )
     lock = lock_file or default_lock_file(settings)
 
     def warn(line: str) -> None:

@@ -28,12 +28,15 @@ BENCHES = {
     "serve": "trading_agents.bench.serve",
     "contention": "trading_agents.bench.contention",
     "dashboard": "trading_agents.bench.dashboard",
+    "engines": "trading_agents.bench.engines",
+    "quality": "trading_agents.bench.quality",
 }
 
 app = typer.Typer(
     no_args_is_help=True,
     help=(
-        "Benchmarks: llm, session, selector, backtest, grid, serve, contention, dashboard, or all"
+        "Benchmarks: llm, session, selector, backtest, grid, serve, contention, dashboard, engines,"
+        " quality, or all"
         " (JSON files under --out)."
     ),
 )
@@ -88,7 +91,7 @@ def _command(name: str) -> Any:
 
 
 for _name in BENCHES:
-    if _name != "llm":
+    if _name not in ("llm", "quality"):
         app.command(_name)(_command(_name))
 
 
@@ -111,6 +114,39 @@ def bench_llm(
     if model is not None and not model.is_file():
         raise UserInputError(f"--model {model} is not a file; give a .gguf model file")
     result = _run_one("llm", out, quick, **({"model": model} if model is not None else {}))
+    if json_out:
+        emit_json(result)
+    else:
+        console.print_json(json.dumps(result, default=str))
+
+
+@app.command("quality")
+def bench_quality(
+    out: OutOption = Path("bench-results"),
+    quick: QuickOption = False,
+    json_out: JsonFlag = False,
+    models: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--models",
+            help="Registry names or GGUF files in the models folder, repeated or comma-separated"
+            " (default: embedded).",
+        ),
+    ] = None,
+) -> None:
+    """Run the quality benchmark: what each model's desk decides on fixed up, down and mixed
+    windows per instrument, against the desk's own rule, the track record and the grid's
+    leaderboard (buy-and-hold, SMA, MACD, RSI). Writes quality.json.
+
+    --quick: GOOG, 3 windows of 5 bars. Full: GOOG, AAPL, IBM, MSFT, FB x 3 windows x 20 bars.
+
+    Example: trading-agents bench quality --quick --json
+
+    Example: trading-agents bench quality --models embedded,qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+    """
+    names = [m.strip() for item in models or () for m in item.split(",") if m.strip()]
+    options = {"models": names, "on_progress": lambda line: err_console.print(f"  {line}")}
+    result = _run_one("quality", out, quick, **options)
     if json_out:
         emit_json(result)
     else:

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from trading_agents.config.settings import Settings, load_settings
-from trading_agents.errors import UserInputError
+from trading_agents.errors import ConfigError, UserInputError
 
 #: Width of tables written to a pipe or file: wide enough that no column is cut or wrapped
 #: (the table takes only the width its content needs); a terminal keeps its own width.
@@ -40,9 +40,41 @@ JsonOption = Annotated[
 ]
 
 
+EndpointOption = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint",
+        metavar="URL",
+        help="Run the desk on this OpenAI-compatible server (llama-server, vLLM, Ollama): llm.endpoint.",
+    ),
+]
+EndpointModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint-model", metavar="NAME", help="The model the endpoint serves (config llm.endpoint.model)."
+    ),
+]
+
+
+def endpoint_flags(url: str | None, model: str | None) -> dict[str, Any]:
+    """``--endpoint URL --endpoint-model NAME`` as settings overrides (``None``: not given)."""
+    return {"llm.endpoint.base_url": url, "llm.endpoint.model": model}
+
+
 def settings_from(config: Path | None, **flags: Any) -> Settings:
     """Load settings with CLI flags on top (keys like ``"llm.seed"``; ``None`` means not given)."""
-    return load_settings(config, {k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return load_settings(config, given)
+    except ConfigError as exc:
+        for flag, key, other in (
+            ("--endpoint-model", "llm.endpoint.model", "--endpoint URL (or llm.endpoint.base_url)"),
+            ("--endpoint", "llm.endpoint.base_url", "--endpoint-model NAME (or llm.endpoint.model)"),
+        ):
+            missing = other.split("(or ")[1].rstrip(")")
+            if key in given and f"{missing}: Field required" in str(exc):
+                raise UserInputError(f"{flag} needs {other}") from None
+        raise
 
 
 def emit_json(obj: Any) -> None:

@@ -28,7 +28,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from trading_agents.cli.common import PIPE_WIDTH, ConfigOption, JsonOption, console, emit_json
+from trading_agents.cli.common import (
+    PIPE_WIDTH,
+    ConfigOption,
+    EndpointModelOption,
+    EndpointOption,
+    JsonOption,
+    console,
+    emit_json,
+    endpoint_flags,
+)
 from trading_agents.errors import PartialFailureError
 
 EPILOG = (
@@ -70,6 +79,17 @@ def run(
             "minutes, not hours. Use its own --out.",
         ),
     ] = False,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            "-c",
+            min=1,
+            help="Agent desks in flight on an --endpoint (its parallel slots); default: --workers.",
+        ),
+    ] = None,
+    endpoint: EndpointOption = None,
+    endpoint_model: EndpointModelOption = None,
     config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -81,9 +101,15 @@ def run(
     cells and retries failed ones (Ctrl-C keeps what is done); a spec that changes existing
     cells is refused, naming the keys. Ray's own messages go to --out/grid.log.
 
+    Agent cells on an --endpoint (an OpenAI-compatible server) load no model here; --concurrency
+    keeps that many desks in flight against the server's parallel slots.
+
     Example: trading-agents grid run configs/grids/example.yaml --out results/grid --workers 2
 
     Example: trading-agents grid run configs/grids/example.yaml --out results/grid-quick --quick
+
+    Example: trading-agents grid run configs/grids/example.yaml -o results/grid \\
+      --endpoint http://127.0.0.1:8080 --endpoint-model smollm2 --concurrency 4
     """
     from trading_agents.grid.run import run_grid
     from trading_agents.grid.spec import load_spec
@@ -105,6 +131,8 @@ def run(
                     on_progress=view.update,
                     on_note=view.note if quick else _with_quick_hint(view.note),
                     ray_output=ray_output_to_log,
+                    concurrency=concurrency,
+                    overrides=endpoint_flags(endpoint, endpoint_model),
                 )
         except PartialFailureError as exc:
             if exc.outcome is not None:

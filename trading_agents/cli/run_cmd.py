@@ -27,9 +27,12 @@ from rich.text import Text
 from trading_agents.agents.guards import order_text, stopped_by
 from trading_agents.cli.common import (
     ConfigOption,
+    EndpointModelOption,
+    EndpointOption,
     JsonOption,
     console,
     emit_json,
+    endpoint_flags,
     err_console,
     interactive,
     parse_date,
@@ -72,6 +75,8 @@ def run(
     seed: Annotated[
         int | None, typer.Option("--seed", min=0, help="LLM sampling seed (config llm.seed).")
     ] = None,
+    endpoint: EndpointOption = None,
+    endpoint_model: EndpointModelOption = None,
     config: ConfigOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -92,6 +97,8 @@ def run(
 
       trading-agents run -t AAPL -t GOOG -t IBM -t MSFT --portfolio conviction --days 3
 
+      trading-agents run --endpoint http://127.0.0.1:8080 --endpoint-model qwen2.5-7b --days 5
+
     Exit codes: 0 ok, 2 bad input, 3 model failure, 4 data unavailable, 5 the account ended
     HALTED (kill switch), 6 another session holds the ledger.
     """
@@ -111,6 +118,7 @@ def run(
     settings = settings_from(
         config,
         **{"llm.seed": seed, "session.days": days, "data.news": news, "portfolio.mode": portfolio},
+        **endpoint_flags(endpoint, endpoint_model),
     )
     tickers = [t.upper() for t in (ticker or settings.session.tickers)]
 

@@ -65,6 +65,38 @@ class PathsSettings(Section):
     )
 
 
+class EndpointSettings(Section):
+    """An external OpenAI-compatible server the desk runs on (llama.cpp's llama-server, vLLM,
+    Ollama, a hosted API); see docs/endpoints.md."""
+
+    base_url: str = Field(description="The server's base URL, http://host:port or .../v1.")
+    model: str = Field(min_length=1, description="The model name the server lists.")
+    api_key: SecretStr | None = Field(None, description="Bearer key, if the server wants one.")
+    structured: Literal["json_schema", "json_object", "ollama"] = Field(
+        "json_schema",
+        description="How a schema is asked for: response_format json_schema (llama-server, vLLM,"
+        " OpenAI), json_object (schema in the prompt only), or Ollama's native format.",
+    )
+    revision: str = Field(
+        "", max_length=200, description="Names the model build (part of the replay key)."
+    )
+    replicas: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="More servers with the same model (one per node): grid agent cells are spread"
+        " over base_url and these.",
+    )
+    max_in_flight: int = Field(4, ge=1, le=1024, description="Requests open at once from this process.")
+    timeout_s: float = Field(300.0, gt=0.0, le=86400.0, description="Longest wait for one reply.")
+
+    @model_validator(mode="after")
+    def _http_url(self) -> EndpointSettings:
+        for url in (self.base_url, *self.replicas):
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"llm.endpoint URL {url!r} must start with http:// or https://")
+        return self
+
+
 class LLMSettings(Section):
     primary: str = Field("mixtral-8x7b-instruct", description="Registry alias or GGUF path.")
     fallback: str | None = Field("tinyllama-1.1b-chat", description="Alias or path; null for none.")
@@ -96,6 +128,9 @@ class LLMSettings(Section):
         None, description="A `trading-agents serve` base URL (http://host:8000); null: load models here."
     )
     server_api_key: SecretStr | None = Field(None, description="The server's API key, if it has one.")
+    endpoint: EndpointSettings | None = Field(
+        None, description="An external OpenAI-compatible server to run on; null: see server_url."
+    )
     n_gpu_layers: int = Field(
         LLMSpec.n_gpu_layers, ge=-1, le=100_000, description="Layers offloaded to the GPU; -1: all."
     )
@@ -210,7 +245,7 @@ class NewsSettings(Section):
 
 class MemorySettings(Section):
     enabled: bool = Field(True, description="Show the analyst the desk's track record for the ticker.")
-    max_items: int = Field(5, ge=0, le=50, description="Latest BUY/SELL calls in the track record.")
+    max_items: int = Field(3, ge=0, le=50, description="Latest BUY/SELL calls in the track record.")
     horizon_days: int | None = Field(
         5, ge=1, le=60, description="Bars after which a call's outcome is realised; null: the analyst's."
     )

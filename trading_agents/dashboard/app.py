@@ -5,9 +5,12 @@ resume.
 Pages: ``/`` (everything listed), ``/accounts/{run}`` (one paper account; ``?page=N`` pages
 the decisions), ``/backtests/{root}/{folder}``, ``/grids/{root}/{folder}``, ``/models``.
 ``/accounts/{run}/events`` streams ``step`` events (new decision rows as HTML, the account's
-figures and new equity points) as the ledger records them. With a key every request must
-carry it (``Authorization: Bearer KEY``, or HTTP Basic with KEY as the password, which a
-browser asks for); without one the app is read-only and halt/resume answer 403.
+figures and new equity points) as the ledger records them; a backtest still running (its
+folder has a ledger but no summary.json yet) is shown as its run's account page, kept live by
+``/backtests/{root}/{folder}/events`` (the same stream, ended by a ``done`` event).
+With a key every request must carry it (``Authorization: Bearer KEY``, or HTTP Basic with
+KEY as the password, which a browser asks for); without one the app is read-only and
+halt/resume answer 403.
 """
 
 from __future__ import annotations
@@ -35,13 +38,13 @@ from markupsafe import Markup
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from trading_agents.backtest.results_folder import read_results
+from trading_agents.backtest.results_folder import is_results_folder, read_results
 from trading_agents.config.settings import Settings
 from trading_agents.dashboard import views
 from trading_agents.dashboard.models_view import registry_rows, selector_view, serve_view
 from trading_agents.dashboard.sources import Sources, Unavailable, read_leaderboard
 from trading_agents.errors import TradingAgentsError
-from trading_agents.journal import Ledger
+from trading_agents.journal import LEDGER_FILENAME, Ledger
 from trading_agents.serve.access import authorization_matches
 
 STATIC = Path(__file__).parent / "static"
@@ -139,18 +142,29 @@ def create_app(config: DashboardConfig) -> FastAPI:
         )
         return render(request, "account.html", run_id=run_id, view=view, message=message)
 
-    @app.get("/accounts/{run_id}/events")
-    async def events(request: Request, run_id: str, after: int = 0, steps: int = 0) -> StreamingResponse:
+    def live_events(
+        request: Request,
+        after: int,
+        steps: int,
+        changes: Callable[[int, int], dict[str, Any] | None],
+        finished: Callable[[], str | None] = lambda: None,
+    ) -> StreamingResponse:
+        """The ``step`` event stream of one ledger run (``changes(last_id, seen_steps)`` says
+        what is new); a ``done`` event with ``finished()``'s message ends it."""
+
         async def stream() -> AsyncIterator[str]:
             last_id, seen_steps, last_beat = after, steps, time.monotonic()
             yield "retry: 1000\n\n"
             while not await request.is_disconnected():
-                update = await asyncio.to_thread(_changes, sources, run_id, last_id, seen_steps)
+                update = await asyncio.to_thread(changes, last_id, seen_steps)
                 if update is not None:
                     last_id = update["last_id"]
                     seen_steps = update["steps"]
                     update["rows_html"] = row_template.render(rows=update.pop("rows"))
                     yield f"event: step\ndata: {json.dumps(update, default=str)}\n\n"
+                elif (done := finished()) is not None:
+                    yield f"event: done\ndata: {json.dumps({'message': done})}\n\n"
+                    return
                 elif time.monotonic() - last_beat > HEARTBEAT_S:
                     last_beat = time.monotonic()
                     yield ": heartbeat\n\n"
@@ -159,6 +173,10 @@ def create_app(config: DashboardConfig) -> FastAPI:
         return StreamingResponse(
             stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
+
+    @app.get("/accounts/{run_id}/events")
+    async def events(request: Request, run_id: str, after: int = 0, steps: int = 0) -> StreamingResponse:
+        return live_events(request, after, steps, lambda a, s: _changes(sources, run_id, a, s))
 
     async def set_state(run_id: str, state: str, reason: str) -> Response:
         if not can_write:
@@ -190,14 +208,57 @@ def create_app(config: DashboardConfig) -> FastAPI:
     async def resume(run_id: str) -> Response:
         return await set_state(run_id, "ACTIVE", "")
 
-    @app.get("/backtests/{root}/{rel:path}", response_class=HTMLResponse)
-    def backtest(request: Request, root: int, rel: str) -> HTMLResponse:
+    @app.get("/backtests/{root}/{rel:path}/events")
+    async def backtest_events(
+        request: Request, root: int, rel: str, after: int = 0, steps: int = 0
+    ) -> StreamingResponse:
         try:
-            folder = read_results(sources.resolve(root, rel))
+            folder = sources.resolve(root, rel)
+        except Unavailable as exc:
+            raise StarletteHTTPException(404, exc.message) from None
+        ledger = folder / LEDGER_FILENAME
+
+        def changes(last_id: int, seen_steps: int) -> dict[str, Any] | None:
+            run_id = _folder_run(sources, ledger)
+            return None if run_id is None else _changes(sources, run_id, last_id, seen_steps, ledger)
+
+        def finished() -> str | None:
+            return "finished: reload for the full results" if is_results_folder(folder) else None
+
+        return live_events(request, after, steps, changes, finished)
+
+    @app.get("/backtests/{root}/{rel:path}", response_class=HTMLResponse)
+    def backtest(request: Request, root: int, rel: str, page: int = 1) -> HTMLResponse:
+        try:
+            path = sources.resolve(root, rel)
+            if not is_results_folder(path) and (path / LEDGER_FILENAME).is_file():
+                return running_backtest(request, root, rel, path / LEDGER_FILENAME, page)
+            folder = read_results(path)
         except (Unavailable, TradingAgentsError) as exc:
             return render(request, "backtest.html", rel=rel, view=None, message=exc.message)
         view = views.backtest_view(folder, _ledger_equity(folder.path, folder.meta.get("run_id")))
         return render(request, "backtest.html", rel=rel, view=view, message=None)
+
+    def running_backtest(request: Request, root: int, rel: str, ledger: Path, page: int) -> HTMLResponse:
+        """A backtest still journalling into its folder's ledger: the account page of its
+        run, kept live by the folder's event stream."""
+        view, message = None, "the backtest has not recorded a step yet; this page fills in as it runs"
+        try:
+            with sources.ledger(ledger) as led:
+                runs = led.runs()
+                if runs:
+                    view = views.account_view(led, runs[0].run_id, page)
+        except Unavailable as exc:
+            message = exc.message
+        return render(
+            request,
+            "account.html",
+            run_id=view["run"].run_id if view else "",
+            view=view,
+            message=message,
+            heading=f"Backtest {rel} ({_progress(view['run'].status if view else 'running')})",
+            events_url=f"/backtests/{root}/{rel}/events",
+        )
 
     @app.get("/grids/{root}/{rel:path}", response_class=HTMLResponse)
     def grid(request: Request, root: int, rel: str) -> HTMLResponse:
@@ -245,10 +306,13 @@ def _script_json(value: Any) -> Markup:
     return Markup(text)
 
 
-def _changes(sources: Sources, run_id: str, after_id: int, seen_steps: int) -> dict[str, Any] | None:
-    """What the ledger recorded for ``run_id`` since the client's last event, or None."""
+def _changes(
+    sources: Sources, run_id: str, after_id: int, seen_steps: int, ledger: Path | None = None
+) -> dict[str, Any] | None:
+    """What the ledger (default: the session ledger) recorded for ``run_id`` since the client's
+    last event, or None."""
     try:
-        with sources.ledger() as led:
+        with sources.ledger(ledger) as led:
             count = led.step_count(run_id)
             new = led.decision_page(run_id, limit=views.PAGE_SIZE, after_id=after_id)
             if count == seen_steps and not new:
@@ -273,6 +337,21 @@ def _changes(sources: Sources, run_id: str, after_id: int, seen_steps: int) -> d
         },
         "points": [{"x": s["bar_date"].strftime("%Y-%m-%d"), "y": s["equity"]} for s in fresh],
     }
+
+
+def _progress(status: str) -> str:
+    """How an unfinished backtest's run status reads on its page ("failed" stays "failed")."""
+    return "running" if status in ("created", "running") else status
+
+
+def _folder_run(sources: Sources, ledger: Path) -> str | None:
+    """The run a backtest results folder's ledger holds (None before it is created)."""
+    try:
+        with sources.ledger(ledger) as led:
+            runs = led.runs()
+    except Unavailable:
+        return None
+    return runs[0].run_id if runs else None
 
 
 def _ledger_equity(folder: Path, run_id: Any) -> float | None:

@@ -20,7 +20,7 @@ from trading_agents.backtest.results_folder import is_results_folder
 from trading_agents.errors import TradingAgentsError
 from trading_agents.grid.report import LEADERBOARD
 from trading_agents.grid.store import STORE_NAME
-from trading_agents.journal import Ledger, default_ledger_path
+from trading_agents.journal import LEDGER_FILENAME, Ledger, default_ledger_path
 
 #: How deep under a results root folders are looked for (grid cells sit two levels down).
 SCAN_DEPTH = 4
@@ -43,6 +43,7 @@ class FolderRef:
     rel: str
     path: Path
     kind: str  # "backtest" or "grid"
+    running: bool = False  # a backtest still journalling into its ledger (no summary.json yet)
 
 
 @dataclass
@@ -57,10 +58,11 @@ class Sources:
         return default_ledger_path(self.home)
 
     @contextmanager
-    def ledger(self) -> Iterator[Ledger]:
-        """The session ledger, read-only; :class:`Unavailable` when it cannot be read."""
+    def ledger(self, path: Path | None = None) -> Iterator[Ledger]:
+        """The session ledger (or the ledger at ``path``, such as a running backtest's),
+        read-only; :class:`Unavailable` when it cannot be read."""
         try:
-            led = Ledger.open_reader(self.ledger_path)
+            led = Ledger.open_reader(path or self.ledger_path)
         except TradingAgentsError as exc:
             raise Unavailable(exc.message) from None
         try:
@@ -77,13 +79,15 @@ class Sources:
         return sorted(found, key=lambda f: (f.kind, str(f.path)))
 
     def _scan(self, index: int, root: Path, folder: Path, depth: int) -> Iterator[FolderRef]:
-        kind = None
+        kind, running = None, False
         if (folder / STORE_NAME).is_file() or (folder / LEADERBOARD).is_file():
             kind = "grid"
         elif is_results_folder(folder) or (folder / "equity.csv").is_file():
             kind = "backtest"
+        elif (folder / LEDGER_FILENAME).is_file():
+            kind, running = "backtest", True
         if kind is not None:
-            yield FolderRef(index, folder.relative_to(root).as_posix(), folder, kind)
+            yield FolderRef(index, folder.relative_to(root).as_posix(), folder, kind, running)
         if depth >= SCAN_DEPTH:
             return
         try:

@@ -162,8 +162,12 @@ def execute(
     memory_for: Callable[[Cell], int],
     on_submit: Callable[[Cell], None],
     on_result: Callable[[Cell, Result], None],
+    concurrency: int | None = None,
 ) -> None:
     """Run ``cells`` on the connected Ray cluster, at most ``workers`` at a time.
+
+    Agent cells on an external endpoint (``llm.endpoint``) load no model: their actors take no
+    CPU and ``concurrency`` of them (default ``workers``) keep that many desks in flight.
 
     Baseline cells first (tasks), then each agent configuration in turn on its own pool of
     ``workers`` actors. ``on_result`` sees every result as it arrives (any order). On an
@@ -202,11 +206,18 @@ def execute(
         groups: dict[str, list[Cell]] = {}
         for cell in cells:
             if cell.is_agents:
-                groups.setdefault(json.dumps(settings_for(cell)["llm"], sort_keys=True), []).append(cell)
+                llm = dict(settings_for(cell)["llm"])
+                if llm.get("endpoint"):  # replicas of one endpoint: one pool, cells spread over them
+                    llm["endpoint"] = {k: v for k, v in llm["endpoint"].items() if k != "base_url"}
+                groups.setdefault(json.dumps(llm, sort_keys=True), []).append(cell)
         for group in groups.values():
             settings = settings_for(group[0])
-            options = {"num_cpus": threads, "memory": memory_for(group[0])}
-            actors = [worker_cls.options(**options).remote(settings) for _ in range(min(workers, len(group)))]
+            if settings["llm"].get("endpoint"):
+                options: dict[str, Any] = {"num_cpus": 0}
+                pool = concurrency or workers
+            else:
+                options, pool = {"num_cpus": threads, "memory": memory_for(group[0])}, workers
+            actors = [worker_cls.options(**options).remote(settings) for _ in range(min(pool, len(group)))]
             idle = list(actors)
             queue = deque(group)
             while queue or in_flight:

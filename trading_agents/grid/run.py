@@ -8,10 +8,11 @@ a model that fits no node's memory ends with one ``error:`` line and nothing wri
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,14 @@ def physical_cores() -> int:
     return cores()
 
 
-def base_settings(spec: GridSpec, config: Path | None) -> Settings:
-    """The config (file, environment) with the spec's broker, risk and llm keys on top."""
-    return load_settings(config, spec.overrides())
+def base_settings(
+    spec: GridSpec, config: Path | None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """The config (file, environment) with the spec's broker, risk and llm keys on top, then
+    ``overrides`` (command-line flags such as ``--endpoint``)."""
+    return load_settings(
+        config, {**spec.overrides(), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    )
 
 
 def cell_settings(base: Settings, strategy: StrategySpec, threads: int, seed: int) -> dict[str, Any]:
@@ -80,7 +86,30 @@ def cell_settings(base: Settings, strategy: StrategySpec, threads: int, seed: in
         llm["ram_cache_mb"] = 0  # no state carried between cells: results independent of order
         if strategy.portfolio is not None:
             data["portfolio"]["mode"] = strategy.portfolio
+        endpoint = base.llm.endpoint
+        if endpoint is not None and endpoint.api_key is not None:  # the JSON dump masks secrets
+            llm["endpoint"]["api_key"] = endpoint.api_key.get_secret_value()
     return data
+
+
+def spread_over_endpoints(
+    cells: list[Cell], per_label: Mapping[str, dict[str, Any]]
+) -> Callable[[Cell], dict[str, Any]]:
+    """Each cell's settings, agent cells on an endpoint with replicas spread over the servers
+    round-robin in the spec's order (``llm.endpoint.base_url`` first, then ``replicas``)."""
+    order = {c.key: i for i, c in enumerate(c for c in cells if c.is_agents)}
+
+    def settings_for(cell: Cell) -> dict[str, Any]:
+        data = per_label[cell.label]
+        endpoint = data["llm"].get("endpoint") if cell.is_agents else None
+        if not endpoint or not endpoint.get("replicas"):
+            return data
+        urls = [endpoint["base_url"], *endpoint["replicas"]]
+        data = copy.deepcopy(data)
+        data["llm"]["endpoint"]["base_url"] = urls[order[cell.key] % len(urls)]
+        return data
+
+    return settings_for
 
 
 def shared_config(base: Settings) -> dict[str, Any]:
@@ -194,6 +223,8 @@ def run_grid(
     on_result: Callable[[Cell, dict[str, Any]], None] | None = None,
     on_note: Callable[[str], None] | None = None,
     ray_output: Callable[[Path], contextlib.AbstractContextManager[Any]] | None = None,
+    concurrency: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> GridOutcome:
     """Run the cells of ``spec`` that ``out_dir`` does not hold yet; write the leaderboard.
 
@@ -202,6 +233,9 @@ def run_grid(
     once the first one has measured it. ``ray_output(out_dir)`` is entered around the Ray
     part of the run, once the spec has been validated (the CLI sends Ray's own output to
     the grid's log there).
+
+    Agent cells on an external endpoint (``llm.endpoint``, ``--endpoint``) run as light
+    clients that load no model, ``concurrency`` desks in flight (default: ``workers``).
 
     Raises :class:`PartialFailureError` (exit 8) after writing everything when some cells
     failed; the store and leaderboard then hold the rest.
@@ -213,12 +247,20 @@ def run_grid(
         raise UserInputError(f"--threads-per-worker must be at least 1 (got {threads})")
     if workers is not None and workers < 1:
         raise UserInputError(f"--workers must be at least 1 (got {workers})")
+    if concurrency is not None and concurrency < 1:
+        raise UserInputError(f"--concurrency must be at least 1 (got {concurrency})")
     out_dir = Path(out_dir).resolve()
-    base = base_settings(spec, config)
+    base = base_settings(spec, config, overrides)
     cells = expand(spec)
     bars = check_data(spec)
     strategies = {s.default_label(): s for s in spec.with_reference()}
     per_label = {label: cell_settings(base, s, threads, spec.seed) for label, s in strategies.items()}
+    endpoint = base.llm.endpoint
+    if endpoint is not None and any(s.name == "agents" for s in strategies.values()):
+        from utils.llm_integration.endpoint_client import check_endpoint
+
+        for url in endpoint.replicas:  # base_url is checked when the desk is built below
+            check_endpoint(url, endpoint.model, endpoint.api_key, structured=endpoint.structured)
     needs: dict[str, int] = {}
     for label, s in strategies.items():
         if s.name == "agents":
@@ -254,6 +296,7 @@ def run_grid(
             on_progress=on_progress,
             on_result=on_result,
             on_note=on_note,
+            concurrency=concurrency,
         )
 
 
@@ -277,6 +320,7 @@ def _run_and_report(
     on_progress: Callable[[Progress], None] | None,
     on_result: Callable[[Cell, dict[str, Any]], None] | None,
     on_note: Callable[[str], None] | None,
+    concurrency: int | None,
 ) -> GridOutcome:
     """Connect to Ray, run the pending cells, write the leaderboard (see :func:`run_grid`)."""
     from trading_agents.grid import estimate, execute, leaderboard, report
@@ -346,10 +390,11 @@ def _run_and_report(
             try:
                 execute.execute(
                     todo,
-                    lambda c: per_label[c.label],
+                    spread_over_endpoints(cells, per_label),
                     grid_dir=out_dir,
                     grid_seed=spec.seed,
                     workers=n_workers,
+                    concurrency=concurrency,
                     threads=threads,
                     memory_for=lambda c: needs.get(c.label, 0),
                     on_submit=submitted,

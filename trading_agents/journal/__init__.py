@@ -1,7 +1,8 @@
 """Where runs are recorded: the :class:`Journal` protocol and its two stores.
 
-``MemoryJournal`` keeps a run in this process (backtests, baselines, benchmarks, grids);
-``Ledger`` is the SQLite file of paper sessions (durable, shared, with migrations);
+``MemoryJournal`` keeps a run in this process (rule-based backtests, baselines, benchmarks,
+grids); ``Ledger`` is the SQLite file of paper sessions and of an agents backtest's results
+folder (durable, shared, with migrations, readable while it is written);
 :func:`export_run` writes a finished in-memory run to a ledger file.
 """
 

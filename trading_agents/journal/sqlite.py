@@ -24,7 +24,7 @@ import json
 import math
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -203,6 +203,15 @@ class Ledger:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    def settle(self) -> None:
+        """Fold the write-ahead log into the file and leave WAL mode, so the file alone holds
+        the whole ledger (as an exported one does) and no ``-wal``/``-shm`` files stay behind.
+        Called when a writer is done; if a reader holds the file at that moment it stays in
+        WAL mode, which loses nothing."""
+        if self.path is not None:
+            with suppress(sqlite3.OperationalError):
+                self._db.execute("PRAGMA journal_mode=DELETE")
 
     def migrations_applied(self) -> list[str]:
         return list(applied(self._db))

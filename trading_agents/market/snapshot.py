@@ -224,53 +224,58 @@ def snapshot_to_prompt(
     names: Sequence[str] = (),
     max_news_chars: int = DEFAULT_MAX_CHARS,
 ) -> str:
-    """Compact text for a model (about 150-250 tokens); the same snapshot always gives the same text.
+    """Compact text for a model (about 150 tokens on a tokenizer that spends one token per
+    digit); the same snapshot always gives the same text.
+
+    Prices have 3 significant digits (4 when ``blind``), percentages one decimal, RSI and
+    volatility none: every digit is a token to evaluate on every decision, and the comparisons
+    the desk rules weigh are spelled out on the ``Signals:`` line. ATR is shown as a share of
+    the close, volume as a multiple of its 20-day average; the open and the 52-week range are
+    left out (the drawdown from the peak says where the price stands). The number of bars is
+    shown only while it is under a year.
 
     ``blind=True`` writes ``ASSET`` instead of the ticker, a day number instead of the date,
-    and every price rebased so that the first of the recent closes is 100 (returns,
-    percentages, RSI and volume ratio are unchanged), so the model cannot recall the period.
+    and every price rebased so that the close 4 bars back is 100 (returns, percentages, RSI and
+    volume ratio are unchanged), so the model cannot recall the period.
     A snapshot with news ends with a NEWS section (:func:`~trading_agents.market.news.news_to_prompt`;
     under ``blind`` the ticker, ``names`` and dates inside the items are masked too).
     """
     base = s.recent_closes[0] if blind and s.recent_closes and s.recent_closes[0] > 0 else None
+    digits = 4 if blind else 3
 
     def p(value: float | None) -> str:
         if value is None:
             return "n/a"
-        return _num(value * 100.0 / base if base else value)
+        return _num(value * 100.0 / base if base else value, digits)
 
     def pct(value: float | None, signed: bool = True) -> str:
         if value is None:
             return "n/a"
-        return f"{value:+.2f}%" if signed else f"{value:.2f}%"
+        return f"{value:+.1f}%" if signed else f"{value:.1f}%"
 
     def change(value: float, k: int) -> str:
         return pct(value) if s.bars_available > k else "n/a"
 
     if blind:
-        head = f"{BLIND_LABEL}, day {s.bars_available} (daily bars; prices rebased: first recent close = 100)"
+        head = f"{BLIND_LABEL}, day {s.bars_available} (daily bars; prices rebased: close 4 bars back = 100)"
     else:
-        head = f"{s.ticker} after the close of {s.as_of.isoformat()} ({s.bars_available} daily bars)"
-    atr_pct = ""
-    if s.atr_14 is not None and s.last_close:
-        atr_pct = f" = {s.atr_14 / s.last_close * 100:.2f}% of close"
-    if s.high_52w is not None and s.low_52w is not None:
-        year = f"52-week range {p(s.low_52w)} to {p(s.high_52w)}"
-    else:
-        year = "52-week range n/a (under a year of history)"
+        history = f" ({s.bars_available} daily bars)" if s.bars_available < YEAR_BARS else ""
+        head = f"{s.ticker} after the close of {s.as_of.isoformat()}{history}"
+    atr = (
+        f"ATR14 {s.atr_14 / s.last_close * 100:.1f}% of close"
+        if s.atr_14 is not None and s.last_close
+        else "ATR14 n/a"
+    )
+    vol = f"{s.volatility_20d_pct:.0f}%" if s.volatility_20d_pct is not None else "n/a"
+    volume = f"{s.volume_ratio_20d:.1f}x" if s.volume_ratio_20d is not None else "n/a"
     lines = [
         head,
-        f"Last close {p(s.last_close)}, open {p(s.last_open)}. "
-        f"Change: 1d {change(s.change_1d_pct, 1)}, 5d {change(s.change_5d_pct, 5)}, "
-        f"20d {change(s.change_20d_pct, 20)}.",
-        f"Recent closes (oldest first): {', '.join(p(c) for c in s.recent_closes)}.",
+        f"Close {p(s.last_close)}; change 1d {change(s.change_1d_pct, 1)}, "
+        f"5d {change(s.change_5d_pct, 5)}, 20d {change(s.change_20d_pct, 20)}.",
         f"Trend: SMA20 {p(s.sma_20)}, SMA50 {p(s.sma_50)}, EMA12 {p(s.ema_12)}, EMA26 {p(s.ema_26)}.",
-        f"Momentum: RSI14 {_num(s.rsi_14) if s.rsi_14 is not None else 'n/a'}, "
+        f"Momentum: RSI14 {f'{s.rsi_14:.0f}' if s.rsi_14 is not None else 'n/a'}, "
         f"MACD {p(s.macd)} (signal {p(s.macd_signal)}).",
-        f"Risk: ATR14 {p(s.atr_14)}{atr_pct}; annualized volatility 20d "
-        f"{pct(s.volatility_20d_pct, signed=False)}; drawdown from peak {pct(s.drawdown_pct)}.",
-        f"{year}; volume vs 20-day average "
-        f"{f'{s.volume_ratio_20d:.2f}x' if s.volume_ratio_20d is not None else 'n/a'}.",
+        f"Risk: {atr}, volatility {vol} a year, drawdown {pct(s.drawdown_pct)}; volume {volume} average.",
         *([f"Signals: {reading}."] if (reading := signal_reading(s)) else []),
     ]
     if s.news is not None:
@@ -314,10 +319,11 @@ def _opt(value: float, rounder: Callable[[float], float]) -> float | None:
     return None if not math.isfinite(value) else rounder(value)
 
 
-def _num(value: float) -> str:
-    """Short, stable rendering: 2 decimals for ordinary magnitudes, 4 significant digits for small ones."""
+def _num(value: float, digits: int = 3) -> str:
+    """Short, stable rendering with ``digits`` significant digits, never in exponent form and
+    never with more than 2 decimals: 724 (723.67), 27.3, 7.68, 0.123."""
     if value == 0:
         return "0"
-    if abs(value) >= 1:
-        return f"{value:.2f}"
-    return f"{value:.4g}"
+    magnitude = math.floor(math.log10(abs(value)))
+    decimals = min(2, max(0, digits - 1 - magnitude)) if abs(value) >= 1 else digits - 1 - magnitude
+    return f"{round(value, decimals):.{decimals}f}"

@@ -31,32 +31,26 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import yaml
 from autogen_core import CancellationToken, Component, ComponentModel
-from autogen_core.models import (
-    AssistantMessage,
-    ChatCompletionClient,
-    CreateResult,
-    FunctionExecutionResultMessage,
-    LLMMessage,
-    ModelCapabilities,  # type: ignore[attr-defined]
-    ModelInfo,
-    RequestUsage,
-    SystemMessage,
-    UserMessage,
-)
+from autogen_core.models import CreateResult, LLMMessage
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, ConfigDict, Field
 
+from utils.llm_integration.client_base import (
+    BaseChatClient,
+    output_schema,
+    replay_blob,
+    to_chat_messages,
+)
 from utils.llm_integration.components import CLIENT_PROVIDER, OPENAI_PROVIDER
 from utils.llm_integration.errors import LLMError
 from utils.llm_integration.files import atomic_write_text
-from utils.llm_integration.loaded_model import CallMetrics, Completion, LocalLLM, get_local_llm
+from utils.llm_integration.loaded_model import LocalLLM, get_local_llm
 from utils.llm_integration.spec import ChatFormat, LLMSpec, SamplingParams
 
 _EXTRA_ARGS = {"max_tokens", "temperature", "top_p", "top_k", "repeat_penalty", "seed", "deadline_s"}
@@ -125,82 +119,7 @@ def resolve_model_path(model_path: str, allowed_dir: str | Path | None = None) -
     return path.resolve()
 
 
-def to_chat_messages(messages: Sequence[LLMMessage]) -> list[dict[str, str]]:
-    """AutoGen messages -> ``[{"role", "content"}]`` (text only: no images, no tool results)."""
-    out: list[dict[str, str]] = []
-    for msg in messages:
-        if isinstance(msg, SystemMessage):
-            out.append({"role": "system", "content": msg.content})
-        elif isinstance(msg, UserMessage):
-            if not isinstance(msg.content, str):
-                if not all(isinstance(part, str) for part in msg.content):
-                    raise ValueError("this local model has no vision: send text only")
-                content = "\n".join(msg.content)  # type: ignore[arg-type]
-            else:
-                content = msg.content
-            out.append({"role": "user", "content": content})
-        elif isinstance(msg, AssistantMessage):
-            if not isinstance(msg.content, str):
-                raise ValueError(
-                    "this local model has no function calling: assistant tool calls cannot be replayed"
-                )
-            out.append({"role": "assistant", "content": msg.content})
-        elif isinstance(msg, FunctionExecutionResultMessage):
-            raise ValueError("this local model has no function calling: tool results cannot be sent")
-        else:  # pragma: no cover - future message types
-            raise ValueError(f"unsupported message type {type(msg).__name__}")
-    return out
-
-
-class StreamingChatCompletionClient(ChatCompletionClient):
-    """A model client whose ``create`` is its ``create_stream`` collected: one code path.
-
-    It also keeps the usage AutoGen asks for: the last call's and the running total.
-    """
-
-    _actual = RequestUsage(prompt_tokens=0, completion_tokens=0)  # replaced, never mutated
-    _total = RequestUsage(prompt_tokens=0, completion_tokens=0)
-
-    def actual_usage(self) -> RequestUsage:
-        return self._actual
-
-    def total_usage(self) -> RequestUsage:
-        return self._total
-
-    def _add_usage(self, usage: RequestUsage) -> None:
-        self._actual = usage
-        self._total = RequestUsage(
-            prompt_tokens=self._total.prompt_tokens + usage.prompt_tokens,
-            completion_tokens=self._total.completion_tokens + usage.completion_tokens,
-        )
-
-    async def create(
-        self,
-        messages: Sequence[LLMMessage],
-        *,
-        tools: Sequence[Tool | ToolSchema] = (),
-        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
-        json_output: bool | type[BaseModel] | None = None,
-        extra_create_args: Mapping[str, Any] = {},
-        cancellation_token: CancellationToken | None = None,
-    ) -> CreateResult:
-        """Run :meth:`create_stream` and return its final :class:`CreateResult`."""
-        result: CreateResult | None = None
-        async for item in self.create_stream(
-            messages,
-            tools=tools,
-            tool_choice=tool_choice,
-            json_output=json_output,
-            extra_create_args=extra_create_args,
-            cancellation_token=cancellation_token,
-        ):
-            if isinstance(item, CreateResult):
-                result = item
-        assert result is not None
-        return result
-
-
-class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[LocalLlamaConfig]):
+class LocalLlamaChatCompletionClient(BaseChatClient, Component[LocalLlamaConfig]):
     """AutoGen model client over :class:`LocalLLM`: ``create``, real ``create_stream``, token counts.
 
     ``extra_create_args`` accepts ``max_tokens``, ``temperature``, ``top_p``, ``seed`` and
@@ -231,8 +150,7 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
             main_gpu=cfg.main_gpu,
             tensor_split=tuple(cfg.tensor_split) if cfg.tensor_split else None,
         )
-        self.last_metrics: CallMetrics | None = None
-        self.last_prompt = ""
+        self.family = self._config.family
 
     # -- component ----------------------------------------------------------------------------
 
@@ -258,21 +176,6 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
     @property
     def config(self) -> LocalLlamaConfig:
         return self._config
-
-    @property
-    def model_info(self) -> ModelInfo:
-        return ModelInfo(
-            vision=False,
-            function_calling=False,
-            json_output=True,
-            structured_output=True,
-            family=self._config.family,
-            multiple_system_messages=False,
-        )
-
-    @property
-    def capabilities(self) -> ModelCapabilities:  # type: ignore[override]
-        return ModelCapabilities(vision=False, function_calling=False, json_output=True)  # type: ignore[typeddict-item]
 
     def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()) -> int:
         """Prompt tokens with the model's real tokenizer and chat template."""
@@ -314,17 +217,6 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
         json_mode = json_output is True
         return schema, json_mode, sampling, deadline
 
-    def _result(self, completion: Completion) -> CreateResult:
-        m = completion.metrics
-        usage = RequestUsage(prompt_tokens=m.prompt_tokens, completion_tokens=m.completion_tokens)
-        self._add_usage(usage)
-        self.last_metrics = m
-        self.last_prompt = completion.prompt
-        finish: Literal["stop", "length"] = "length" if m.finish_reason == "length" else "stop"
-        return CreateResult(
-            finish_reason=finish, content=completion.text, usage=usage, cached=m.from_response_cache
-        )
-
     async def create_stream(
         self,
         messages: Sequence[LLMMessage],
@@ -338,8 +230,7 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
         """Yield text pieces as llama.cpp produces them, then one :class:`CreateResult`."""
         schema, json_mode, sampling, deadline = self._prepare(tools, json_output, extra_create_args)
         chat = to_chat_messages(messages)
-        # a call that fails must not leave the previous call's prompt and metrics behind
-        self.last_metrics, self.last_prompt = None, ""
+        self._begin()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         cancel = threading.Event()
@@ -370,7 +261,7 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
                 elif kind == "error":
                     raise value
                 else:
-                    yield self._result(value)
+                    yield self._finish(value.text, value.metrics, None, value.prompt)
                     break
         finally:
             cancel.set()  # stops generation if the consumer went away early
@@ -383,13 +274,11 @@ class LocalLlamaChatCompletionClient(StreamingChatCompletionClient, Component[Lo
         json_output: bool | type[BaseModel] | None,
         extra_create_args: Mapping[str, Any],
     ) -> dict[str, Any]:
-        """What shapes the reply: model sha256, rendered prompt, resolved sampling, schema
-        (the response cache's key; loads the model, whose template renders the prompt)."""
-        schema, json_mode, sampling, _ = self._prepare((), json_output, extra_create_args)
-        prompt = self.llm.render(to_chat_messages(messages))[0]
-        schema_json = schema.model_json_schema() if schema else ({"type": "object"} if json_mode else None)
-        llm = self.llm
-        return {"model": llm.sha256, "prompt": prompt, "sampling": asdict(sampling), "schema": schema_json}
+        """The one key rule (:func:`~utils.llm_integration.client_base.replay_blob`) with the
+        model file's sha256: what a ``serve`` server on the same file records too."""
+        _, _, sampling, _ = self._prepare((), json_output, extra_create_args)
+        _, schema_json = output_schema(json_output)
+        return replay_blob(self.llm.sha256, to_chat_messages(messages), sampling, schema_json)
 
     async def close(self) -> None:
         """Nothing to release: the loaded model is shared by the process (``release_all``)."""

@@ -20,9 +20,11 @@ from utils.llm_integration.errors import LLMError, ProviderNotAllowedError
 CLIENT_PROVIDER = "utils.llm_integration.autogen_client.LocalLlamaChatCompletionClient"
 SELECTOR_PROVIDER = "utils.llm_integration.model_selector.ModelSelectorClient"
 CACHE_PROVIDER = "utils.llm_integration.response_cache.ResponseCacheClient"
+SERVER_PROVIDER = "utils.llm_integration.server_client.ServerChatCompletionClient"
+ENDPOINT_PROVIDER = "utils.llm_integration.endpoint_client.EndpointChatCompletionClient"
 OPENAI_PROVIDER = "autogen_ext.models.openai.OpenAIChatCompletionClient"
 ALLOWED_PROVIDERS: frozenset[str] = frozenset(
-    {CLIENT_PROVIDER, SELECTOR_PROVIDER, CACHE_PROVIDER, OPENAI_PROVIDER}
+    {CLIENT_PROVIDER, SELECTOR_PROVIDER, CACHE_PROVIDER, SERVER_PROVIDER, ENDPOINT_PROVIDER, OPENAI_PROVIDER}
 )
 
 

@@ -43,7 +43,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -57,12 +57,15 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, ConfigDict
 
-from utils.llm_integration.autogen_client import (
-    LocalLlamaChatCompletionClient,
-    StreamingChatCompletionClient,
-    to_chat_messages,
+from utils.llm_integration.autogen_client import LocalLlamaChatCompletionClient
+from utils.llm_integration.client_base import BaseChatClient, Route, to_chat_messages
+from utils.llm_integration.components import (
+    CLIENT_PROVIDER,
+    ENDPOINT_PROVIDER,
+    SELECTOR_PROVIDER,
+    check_providers,
 )
-from utils.llm_integration.components import CLIENT_PROVIDER, SELECTOR_PROVIDER, check_providers
+from utils.llm_integration.endpoint_client import EndpointChatCompletionClient
 from utils.llm_integration.errors import (
     ContextOverflowError,
     DeadlineExceededError,
@@ -110,18 +113,6 @@ class SelectorConfig(SelectorLimits, _SelectorModels):
     """
 
     model_config = ConfigDict(extra="forbid")
-
-
-@dataclass(frozen=True)
-class Route:
-    """Which model served a call and why (``reason`` is one of :data:`REASONS`)."""
-
-    model: str
-    reason: str
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------- machine load
@@ -320,13 +311,14 @@ def reply_kind(json_output: bool | type[BaseModel] | None) -> str:
     return "json" if json_output else "text"
 
 
-_HEALTH: dict[LLMSpec, PrimaryHealth] = {}
+_HEALTH: dict[LLMSpec | str, PrimaryHealth] = {}
 _HEALTH_LOCK = threading.Lock()
 _FALLBACK_STATS: dict[LLMSpec, PrimaryHealth] = {}
 
 
-def primary_health(spec: LLMSpec) -> PrimaryHealth:
-    """The process-wide health record of the primary loaded with ``spec``."""
+def primary_health(spec: LLMSpec | str) -> PrimaryHealth:
+    """The process-wide health record of the primary loaded with ``spec`` (or of an endpoint's
+    model, by its identity)."""
     with _HEALTH_LOCK:
         return _HEALTH.setdefault(spec, PrimaryHealth())
 
@@ -374,7 +366,20 @@ def load_local_client(config: Mapping[str, Any], what: str) -> LocalLlamaChatCom
     return client
 
 
-class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfig]):
+def load_primary_client(
+    config: Mapping[str, Any],
+) -> LocalLlamaChatCompletionClient | EndpointChatCompletionClient:
+    """The selector's primary: a local model, or a model behind an OpenAI-compatible endpoint."""
+    if config.get("provider") != ENDPOINT_PROVIDER:
+        return load_local_client(config, "primary")
+    check_providers(config)
+    try:
+        return EndpointChatCompletionClient.load_component(dict(config))
+    except (ValueError, TypeError) as exc:
+        raise LLMError(f"selector primary: invalid endpoint config: {str(exc).splitlines()[0]}") from None
+
+
+class ModelSelectorClient(BaseChatClient, Component[SelectorConfig]):
     """An AutoGen model client that routes each call to the primary or the fallback.
 
     Args:
@@ -405,7 +410,10 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
     ) -> None:
         self._config = config if config is not None else SelectorConfig(**kwargs)
         cfg = self._config
-        self._primary = load_local_client(cfg.primary, "primary")
+        self._primary = load_primary_client(cfg.primary)
+        # a primary behind an endpoint: no file, no tokenizer here, and this machine's load
+        # does not slow it; it is judged by cooldown, its open requests and measured latency
+        self._remote = isinstance(self._primary, EndpointChatCompletionClient)
         self._fallback = load_local_client(cfg.fallback, "fallback") if cfg.fallback is not None else None
         if self._fallback is not None and not self._fallback.spec.path.is_file():
             raise LLMError(
@@ -414,7 +422,11 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
             )
         self._probe = probe or default_probe()
         self._clock = clock
-        self._health = primary_health(self._primary.spec)
+        self._health = primary_health(
+            self._primary.identity
+            if isinstance(self._primary, EndpointChatCompletionClient)
+            else self._primary.spec
+        )
         self._counts: Counter[str] = Counter()
         self.last_route: Route | None = None
         self.last_metrics: CallMetrics | None = None
@@ -436,7 +448,7 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
         return self._config
 
     @property
-    def primary(self) -> LocalLlamaChatCompletionClient:
+    def primary(self) -> LocalLlamaChatCompletionClient | EndpointChatCompletionClient:
         return self._primary
 
     @property
@@ -518,7 +530,26 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
 
         On None, one ``active`` slot is reserved on the primary (release it if routed away).
         """
-        cfg, health, llm = self._config, self._health, self._primary.llm
+        cfg, health = self._config, self._health
+        if self._remote:
+            with health.lock:
+                if health.benched_for(now) > 0:
+                    return Route(
+                        self._fallback_name,
+                        "cooldown",
+                        f"primary benched for {health.benched_for(now):.1f}s after {health.failures}"
+                        f" failures: {health.last_error}",
+                    )
+                if health.active >= cfg.max_in_flight + cfg.max_queue:
+                    return Route(
+                        self._fallback_name,
+                        "queue",
+                        f"{health.active} requests on the primary"
+                        f" (max {cfg.max_in_flight} in flight + {cfg.max_queue} queued)",
+                    )
+                health.active += 1
+            return None
+        llm = self._primary.llm  # type: ignore[union-attr]
         load = self._probe.sample()
         fit_detail = ""
         if not llm.loaded:
@@ -565,6 +596,8 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
 
     @property
     def _primary_name(self) -> str:
+        if isinstance(self._primary, EndpointChatCompletionClient):
+            return self._primary.config.model
         return self._primary.spec.display_name
 
     def _plan(
@@ -614,6 +647,8 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
         answered a call of this kind there is no honest estimate, so it is tried: the cut-off
         and the reserve still guarantee the deadline, and the call measures what comes next.
         """
+        if isinstance(self._primary, EndpointChatCompletionClient):
+            return self._plan_remote(chat, deadline, kind)
         llm = self._primary.llm
         tokens = llm.tokenize(llm.render(chat)[0])  # loads the primary: ModelLoadError counts as a failure
         if len(tokens) + max_tokens > llm.n_ctx:
@@ -656,6 +691,31 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
                 False,
             )
         detail = "" if estimate is not None else f"not yet measured for this reply; cut at {budget:.2f}s"
+        return _Plan(Route(self._primary_name, "primary", detail), True, now + budget)
+
+    def _plan_remote(self, chat: list[dict[str, str]], deadline: float | None, kind: str) -> _Plan:
+        """The deadline check for a primary behind an endpoint: its mean measured latency
+        against the time left after the fallback's reserve; cut at that point if it runs late."""
+        if deadline is None:
+            return _Plan(Route(self._primary_name, "primary"), True)
+        now = time.monotonic()
+        left = deadline - now
+        prompt_tokens = sum(len(m["content"]) for m in chat) // 4 + 1  # no tokenizer for the remote model
+        reserve = self._fallback_reserve(prompt_tokens, left, kind)
+        estimate = self._health.mean_latency() or None
+        budget = left - reserve
+        if budget <= 0 or (estimate is not None and estimate > budget):
+            shown = f"{estimate:.2f}s" if estimate is not None else "unknown"
+            return _Plan(
+                Route(
+                    self._fallback_name,
+                    "deadline",
+                    f"primary estimate {shown} > {budget:.2f}s left"
+                    f" after reserving {reserve:.2f}s for the fallback",
+                ),
+                False,
+            )
+        detail = "" if estimate is not None else f"not yet measured; cut at {budget:.2f}s"
         return _Plan(Route(self._primary_name, "primary", detail), True, now + budget)
 
     def _primary_estimate(self, llm: LocalLLM, tokens: list[int], reply_tokens: int) -> float | None:
@@ -702,7 +762,9 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
 
     def _scaled_primary_rates(self, fallback: LLMSpec) -> tuple[float, float]:
         """The primary's measured (prompt, reply) rates times primary size / fallback size;
-        (0, 0) when the primary is unmeasured or a file cannot be read."""
+        (0, 0) when the primary is unmeasured, behind an endpoint, or a file cannot be read."""
+        if isinstance(self._primary, EndpointChatCompletionClient):
+            return 0.0, 0.0
         primary = self._primary.llm
         p_rate, g_rate = primary.rates()
         try:
@@ -806,7 +868,7 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
             self._failed(route)
             raise
 
-    def _served(self, route: Route, client: LocalLlamaChatCompletionClient, result: CreateResult) -> None:
+    def _served(self, route: Route, client: BaseChatClient, result: CreateResult) -> None:
         self.last_route = route
         self._counts[route.reason] += 1
         self.last_metrics = client.last_metrics
@@ -826,11 +888,16 @@ class ModelSelectorClient(StreamingChatCompletionClient, Component[SelectorConfi
 # --------------------------------------------------------------------------- helpers
 
 
-def _max_tokens(client: LocalLlamaChatCompletionClient) -> int:
+def _max_tokens(client: LocalLlamaChatCompletionClient | EndpointChatCompletionClient) -> int:
     return client.config.max_tokens
 
 
-def _model_identity(client: LocalLlamaChatCompletionClient) -> dict[str, Any]:
+def _model_identity(client: LocalLlamaChatCompletionClient | EndpointChatCompletionClient) -> dict[str, Any]:
+    if isinstance(client, EndpointChatCompletionClient):
+        return {
+            "identity": client.identity,
+            "config": client.config.model_dump(mode="json", exclude={"api_key"}),
+        }
     path = client.spec.path
     sha = file_sha256(path) if path.is_file() else f"missing:{path}"
     return {"sha256": sha, "config": client.config.model_dump(mode="json")}

@@ -19,7 +19,6 @@ A hit returns the stored reply without calling the wrapped client, and ``last_me
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import sqlite3
 import threading
@@ -41,10 +40,9 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, ConfigDict, Field
 
-from utils.llm_integration.autogen_client import StreamingChatCompletionClient
+from utils.llm_integration.client_base import BaseChatClient, Route, key_of
 from utils.llm_integration.components import CACHE_PROVIDER, load_llm_config
 from utils.llm_integration.loaded_model import CallMetrics
-from utils.llm_integration.model_selector import Route
 
 
 class ResponseStore:
@@ -128,11 +126,6 @@ def replay_key(
     return key_of(blob)
 
 
-def key_of(blob: Mapping[str, Any]) -> str:
-    """The store's key for what shapes a reply: the sha256 of its canonical JSON."""
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _identity(client: ChatCompletionClient) -> Any:
     """The client's component config, or its class for a client that is not a component."""
     try:
@@ -150,7 +143,7 @@ class ResponseCacheConfig(BaseModel):
     path: str = Field(description="SQLite file of recorded replies.")
 
 
-class ResponseCacheClient(StreamingChatCompletionClient, Component[ResponseCacheConfig]):
+class ResponseCacheClient(BaseChatClient, Component[ResponseCacheConfig]):
     """Any model client, with its replies recorded and replayed (see the module docstring)."""
 
     component_type = "model"
@@ -300,8 +293,9 @@ def _replayed(record: Mapping[str, Any]) -> dict[str, Any]:
     """What a stored record says about its call: metrics (marked as replayed), prompt, route,
     finish reason and usage. Rows written before the cache became a wrapper hold metrics alone.
     """
-    if "model_sha256" in record:
-        record = {"metrics": dict(record)}
+    if "model_sha256" in record:  # metrics alone, or a server client's record (metrics and route)
+        raw = dict(record)
+        record = {"route": raw.pop("route", None), "metrics": raw}
     raw = record.get("metrics")
     metrics = None
     recorded_latency = float((raw or {}).get("latency_s") or 0.0)

@@ -6,12 +6,14 @@ selector's reason (``last_route``), the model file's sha256 and the prompt as th
 (``last_prompt``). ``last_metrics`` holds the same :class:`CallMetrics` an in-process client
 records, so agents and their records do not see the difference.
 
-Replay: with ``response_cache`` set, a reply is stored under the sha256 of the model that
-served it (from the server's ``/health``), the messages, the sampling parameters and the
-schema; a later call with the same inputs is answered from the cache, without a request, if
-any of the models that may serve it (the selector's primary, then its fallback) has it.
-Those keys are not the in-process client's (which keys the rendered prompt): a cache filled
-through a server replays through a server.
+Replay: with ``response_cache`` set, a reply is stored under the one key rule
+(:func:`~utils.llm_integration.client_base.replay_blob`) with the sha256 of the model that
+served it (from the server's ``/health``); a later call with the same inputs is answered from
+the cache, without a request, if any of the models that may serve it (the selector's primary,
+then its fallback) has it. The key is the in-process client's, so a cache filled through a
+server replays in-process on the same model file, and the other way round. ``top_k`` and
+``repeat_penalty`` are not sent (the server applies its own ``llm:`` settings); they are part
+of the key as this side's settings state them, which match when both sides share a config.
 
 Example::
 
@@ -25,40 +27,36 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal, Self
 
 from autogen_core import CancellationToken, Component
-from autogen_core.models import (
-    CreateResult,
-    LLMMessage,
-    ModelCapabilities,  # type: ignore[attr-defined]
-    ModelInfo,
-    RequestUsage,
-)
+from autogen_core.models import CreateResult, LLMMessage
 from autogen_core.tools import Tool, ToolSchema
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from utils.llm_integration.autogen_client import StreamingChatCompletionClient, to_chat_messages
-from utils.llm_integration.errors import (
-    DeadlineExceededError,
-    GenerationCancelledError,
-    InvalidOutputError,
-    LLMError,
-    OutputTruncatedError,
+from utils.llm_integration.client_base import (
+    Route,
+    key_of,
+    output_schema,
+    replay_blob,
+    to_chat_messages,
+    validate_reply,
 )
+from utils.llm_integration.components import SERVER_PROVIDER
+from utils.llm_integration.errors import LLMError
 from utils.llm_integration.loaded_model import CallMetrics
-from utils.llm_integration.model_selector import Route
-from utils.llm_integration.response_cache import ResponseStore, key_of
+from utils.llm_integration.openai_wire import (
+    OpenAIWireClient,
+    WireReply,
+    auth_headers,
+    http_error,
+    server_root,
+)
+from utils.llm_integration.response_cache import ResponseStore
 from utils.llm_integration.spec import SamplingParams
 
-SERVER_PROVIDER = "utils.llm_integration.server_client.ServerChatCompletionClient"
 _EXTRA_ARGS = {"max_tokens", "temperature", "top_p", "seed", "deadline_s"}
 
 
@@ -72,27 +70,18 @@ class ServerClientConfig(BaseModel):
     api_key: SecretStr | None = None
     model_sha256: dict[str, str] = Field(default_factory=dict, description="Served model -> file sha256.")
     candidates: list[str] = Field(default_factory=list, description="Models that may serve; cache lookups.")
-    max_tokens: int = Field(512, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    seed: int = Field(42, ge=0)
+    max_tokens: int = Field(SamplingParams.max_tokens, ge=1)
+    temperature: float = Field(SamplingParams.temperature, ge=0.0, le=2.0)
+    top_p: float = Field(SamplingParams.top_p, gt=0.0, le=1.0)
+    top_k: int = Field(SamplingParams.top_k, ge=0, description="The server's own; part of the replay key.")
+    repeat_penalty: float = Field(
+        SamplingParams.repeat_penalty, ge=1.0, le=2.0, description="The server's own; part of the replay key."
+    )
+    seed: int = Field(SamplingParams.seed, ge=0)
     deadline_s: float | None = Field(None, gt=0.0, description="Sent as x-trading-agents-deadline.")
     timeout_s: float = Field(900.0, gt=0.0, description="Longest wait for a reply.")
     response_cache: str | None = Field(None, description="SQLite file for exact replay; null: off.")
     family: str = "unknown"
-
-
-def server_root(base_url: str) -> str:
-    """``http://h:8000/v1/`` -> ``http://h:8000``."""
-    url = base_url.rstrip("/")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
-
-
-def _auth(api_key: SecretStr | str | None) -> dict[str, str]:
-    if api_key is None:
-        return {}
-    key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
-    return {"authorization": f"Bearer {key}"}
 
 
 def fetch_health(
@@ -106,36 +95,18 @@ def fetch_health(
 
     url = server_root(base_url) + "/health"
     try:
-        resp = httpx2.get(url, headers=_auth(api_key), timeout=timeout_s)
+        resp = httpx2.get(url, headers=auth_headers(api_key), timeout=timeout_s)
     except httpx2.HTTPError as exc:
         raise LLMError(
             f"cannot reach the model server at {server_root(base_url)} ({type(exc).__name__});"
             " start it with `trading-agents serve` or unset llm.server_url"
         ) from None
     if resp.status_code != 200:
-        raise _http_error(resp.status_code, resp.content, server_root(base_url))
+        raise http_error(resp.status_code, resp.content, server_root(base_url), "llm.server_api_key")
     return resp.json()
 
 
-def _http_error(status: int, body: bytes | Mapping[str, Any], where: str) -> LLMError:
-    """The layer's error for a server's error answer."""
-    try:
-        data = body if isinstance(body, Mapping) else json.loads(body)
-        err = data.get("error", {}) if isinstance(data, Mapping) else {}
-    except ValueError:
-        err = {}
-    message = str(err.get("message") or f"HTTP {status}")
-    code = err.get("code")
-    if status == 401:
-        return LLMError(f"the model server at {where} refused the API key; set llm.server_api_key")
-    if code == "output_truncated":
-        return OutputTruncatedError(message)
-    if code in ("deadline_exceeded", "timeout"):
-        return DeadlineExceededError(message)
-    return LLMError(f"model server at {where}: {message}")
-
-
-class ServerChatCompletionClient(StreamingChatCompletionClient, Component[ServerClientConfig]):
+class ServerChatCompletionClient(OpenAIWireClient, Component[ServerClientConfig]):
     """AutoGen model client over a ``trading-agents serve`` server (see the module docstring).
 
     ``extra_create_args``: ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``deadline_s``.
@@ -145,17 +116,17 @@ class ServerChatCompletionClient(StreamingChatCompletionClient, Component[Server
     component_type = "model"
     component_config_schema = ServerClientConfig
     component_provider_override = SERVER_PROVIDER
+    key_setting = "llm.server_api_key"
+    unreachable_hint = "is `trading-agents serve` running?"
 
     def __init__(self, config: ServerClientConfig | None = None, /, **kwargs: Any) -> None:
         self._config = config if config is not None else ServerClientConfig(**kwargs)
-        self._root = server_root(self._config.base_url)
         cfg = self._config
+        self._root = server_root(cfg.base_url)
+        self._timeout_s = cfg.timeout_s
+        self._api_key = cfg.api_key
+        self.family = cfg.family
         self._cache = ResponseStore(Path(cfg.response_cache)) if cfg.response_cache else None
-        self._http: Any = None
-        self._http_loop: asyncio.AbstractEventLoop | None = None
-        self.last_metrics: CallMetrics | None = None
-        self.last_route: Route | None = None
-        self.last_prompt = ""
 
     def _to_config(self) -> ServerClientConfig:
         return self._config.model_copy()
@@ -168,21 +139,6 @@ class ServerChatCompletionClient(StreamingChatCompletionClient, Component[Server
     def response_cache(self) -> ResponseStore | None:
         return self._cache
 
-    @property
-    def model_info(self) -> ModelInfo:
-        return ModelInfo(
-            vision=False,
-            function_calling=False,
-            json_output=True,
-            structured_output=True,
-            family=self._config.family,
-            multiple_system_messages=False,
-        )
-
-    @property
-    def capabilities(self) -> ModelCapabilities:  # type: ignore[override]
-        return ModelCapabilities(vision=False, function_calling=False, json_output=True)  # type: ignore[typeddict-item]
-
     def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()) -> int:
         """An estimate (4 characters a token): the server's tokenizer is not reachable from here."""
         return sum(len(m["content"]) for m in to_chat_messages(messages)) // 4 + 1
@@ -194,18 +150,6 @@ class ServerChatCompletionClient(StreamingChatCompletionClient, Component[Server
 
     # -- calls ------------------------------------------------------------------------------------
 
-    def _client(self) -> Any:
-        import httpx2
-
-        loop = asyncio.get_running_loop()
-        if self._http is None or self._http_loop is not loop:
-            self._http = httpx2.AsyncClient(
-                timeout=httpx2.Timeout(self._config.timeout_s, connect=10.0),
-                headers=_auth(self._config.api_key),
-            )
-            self._http_loop = loop
-        return self._http
-
     def _sampling(self, extra: Mapping[str, Any]) -> tuple[SamplingParams, float | None]:
         unknown = set(extra) - _EXTRA_ARGS
         if unknown:
@@ -216,17 +160,18 @@ class ServerChatCompletionClient(StreamingChatCompletionClient, Component[Server
             temperature=float(extra.get("temperature", cfg.temperature)),
             top_p=float(extra.get("top_p", cfg.top_p)),
             seed=int(extra.get("seed", cfg.seed)),
+            top_k=cfg.top_k,
+            repeat_penalty=cfg.repeat_penalty,
         )
         deadline = extra.get("deadline_s", cfg.deadline_s)
         return sampling, float(deadline) if deadline is not None else None
 
     def _cache_keys(
         self, chat: list[dict[str, str]], sampling: SamplingParams, schema: Mapping[str, Any] | None
-    ) -> list[tuple[str, str]]:
-        prompt = "messages:" + json.dumps(chat, sort_keys=True, ensure_ascii=False)
+    ) -> list[str]:
         names = self._config.candidates or [self._config.model]
         shas = [self._config.model_sha256[n] for n in names if n in self._config.model_sha256]
-        return [(sha, _key(sha, prompt, sampling, schema)) for sha in shas]
+        return [key_of(replay_blob(sha, chat, sampling, schema)) for sha in shas]
 
     async def create_stream(
         self,
@@ -242,24 +187,21 @@ class ServerChatCompletionClient(StreamingChatCompletionClient, Component[Server
         if tools:
             raise ValueError("the model server has no function calling; use structured output instead")
         sampling, deadline_s = self._sampling(extra_create_args)
-        schema = json_output if isinstance(json_output, type) and issubclass(json_output, BaseModel) else None
-        schema_json = (
-            schema.model_json_schema() if schema else ({"type": "object"} if json_output is True else None)
-        )
+        schema, schema_json = output_schema(json_output)
         chat = to_chat_messages(messages)
-        # a call that fails must not leave the previous call's prompt and metrics behind
-        self.last_metrics, self.last_prompt = None, ""
-        keys = self._cache_keys(chat, sampling, schema_json) if self._cache else []
-        for _, key in keys:
+        self._begin()
+        for key in self._cache_keys(chat, sampling, schema_json) if self._cache else []:
             assert self._cache is not None
             hit = self._cache.get(key)
             if hit is not None:
                 text, stored = hit
+                if "metrics" in stored:  # written by the in-process response cache
+                    stored = {**(stored["metrics"] or {}), "route": stored.get("route")}
                 route = stored.pop("route", None)
                 metrics = CallMetrics(
                     **{**stored, "from_response_cache": True, "ttft_s": 0.0, "latency_s": 0.0}
                 )
-                _validate(text, schema, metrics)
+                validate_reply(text, schema, metrics)
                 yield text
                 yield self._finish(text, metrics, Route(**route) if route else None, "")
                 return
@@ -285,114 +227,24 @@ class ServerChatCompletionClient(StreamingChatCompletionClient, Component[Server
         if deadline_s is not None:
             headers["x-trading-agents-deadline"] = f"{deadline_s:.3f}"
 
-        import httpx2
-
-        started = time.monotonic()
-        ttft = 0.0
-        pieces: list[str] = []
-        finish = "stop"
-        ext: dict[str, Any] = {}
-        usage: dict[str, Any] = {}
-        try:
-            async with self._client().stream(
-                "POST", self._root + "/v1/chat/completions", json=body, headers=headers
-            ) as resp:
-                if resp.status_code != 200:
-                    raise _http_error(resp.status_code, await resp.aread(), self._root)
-                async for line in resp.aiter_lines():
-                    if cancellation_token is not None and cancellation_token.is_cancelled():
-                        raise GenerationCancelledError(f"the call to {self._root} was cancelled")
-                    if not line.startswith("data: "):
-                        continue
-                    data = line[len("data: ") :]
-                    if data == "[DONE]":
-                        break
-                    event = json.loads(data)
-                    if "error" in event:
-                        raise _http_error(0, event, self._root)
-                    for choice in event.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            if not ttft:
-                                ttft = time.monotonic() - started
-                            pieces.append(piece)
-                            yield piece
-                        if choice.get("finish_reason"):
-                            finish = choice["finish_reason"]
-                    ext = event.get("trading_agents") or ext
-                    usage = event.get("usage") or usage
-        except httpx2.HTTPError as exc:
-            raise LLMError(
-                f"lost the model server at {self._root} ({type(exc).__name__});"
-                " is `trading-agents serve` running?"
-            ) from None
-        latency = time.monotonic() - started
-        text = "".join(pieces)
+        reply = WireReply()
+        async for piece in self._stream_chat(
+            "/v1/chat/completions", body, headers, reply, cancellation_token
+        ):
+            yield piece
+        ext = reply.extension
         route_data = ext.get("route") or {"model": self._config.model, "reason": "primary"}
         route = Route(route_data["model"], route_data.get("reason", "primary"), route_data.get("detail", ""))
         sha = ext.get("model_sha256") or self._config.model_sha256.get(route.model, "")
-        details = usage.get("prompt_tokens_details") or {}
-        completion_tokens = int(usage.get("completion_tokens", len(pieces)))
-        metrics = CallMetrics(
-            model=route.model,
-            model_sha256=sha,
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            cached_prompt_tokens=int(details.get("cached_tokens", 0)),
-            completion_tokens=completion_tokens,
-            ttft_s=round(ttft or latency, 4),
-            latency_s=round(latency, 4),
-            prompt_tokens_per_s=0.0,
-            gen_tokens_per_s=round(completion_tokens / (latency - ttft), 1) if latency > ttft > 0 else 0.0,
-            finish_reason=finish,
-            grammar=schema_json is not None,
-        )
-        _validate(text, schema, metrics)
+        metrics = reply.metrics(route.model, sha, grammar=schema_json is not None)
+        validate_reply(reply.text, schema, metrics)
         if self._cache is not None and sha:
-            prompt = "messages:" + json.dumps(chat, sort_keys=True, ensure_ascii=False)
-            key = _key(sha, prompt, sampling, schema_json)
-            self._cache.put(key, sha, text, {**metrics.to_dict(), "route": route.to_dict()})
-        yield self._finish(text, metrics, route, ext.get("prompt") or "")
-
-    def _finish(self, text: str, metrics: CallMetrics, route: Route | None, prompt: str) -> CreateResult:
-        usage = RequestUsage(prompt_tokens=metrics.prompt_tokens, completion_tokens=metrics.completion_tokens)
-        self._add_usage(usage)
-        self.last_metrics = metrics
-        self.last_route = route
-        self.last_prompt = prompt
-        finish: Literal["stop", "length"] = "length" if metrics.finish_reason == "length" else "stop"
-        return CreateResult(
-            finish_reason=finish, content=text, usage=usage, cached=metrics.from_response_cache
-        )
+            key = key_of(replay_blob(sha, chat, sampling, schema_json))
+            self._cache.put(key, sha, reply.text, {**metrics.to_dict(), "route": route.to_dict()})
+        yield self._finish(reply.text, metrics, route, ext.get("prompt") or "")
 
     async def close(self) -> None:
-        if self._http is not None:
-            with contextlib.suppress(RuntimeError):  # its event loop is gone
-                await self._http.aclose()
-            self._http = None
+        await self._close_http()
         if self._cache is not None:
             self._cache.close()
             self._cache = None
-
-
-def _validate(text: str, schema: type[BaseModel] | None, metrics: CallMetrics) -> None:
-    """Check a structured reply against its pydantic model, as the in-process client does."""
-    if schema is None:
-        return
-    try:
-        schema.model_validate(json.loads(text, strict=False))
-    except json.JSONDecodeError as exc:
-        if metrics.finish_reason == "length":
-            raise OutputTruncatedError(f"{metrics.model} reply was cut at max_tokens: {exc}") from None
-        raise InvalidOutputError(f"{metrics.model} reply is not JSON: {exc}") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or schema.__name__
-        raise InvalidOutputError(
-            f"{metrics.model} reply failed {schema.__name__} validation at {where}: {first['msg']}"
-        ) from None
-
-
-def _key(sha: str, prompt: str, sampling: SamplingParams, schema: Mapping[str, Any] | None) -> str:
-    """The replay key of a served reply: the served model's sha256, the messages as sent,
-    the resolved sampling and the schema."""
-    return key_of({"model": sha, "prompt": prompt, "sampling": asdict(sampling), "schema": schema})

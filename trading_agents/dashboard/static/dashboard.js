@@ -1,5 +1,5 @@
 // Draws the charts whose plotly specs the page embeds, and keeps an account page live through
-// server-sent events: new decision rows are prepended and the figures updated, with no reload.
+// server-sent events (an account, or a backtest while it runs): new decision rows are prepended and the figures updated, with no reload.
 (function () {
   "use strict";
   function draw(id) {
@@ -15,8 +15,12 @@
   if (!live || !window.EventSource) return;
   var after = live.dataset.after;
   if (after === "-1") { setText("live-status", "older page: not live"); return; }
-  var url = "/accounts/" + encodeURIComponent(live.dataset.run) + "/events?after=" + after + "&steps=" + live.dataset.steps;
-  var source = new EventSource(url);
+  var base = live.dataset.events || "/accounts/" + encodeURIComponent(live.dataset.run) + "/events";
+  var source = new EventSource(base + "?after=" + after + "&steps=" + live.dataset.steps);
+  source.addEventListener("done", function (event) {
+    source.close();
+    setText("live-status", JSON.parse(event.data).message);
+  });
   source.onopen = function () { setText("live-status", "live"); };
   source.onerror = function () { setText("live-status", "reconnecting"); };
   source.addEventListener("step", function (event) {
