@@ -37,7 +37,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SESSION_START, SESSION_END = "2012-03-01", "2013-02-28"
-RESULT_FILES = ("summary.json", "trades.csv", "equity.csv", "decisions.jsonl", "report.html", "ledger.sqlite")
+RESULT_FILES = (
+    "summary.json",
+    "trades.csv",
+    "equity.csv",
+    "decisions.jsonl",
+    "rejected_orders.csv",
+    "report.html",
+    "ledger.sqlite",
+)
 
 
 # -- the session child ------------------------------------------------------------------------------

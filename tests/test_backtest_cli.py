@@ -60,6 +60,7 @@ def test_sma_cross_json_end_to_end(capsys, tmp_path: Path) -> None:
         "decisions.jsonl",
         "equity.csv",
         "ledger.sqlite",
+        "rejected_orders.csv",
         "report.html",
         "summary.json",
         "trades.csv",

@@ -303,7 +303,7 @@ def _walk(n: int, seed: int, flat_every: int = 0) -> pd.DataFrame:
         close = np.repeat(close[::flat_every], flat_every)[:n]
     idx = pd.bdate_range("2001-01-01", periods=n, name="Date")
     return pd.DataFrame(
-        {"Open": close, "High": close * 1.01, "Low": close * 0.99, "Close": close, "Volume": 1.0}, index=idx
+        {"Open": close, "High": close * 1.01, "Low": close * 0.99, "Close": close, "Volume": 1e9}, index=idx
     )
 
 

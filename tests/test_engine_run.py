@@ -302,7 +302,7 @@ def test_sma_cross_signals_on_hand_built_closes() -> None:
     closes = [5.0, 5.0, 5.0, 5.0, 5.0, 6.0, 7.0, 4.0, 3.0, 3.0, 3.0]
     idx = pd.bdate_range("2024-01-01", periods=len(closes), name="Date")
     df = pd.DataFrame(
-        {"Open": closes, "High": closes, "Low": closes, "Close": closes, "Volume": 1.0}, index=idx
+        {"Open": closes, "High": closes, "Low": closes, "Close": closes, "Volume": 1e9}, index=idx
     )
     with Ledger.open(":memory:") as ledger:
         res = run_engine({"X": df}, SmaCross(fast=2, slow=4), CFG, ledger, "r")

@@ -34,7 +34,7 @@ def bars(n: int) -> pd.DataFrame:
     idx = pd.bdate_range("2024-05-01", periods=n, name="Date")
     closes = [100.0 + i for i in range(n)]
     return pd.DataFrame(
-        {"Open": closes, "High": closes, "Low": closes, "Close": closes, "Volume": 1.0}, index=idx
+        {"Open": closes, "High": closes, "Low": closes, "Close": closes, "Volume": 1e9}, index=idx
     )
 
 

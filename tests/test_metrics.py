@@ -33,7 +33,7 @@ def _result(equity: list[float], trades: pd.DataFrame | None = None, cash: float
 
 def _bars(closes: dict[str, list[float]]) -> dict[str, pd.DataFrame]:
     return {
-        t: pd.DataFrame({"Open": c, "High": c, "Low": c, "Close": c, "Volume": 1.0}, index=DAYS[: len(c)])
+        t: pd.DataFrame({"Open": c, "High": c, "Low": c, "Close": c, "Volume": 1e9}, index=DAYS[: len(c)])
         for t, c in closes.items()
     }
 

@@ -107,10 +107,18 @@ class _Images(HTMLParser):
         self.scripts += tag == "script"
 
 
-def test_results_folder_has_five_valid_files(tmp_path: Path) -> None:
+def test_results_folder_has_six_valid_files(tmp_path: Path) -> None:
     paths = _write(tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted([*RESULT_FILES, BASELINES_FILE])
-    assert set(paths) == {"summary", "trades", "equity", "decisions", "report", "baselines"}
+    assert set(paths) == {
+        "summary",
+        "trades",
+        "equity",
+        "decisions",
+        "rejected_orders",
+        "report",
+        "baselines",
+    }
     curves = pd.read_csv(paths["baselines"], index_col=0)
     assert list(curves.columns) == ["buy_and_hold", "buy-hold"]
     assert len(curves) == len(pd.read_csv(paths["equity"]))

@@ -147,7 +147,7 @@ class Trader:
 def bars(closes: list[float], start: str = "2024-01-02") -> pd.DataFrame:
     idx = pd.bdate_range(start, periods=len(closes), name="Date")
     return pd.DataFrame(
-        {"Open": closes, "High": closes, "Low": closes, "Close": closes, "Volume": 1.0}, index=idx
+        {"Open": closes, "High": closes, "Low": closes, "Close": closes, "Volume": 1e9}, index=idx
     )
 
 

@@ -24,6 +24,7 @@ from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.base import TaskResult
 from autogen_agentchat.messages import BaseChatMessage, StructuredMessage, TextMessage
 from autogen_agentchat.teams import DiGraphBuilder, GraphFlow
+from autogen_core import CancellationToken
 from autogen_core.model_context import UnboundedChatCompletionContext
 from autogen_core.models import AssistantMessage, ChatCompletionClient, LLMMessage, UserMessage
 from pydantic import BaseModel
@@ -74,6 +75,8 @@ class AgentStep:
     fixed_tokens: int = 0  # of completion_tokens, the schema's fixed text: evaluated, not sampled
     latency_s: float = 0.0
     ttft_s: float = 0.0
+    # what making the reply took: latency_s, or for a replayed reply the recorded call's latency
+    compute_s: float = 0.0
     from_response_cache: bool = False
     prompt: str = ""
     error: str | None = None
@@ -99,7 +102,7 @@ class TeamOutcome:
     error: str | None = None
 
 
-def _step_from_client(role: str, client: ChatCompletionClient, output: BaseModel | None) -> AgentStep:
+def step_from_client(role: str, client: ChatCompletionClient, output: BaseModel | None) -> AgentStep:
     """Read the metrics of the client's last call (our clients record them)."""
     m = getattr(client, "last_metrics", None)
     route = getattr(client, "last_route", None)
@@ -119,6 +122,8 @@ def _step_from_client(role: str, client: ChatCompletionClient, output: BaseModel
         step.latency_s = m.latency_s
         step.ttft_s = m.ttft_s
         step.from_response_cache = m.from_response_cache
+        recorded = getattr(client, "last_recorded_latency_s", None) if m.from_response_cache else None
+        step.compute_s = float(recorded) if isinstance(recorded, int | float) else m.latency_s
         if not m.from_response_cache:
             step.time_breakdown = {k: getattr(m, k, 0.0) for k in BREAKDOWN_FIELDS}
     step.prompt = getattr(client, "last_prompt", "") or ""
@@ -195,7 +200,7 @@ class TradingTeam:
                     on_event("token", (item.source, item.content))  # type: ignore[attr-defined]
                 if isinstance(item, StructuredMessage) and item.source in self.agents:
                     outputs[item.source] = item.content
-                    steps.append(_step_from_client(item.source, self.clients[item.source], item.content))
+                    steps.append(step_from_client(item.source, self.clients[item.source], item.content))
                     if on_event:
                         on_event("done", steps[-1])
                         nxt = _next_role(item.source, item.content)
@@ -206,7 +211,7 @@ class TradingTeam:
         except Exception as exc:  # a model failure fails closed: no order
             error = f"{type(exc).__name__}: {exc}"
             failed = next((r for r in ROLES if r not in outputs), "analyst")
-            step = _step_from_client(failed, self.clients[failed], None)
+            step = step_from_client(failed, self.clients[failed], None)
             step.error = error
             steps.append(step)
             if on_event:
@@ -220,6 +225,41 @@ class TradingTeam:
             risk=_typed(outputs.get("risk"), RiskVerdict),
             executor=_typed(outputs.get("executor"), OrderProposal),
             steps=steps,
+            wall_s=time.monotonic() - started,
+            error=error,
+        )
+
+    async def analyse(self, task: str, on_event: Callable[[str, Any], None] | None = None) -> TeamOutcome:
+        """Only the analyst's report (the portfolio modes size positions across the universe
+        instead of per ticker). A failed reply fails closed: ``analyst`` is ``None``."""
+        agent = self.agents["analyst"]
+        await agent.on_reset(CancellationToken())
+        client = self.clients["analyst"]
+        if hasattr(client, "last_metrics"):
+            client.last_metrics = None  # type: ignore[attr-defined]
+        started = time.monotonic()
+        if on_event:
+            on_event("start", "analyst")
+        output: BaseModel | None = None
+        error: str | None = None
+        try:
+            result = await agent.run(task=TextMessage(content=task, source="desk"))
+            last = result.messages[-1] if result.messages else None
+            if isinstance(last, StructuredMessage):
+                output = last.content
+            else:
+                error = f"no structured analyst reply ({type(last).__name__})"
+        except Exception as exc:  # a model failure fails closed: no report
+            error = f"{type(exc).__name__}: {exc}"
+        step = step_from_client("analyst", client, output)
+        step.error = error
+        if on_event:
+            on_event("done", step)
+        return TeamOutcome(
+            analyst=_typed(output, AnalystReport),
+            risk=None,
+            executor=None,
+            steps=[step],
             wall_s=time.monotonic() - started,
             error=error,
         )

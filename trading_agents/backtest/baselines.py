@@ -13,6 +13,15 @@ macd           MACD line crosses above its signal line: enter; below: exit
 rsi            Wilder RSI below ``low``: enter; above ``high``: exit
 random         seeded coin flips: same seed, same trades (also after a resume)
 =============  ===========================================================================
+
+For a universe, two portfolio baselines size positions across the tickers with the
+portfolio step's own functions (:mod:`trading_agents.core.portfolio`), under the same caps:
+
+=====================  ===================================================================
+equal-weight           buy 1/N of equity in each ticker with a bar (capped at
+                       ``max_position_pct``) when flat, never trade again
+equal-weight-monthly   the same 1/N targets, rebalanced on the first bar of every month
+=====================  ===================================================================
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trading_agents.config.settings import RiskSettings
 from trading_agents.core import DecisionContext, OrderIntent, Strategy, StrategyDecision
+from trading_agents.core.portfolio import clip_weights, rebalance_intents
 from trading_agents.errors import UserInputError
 
 State = tuple[float, ...]
@@ -129,6 +140,52 @@ class BuyAndHold:
             if ctx.portfolio.positions.get(t, 0) == 0
         ]
         return _signal_decision([{"ticker": i.ticker, "signal": "enter"} for i in intents], intents)
+
+
+class EqualWeight:
+    """1/N of equity in each ticker with a bar at the decision (weights under the risk caps).
+
+    ``monthly=False``: buy once, when the account holds nothing, and hold (equal-weight
+    buy-and-hold); ``monthly=True``: rebalance to 1/N on the first bar of each month (and the
+    first decision). Orders come from :func:`~trading_agents.core.portfolio.rebalance_intents`.
+    """
+
+    def __init__(
+        self,
+        risk: RiskSettings | None = None,
+        commission: float = 0.0,
+        slippage_bps: float = 0.0,
+        monthly: bool = False,
+        min_trade_pct: float = 0.0,
+    ) -> None:
+        self.risk = risk or RiskSettings()
+        self.commission, self.slippage_bps = commission, slippage_bps
+        self.monthly, self.min_trade_pct = monthly, min_trade_pct
+        self.name = "equal-weight-monthly" if monthly else "equal-weight"
+        self.params: dict[str, Any] = {"monthly": monthly, "min_trade_pct": min_trade_pct}
+
+    def decide(self, ctx: DecisionContext) -> StrategyDecision:
+        live = [t for t in sorted(ctx.bars) if len(ctx.bars[t]) and ctx.bars[t].index[-1] == ctx.as_of]
+        if not live or not self._due(ctx, live):
+            return StrategyDecision()
+        weights, clips = clip_weights(dict.fromkeys(live, 1.0 / len(live)), sorted(ctx.bars), self.risk)
+        intents, _ = rebalance_intents(
+            weights,
+            ctx.portfolio,
+            min_trade_pct=self.min_trade_pct,
+            commission=self.commission,
+            slippage_bps=self.slippage_bps,
+        )
+        return StrategyDecision(intents, {"portfolio": {"targets": weights, "clips": clips}})
+
+    def _due(self, ctx: DecisionContext, live: list[str]) -> bool:
+        if not self.monthly:
+            return not any(q for q in ctx.portfolio.positions.values())
+        previous = [ctx.bars[t].index[-2] for t in live if len(ctx.bars[t]) > 1]
+        if ctx.step == 0 or not previous:
+            return True
+        last = max(previous)
+        return (last.year, last.month) != (ctx.as_of.year, ctx.as_of.month)
 
 
 class SmaCross:
@@ -383,24 +440,28 @@ class RandomStrategy:
         return _signal_decision(signals, intents)
 
 
-BASELINES: dict[str, type] = {
+BASELINES: dict[str, Callable[..., Strategy]] = {
     "buy-hold": BuyAndHold,
     "sma-cross": SmaCross,
     "macd": MacdStrategy,
     "rsi": RsiReversion,
     "random": RandomStrategy,
+    "equal-weight": EqualWeight,
+    "equal-weight-monthly": lambda **kw: EqualWeight(monthly=True, **kw),
 }
 
 
 def make_baseline(name: str, **params: Any) -> Strategy:
-    """Build a baseline by name (``buy-hold``, ``sma-cross``, ``macd``, ``rsi``, ``random``).
+    """Build a baseline by name (``buy-hold``, ``sma-cross``, ``macd``, ``rsi``, ``random``,
+    ``equal-weight``, ``equal-weight-monthly``).
 
     Example: ``make_baseline("sma-cross", fast=5, slow=30)``.
     """
     cls = BASELINES.get(name)
     if cls is None:
         raise UserInputError(f"unknown baseline {name!r}; choose one of {', '.join(BASELINES)}")
-    accepted = [p for p in inspect.signature(cls).parameters]
+    target = EqualWeight if name.startswith("equal-weight") else cls
+    accepted = [p for p in inspect.signature(target).parameters if p != "monthly"]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         takes = ", ".join(accepted) or "no parameters"

@@ -109,6 +109,17 @@ METRICS: dict[str, str] = {
     "commissions": "Commissions [$]",
 }
 
+#: What the desk's own LLM calls cost and the returns net of it (added by the backtest
+#: runner from the decisions; the benchmark of the excess returns is in ``meta.benchmark``).
+COST_METRICS: dict[str, str] = {
+    "llm_cost_usd": "LLM Cost [$]",
+    "return_net_pct": "Return net of LLM Cost [%]",
+    "excess_return_pct": "Excess Return [%]",
+    "excess_return_net_pct": "Excess Return net of LLM Cost [%]",
+}
+#: Display names of every key a summary's metrics may hold.
+METRIC_NAMES: dict[str, str] = {**METRICS, **COST_METRICS}
+
 MetricValue = float | int | str | None
 
 

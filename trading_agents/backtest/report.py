@@ -22,6 +22,11 @@
 ``baselines.csv``
     One row per bar: the equity of buy-and-hold and of each baseline run beside it (only
     when the run had bars or baselines to compare with).
+``rejected_orders.csv``
+    Every clip or veto, one per row: ``date, ticker, source, kind, rule, detail``. ``source``
+    ``risk`` is the risk engine on an order (``rule`` names the cap, e.g. ``max_adv_pct``,
+    ``max_position_pct``, ``cash``; ``detail`` the quantities and the reason); ``portfolio``
+    is a target weight clipped by the portfolio step.
 ``report.html``
     Opens offline: charts are PNGs embedded as base64 (equity against buy-and-hold under the
     run's caps and uncapped without costs, the price of each ticker with its entries and
@@ -45,10 +50,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trading_agents.backtest.metrics import METRICS, format_metric, unsigned_zero
+from trading_agents.backtest.metrics import METRIC_NAMES, format_metric, unsigned_zero
 from trading_agents.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-RESULT_FILES = ("summary.json", "trades.csv", "equity.csv", "decisions.jsonl", "report.html")
+RESULT_FILES = (
+    "summary.json",
+    "trades.csv",
+    "equity.csv",
+    "decisions.jsonl",
+    "rejected_orders.csv",
+    "report.html",
+)
+#: Columns of rejected_orders.csv.
+REJECTED_COLUMNS = ("date", "ticker", "source", "kind", "rule", "detail")
 BASELINES_FILE = "baselines.csv"
 
 #: Packages whose versions are recorded in summary.json (a result is only comparable with
@@ -67,6 +81,10 @@ COMPARISON_KEYS = (
     "win_rate_pct",
     "exposure_time_pct",
     "commissions",
+    "llm_cost_usd",
+    "return_net_pct",
+    "excess_return_pct",
+    "excess_return_net_pct",
 )
 
 MAX_DECISIONS_IN_HTML = 200
@@ -109,7 +127,7 @@ def write_results(
     bars: Mapping[str, pd.DataFrame] | None = None,
     baseline_equity: Mapping[str, pd.Series] | None = None,
 ) -> dict[str, Path]:
-    """Write the five result files (and ``baselines.csv`` when there is something to compare
+    """Write :data:`RESULT_FILES` (and ``baselines.csv`` when there is something to compare
     with) into ``out_dir`` (created) and return their paths by stem.
 
     ``result`` is an ``EngineResult``; ``metrics`` and each of ``baselines`` come from
@@ -125,7 +143,7 @@ def write_results(
     summary = {
         "metrics": dict(metrics),
         "baselines": {name: dict(m) for name, m in (baselines or {}).items()},
-        "metric_names": METRICS,
+        "metric_names": METRIC_NAMES,
         "meta": meta,
     }
     track = track_record_summary(result)
@@ -138,6 +156,7 @@ def write_results(
     equity = result.equity
     atomic_write_text(paths["equity"], equity.to_csv(index_label=equity.index.name or "Date"))
     atomic_write_text(paths["decisions"], decisions_jsonl(result.decisions or []))
+    atomic_write_text(paths["rejected_orders"], rejected_orders_csv(result))
     cash = float(getattr(result, "starting_cash", 0.0) or (equity["equity"].iloc[0] if len(equity) else 0.0))
     curves = comparison_curves(equity, cash, bars, baseline_equity or {})
     if curves is not None:
@@ -148,6 +167,40 @@ def write_results(
     # written last: a summary.json means the folder is complete (a full disk stops before it)
     atomic_write_json(paths["summary"], _json_ready(summary))
     return paths
+
+
+def rejected_orders_csv(result: Any) -> str:
+    """The run's clips and vetoes (risk events and portfolio weight clips) as CSV text."""
+    rows: list[dict[str, Any]] = []
+    for event in getattr(result, "risk_events", None) or []:
+        if event.get("kind") in ("clip", "veto"):
+            date = event.get("bar_date")
+            rows.append(
+                {
+                    "date": date,
+                    "source": "risk",
+                    **{k: event.get(k) for k in ("ticker", "kind", "rule", "detail")},
+                }
+            )
+    for item in result.decisions or []:
+        record = item.get("record") or {}
+        portfolio = record.get("portfolio") if isinstance(record, Mapping) else None
+        for clip in (portfolio or {}).get("clips") or []:
+            rows.append(
+                {
+                    "date": item.get("bar_date", item.get("date")),
+                    "ticker": clip.get("ticker"),
+                    "source": "portfolio",
+                    "kind": "clip",
+                    "rule": clip.get("rule"),
+                    "detail": f"weight {clip.get('asked')} -> {clip.get('got')}",
+                }
+            )
+    frame = pd.DataFrame(rows, columns=list(REJECTED_COLUMNS))
+    if len(frame):
+        frame["date"] = frame["date"].astype(str)
+        frame = frame.sort_values("date", kind="stable")
+    return frame.to_csv(index=False)
 
 
 def decisions_jsonl(decisions: list[Mapping[str, Any]]) -> str:
@@ -377,7 +430,7 @@ def _track_table(stats: Mapping[str, Mapping[str, Any]]) -> str:
 def _metrics_table(metrics: Mapping[str, Any]) -> str:
     rows = "".join(
         f"<tr><th>{_e(label)}</th><td>{_e(format_metric(key, metrics.get(key)))}</td></tr>"
-        for key, label in METRICS.items()
+        for key, label in METRIC_NAMES.items()
     )
     return f'<table class="metrics">{rows}</table>'
 
@@ -398,7 +451,7 @@ def _comparison_table(
     body = ["<tr><th>Trades under the run's caps</th>" + "".join(f"<td>{c}</td>" for c in capped) + "</tr>"]
     for key in COMPARISON_KEYS:
         cells = "".join(f"<td>{_e(format_metric(key, col.get(key)))}</td>" for col in columns)
-        body.append(f"<tr><th>{_e(METRICS[key])}</th>{cells}</tr>")
+        body.append(f"<tr><th>{_e(METRIC_NAMES[key])}</th>{cells}</tr>")
     return f'<table class="compare">{head}{"".join(body)}</table>'
 
 

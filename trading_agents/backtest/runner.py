@@ -43,9 +43,22 @@ from trading_agents.errors import UserInputError
 
 log = logging.getLogger("trading_agents.backtest")
 
-STRATEGIES: tuple[str, ...] = ("agents", "buy-hold", "sma-cross", "macd", "rsi", "random")
+STRATEGIES: tuple[str, ...] = (
+    "agents",
+    "buy-hold",
+    "sma-cross",
+    "macd",
+    "rsi",
+    "random",
+    "equal-weight",
+    "equal-weight-monthly",
+)
 #: Rule-based strategies run next to the chosen one for the comparison table.
 BASELINES: tuple[str, ...] = ("buy-hold", "sma-cross", "macd", "rsi", "random")
+#: Also run beside a universe (several tickers) or a portfolio-mode backtest; the first is the
+#: benchmark of ``excess_return_pct`` there.
+PORTFOLIO_BASELINES: tuple[str, ...] = ("equal-weight", "equal-weight-monthly")
+PORTFOLIO_MODES: tuple[str, ...] = ("off", "conviction", "llm")
 AGENT_DEFAULT_BARS = 60
 DEFAULT_TICKER = "GOOG"
 LOCK_NAME = "backtest.lock"
@@ -84,6 +97,7 @@ class BacktestRequest(BaseModel):
     out: Path | None = None
     source: str = "auto"
     news: str | None = None  # agents: a news file or "yahoo" (config data.news)
+    portfolio: str | None = None  # agents: portfolio.mode (off, conviction, llm)
 
     def validate_inputs(self) -> None:
         """Raise :class:`UserInputError` (one line: what is wrong, what to do) for a bad request."""
@@ -109,6 +123,10 @@ class BacktestRequest(BaseModel):
             )
         if self.fast < 1 or self.slow <= self.fast:
             raise UserInputError(f"--fast must be >= 1 and below --slow (got {self.fast} and {self.slow})")
+        if self.portfolio is not None and self.portfolio not in PORTFOLIO_MODES:
+            raise UserInputError(
+                f"unknown portfolio mode {self.portfolio!r}; choose one of: {', '.join(PORTFOLIO_MODES)}"
+            )
         if self.seed is not None and self.seed < 0:
             raise UserInputError(f"--seed must be >= 0 (got {self.seed})")
 
@@ -121,6 +139,7 @@ class BacktestRequest(BaseModel):
             "risk.max_position_pct": self.max_position_pct,
             "llm.seed": self.seed,
             "data.news": self.news,
+            "portfolio.mode": self.portfolio,
         }
 
 
@@ -213,13 +232,16 @@ def run_backtest(
     baseline_metrics: dict[str, dict[str, Any]] = {}
     baseline_equity: dict[str, pd.Series] = {}
     if request.baselines:
-        for name in BASELINES:
+        for name in baseline_names(tickers, settings):
             if name == request.strategy:
                 continue
             other = run_baseline(name, request, settings, bars, config, start, end)
             baseline_metrics[name] = compute_metrics(other, bars)
             baseline_equity[name] = other.equity["equity"]
 
+    benchmark = add_cost_metrics(
+        metrics, result.decisions or [], baseline_metrics, portfolio=is_portfolio(tickers, settings)
+    )
     meta = {
         "run_id": run_id,
         "strategy": request.strategy,
@@ -237,6 +259,8 @@ def run_backtest(
         "seed": _seed(request, settings, llm),
         "llm": llm,
         "lookahead_warnings": warnings,
+        "benchmark": benchmark,
+        "portfolio_mode": settings.portfolio.mode if request.strategy == "agents" else None,
         "risk_events": len(getattr(result, "risk_events", None) or []),
         "resumed_steps": getattr(result, "resumed_steps", 0),
         "elapsed_s": round(time.monotonic() - began, 3),
@@ -265,6 +289,49 @@ def run_backtest(
     return BacktestOutcome(
         out_dir=Path(out_dir), paths=paths, summary=summary, result=result, warnings=warnings
     )
+
+
+def is_portfolio(tickers: list[str], settings: Settings) -> bool:
+    """A universe or a portfolio mode: measured against equal-weight buy-and-hold."""
+    return len(tickers) > 1 or settings.portfolio.mode != "off"
+
+
+def baseline_names(tickers: list[str], settings: Settings) -> tuple[str, ...]:
+    """The baselines run beside a backtest: the rule-based ones, and for a universe or a
+    portfolio mode equal-weight buy-and-hold and 1/N rebalanced monthly."""
+    return BASELINES + (PORTFOLIO_BASELINES if is_portfolio(tickers, settings) else ())
+
+
+def add_cost_metrics(
+    metrics: dict[str, Any],
+    decisions: list[Mapping[str, Any]],
+    baselines: Mapping[str, Mapping[str, Any]],
+    *,
+    portfolio: bool,
+) -> str:
+    """Add ``llm_cost_usd`` (stored with the decisions), ``return_net_pct`` (net of it),
+    ``excess_return_pct`` and ``excess_return_net_pct`` to ``metrics``.
+
+    The benchmark is equal-weight buy-and-hold for a universe or portfolio mode (its
+    baseline's return, when it ran), else the bars' buy-and-hold return; returns its name.
+    """
+    from trading_agents.agents.costs import decisions_cost_usd
+
+    cost = decisions_cost_usd(decisions)
+    start = float(metrics.get("equity_start") or 0.0)
+    final = metrics.get("equity_final")
+    metrics["llm_cost_usd"] = cost
+    net = (float(final) - cost - start) / start * 100 if final is not None and start > 0 else None
+    metrics["return_net_pct"] = net
+    bench = metrics.get("buy_hold_return_pct")
+    name = "buy-hold"
+    if portfolio and "equal-weight" in baselines:
+        bench = baselines["equal-weight"].get("return_pct")
+        name = "equal-weight"
+    gross = metrics.get("return_pct")
+    metrics["excess_return_pct"] = gross - bench if gross is not None and bench is not None else None
+    metrics["excess_return_net_pct"] = net - bench if net is not None and bench is not None else None
+    return name
 
 
 def ensure_writable(out_dir: Path) -> bool:
@@ -524,10 +591,15 @@ def strategy_params(
                 "seed": settings.llm.seed,
                 "news": settings.data.news,
                 "memory": settings.memory.model_dump(),
+                "portfolio": settings.portfolio.model_dump(),
+                "costs": settings.costs.model_dump(),
             }
         )
         return params
-    return _baseline_params(request.strategy, request, settings)
+    params = _baseline_params(request.strategy, request, settings)
+    if isinstance(params.get("risk"), BaseModel):
+        params["risk"] = params["risk"].model_dump(mode="json")
+    return params
 
 
 def _loaded_pair(settings: Settings) -> tuple[str, str | None]:
@@ -543,6 +615,12 @@ def _loaded_pair(settings: Settings) -> tuple[str, str | None]:
 
 
 def _baseline_params(name: str, request: BacktestRequest, settings: Settings) -> dict[str, Any]:
+    if name in PORTFOLIO_BASELINES:
+        return {
+            "risk": settings.risk,
+            "commission": settings.broker.commission,
+            "slippage_bps": settings.broker.slippage_bps,
+        }
     if name == "sma-cross":
         return {"fast": request.fast, "slow": request.slow}
     if name == "random":

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from trading_agents.backtest.metrics import METRICS, format_metric
+from trading_agents.backtest.metrics import METRIC_NAMES, format_metric
 from trading_agents.backtest.runner import (
     STRATEGIES,
     BacktestRequest,
@@ -40,6 +40,9 @@ log = logging.getLogger("trading_agents.backtest")
 
 SUMMARY_KEYS = (
     "return_pct",
+    "llm_cost_usd",
+    "return_net_pct",
+    "excess_return_net_pct",
     "return_ann_pct",
     "sharpe",
     "max_drawdown_pct",
@@ -94,6 +97,13 @@ def backtest(
         str | None,
         typer.Option("--news", help="agents: news file (JSONL/CSV) or 'yahoo' (config data.news)."),
     ] = None,
+    portfolio: Annotated[
+        str | None,
+        typer.Option(
+            "--portfolio",
+            help="agents: portfolio.mode: off (each ticker on its own), conviction or llm (target weights).",
+        ),
+    ] = None,
     baselines: Annotated[
         bool,
         typer.Option("--baselines/--no-baselines", help="Also run the rule-based baselines for comparison."),
@@ -134,6 +144,11 @@ def backtest(
       trading-agents backtest -s sma-cross --start 2010-01-04 --slow 30
 
       trading-agents backtest -s agents --endpoint http://127.0.0.1:8080 --endpoint-model smollm2
+
+      trading-agents backtest -t AAPL -t GOOG -t IBM -t MSFT --portfolio conviction
+
+    A universe runs equal-weight buy-and-hold and 1/N monthly beside it; rejected_orders.csv
+    lists every clip and veto.
     """
     from trading_agents.cli.common import settings_from
 
@@ -153,6 +168,7 @@ def backtest(
         use_cache=not no_cache,
         blind=blind,
         news=news,
+        portfolio=portfolio.strip().lower() if portfolio else None,
         baselines=baselines,
         out=out,
     )
@@ -265,5 +281,5 @@ def _print_summary(summary: dict[str, Any]) -> None:
         row = [format_metric(key, summary["metrics"].get(key))]
         row += [format_metric(key, summary["baselines"][n].get(key)) for n in names]
         row.append(format_metric(key, uncapped.get(key)))
-        table.add_row(METRICS[key], *row)
+        table.add_row(METRIC_NAMES[key], *row)
     console.print(table)

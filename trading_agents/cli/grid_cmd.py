@@ -388,9 +388,10 @@ def _table(board: dict[str, Any]) -> None:
     from trading_agents.grid.report import fmt
 
     grid = board["grid"]
-    table = Table(
-        title=f"excess over buy-and-hold ({grid['reference']}, under the same caps), {grid['cells']} cells"
+    yardstick = grid["reference"] + (
+        f"; universes: {grid['universe_reference']}" if grid.get("universe_reference") else ""
     )
+    table = Table(title=f"excess over buy-and-hold ({yardstick}, under the same caps), {grid['cells']} cells")
     columns = (
         ("label", "strategy"),
         ("done", "cells"),
@@ -398,6 +399,8 @@ def _table(board: dict[str, Any]) -> None:
         ("mean_excess_pct", "excess %"),
         ("excess_ci95_pct", "95% CI"),
         ("beat_buy_hold_share", "beat capped B&H"),
+        ("llm_cost_usd", "LLM $"),
+        ("mean_excess_net_pct", "excess net %"),
         ("mean_sharpe", "Sharpe"),
         ("worst_max_drawdown_pct", "worst DD %"),
     )

@@ -240,6 +240,14 @@ def _decision_rows(d: dict[str, Any], risk_events: Sequence[dict[str, Any]] = ()
         order = order_text(rec, _risk_rules(risk_events, d["bar_date"], ticker))
         served = ", ".join(sorted({f"{a.get('model')} ({a.get('route_reason')})" for a in agents})) or "-"
         rows.append((d["bar_date"], ticker, _short(desk, 60), order, _short(served, 60)))
+    book = record.get("portfolio")
+    if isinstance(book, dict) and book.get("targets"):
+        targets = " ".join(f"{t} {w:.0%}" for t, w in book["targets"].items())
+        clips = ", ".join(sorted({f"{c['ticker']}:{c['rule']}" for c in book.get("clips") or []}))
+        orders = ", ".join(f"{o['side']} {o['quantity']} {o['ticker']}" for o in book.get("orders") or [])
+        note = book.get("fail_closed") or (f"clipped {clips}" if clips else "")
+        desk = f"{book.get('mode')} targets: {targets}" + (f"; {note}" if note else "")
+        rows.append((d["bar_date"], "book", _short(desk, 60), _short(orders or "no trade", 40), "-"))
     return rows
 
 

@@ -65,6 +65,13 @@ def run(
         typer.Option("--news", help="News for the agents: a JSONL/CSV file or 'yahoo' (config data.news)."),
     ] = None,
     account: Annotated[str, typer.Option("--account", help="Paper account in the ledger.")] = "paper",
+    portfolio: Annotated[
+        str | None,
+        typer.Option(
+            "--portfolio",
+            help="portfolio.mode: off (each ticker on its own), conviction or llm (weights for the book).",
+        ),
+    ] = None,
     seed: Annotated[
         int | None, typer.Option("--seed", min=0, help="LLM sampling seed (config llm.seed).")
     ] = None,
@@ -88,6 +95,8 @@ def run(
 
       trading-agents run --news trading_agents/market/data/GOOG.news.jsonl --start 2013-02-19
 
+      trading-agents run -t AAPL -t GOOG -t IBM -t MSFT --portfolio conviction --days 3
+
       trading-agents run --endpoint http://127.0.0.1:8080 --endpoint-model qwen2.5-7b --days 5
 
     Exit codes: 0 ok, 2 bad input, 3 model failure, 4 data unavailable, 5 the account ended
@@ -108,7 +117,7 @@ def run(
         raise UserInputError(f"--start {first} is after --end {last}; swap the dates")
     settings = settings_from(
         config,
-        **{"llm.seed": seed, "session.days": days, "data.news": news},
+        **{"llm.seed": seed, "session.days": days, "data.news": news, "portfolio.mode": portfolio},
         **endpoint_flags(endpoint, endpoint_model),
     )
     tickers = [t.upper() for t in (ticker or settings.session.tickers)]
@@ -177,9 +186,24 @@ def _summary(
         outcome.positions,
     )
     decisions: list[dict[str, Any]] = []
+    books: list[dict[str, Any]] = []
     routes: dict[str, int] = {}
+    cost = 0.0
     for event in events:
         record = event.decision.record if event.decision is not None else None
+        cost += float((record or {}).get("llm_cost_usd") or 0.0)
+        book = (record or {}).get("portfolio")
+        if book:
+            manager = book.get("manager") or {}
+            books.append(
+                {
+                    "date": str(event.bar_date)[:10],
+                    **{k: book.get(k) for k in ("mode", "current", "targets", "clips", "orders", "skipped")},
+                    "fail_closed": book.get("fail_closed"),
+                    "manager_answer": manager.get("answer"),
+                    "manager_error": manager.get("error"),
+                }
+            )
         for tick, rec in ((record or {}).get("tickers") or {}).items():
             agents = [{k: a.get(k) for k in _AGENT_FIELDS} for a in rec.get("agents", [])]
             for a in agents:
@@ -211,6 +235,8 @@ def _summary(
         "models": strategy.desk.describe(),
         "notes": strategy.desk.notes,
         "decisions": decisions,
+        "portfolio": books,
+        "llm_cost_usd": round(cost, 6),
         "orders": orders,
         "fills": fills,
         "positions": [{"ticker": t} | _plain(p) for t, p in positions.items() if p.quantity],

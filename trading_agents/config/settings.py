@@ -165,6 +165,12 @@ class RiskSettings(Section):
     max_drawdown_pct: float = Field(0.20, gt=0.0, le=1.0, description="Kill switch: HALTED.")
     max_data_age_days: int = Field(5, ge=0, description="Refuse to trade on older bars.")
     allow_short: bool = False
+    max_adv_pct: float | None = Field(
+        0.025,
+        gt=0.0,
+        le=1.0,
+        description="Largest order, of the 20-day average daily dollar volume; null: off.",
+    )
 
 
 class BrokerSettings(Section):
@@ -191,6 +197,29 @@ class ServeSettings(Section):
     api_key: SecretStr | None = Field(None, description="Bearer key clients must send; null: none.")
     request_timeout_s: float = Field(600.0, gt=0.0, description="A request running longer is stopped.")
     max_body_kb: int = Field(1024, ge=1, le=65536, description="Larger request bodies get 413.")
+
+
+class PortfolioSettings(Section):
+    """How the book across a universe is split (see :mod:`trading_agents.core.portfolio`)."""
+
+    mode: Literal["off", "conviction", "llm"] = Field(
+        "off", description="off: each ticker on its own; conviction: deterministic; llm: a portfolio manager."
+    )
+    min_trade_pct: float = Field(0.01, ge=0.0, le=1.0, description="No trade below this share of equity.")
+    max_tokens: int = Field(
+        256, ge=2, le=8192, description="Sampled tokens of the portfolio manager's reply."
+    )
+
+
+class CostsSettings(Section):
+    """What the desk's own LLM calls cost, counted in the results."""
+
+    # AWS on-demand, c7i.4xlarge (16 vCPU, 32 GiB), Linux, us-east-1: $0.714/h (price list of 2024-06).
+    compute_usd_per_hour: float = Field(
+        0.714, ge=0.0, description="Dollars per hour of a decision's wall time (local models)."
+    )
+    usd_per_1k_prompt_tokens: float = Field(0.0, ge=0.0, description="External endpoints: prompt price.")
+    usd_per_1k_completion_tokens: float = Field(0.0, ge=0.0, description="External endpoints: reply price.")
 
 
 class SessionSettings(Section):
@@ -243,6 +272,8 @@ class Settings(BaseSettings):
     data: DataSettings = Field(default_factory=DataSettings)
     news: NewsSettings = Field(default_factory=NewsSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    portfolio: PortfolioSettings = Field(default_factory=PortfolioSettings)
+    costs: CostsSettings = Field(default_factory=CostsSettings)
 
     # Set by load_settings: the file the YAML layer came from (None when there was none).
     _source_file: Path | None = None

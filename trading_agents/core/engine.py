@@ -413,7 +413,8 @@ class Engine:
                     view.day_start_equity,
                     view.risk_state,
                 )
-                check = self.risk.check(intent, working, ref, date, data_date)
+                adv = market.adv_dollars(ticker, i) if cfg.risk.max_adv_pct is not None else None
+                check = self.risk.check(intent, working, ref, date, data_date, adv)
             events += check.events
             vetoes = [e for e in check.events if e.kind == "veto"]
             order = Order(

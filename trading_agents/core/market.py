@@ -20,6 +20,8 @@ from trading_agents.errors import DataValidationError, UserInputError
 
 PRICE_COLUMNS = ("Open", "High", "Low", "Close")
 BAR_COLUMNS = (*PRICE_COLUMNS, "Volume")
+#: Bars in the average daily dollar volume behind ``risk.max_adv_pct``.
+ADV_DAYS = 20
 
 
 def check_bars(bars: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -92,6 +94,7 @@ class AlignedMarket:
             first_bar.append(int(pos.min()))
         self.all_from = max(first_bar)  # from this bar on every ticker has data
         self._columns: dict[tuple[str, str], np.ndarray] = {}
+        self._adv: dict[str, np.ndarray | None] = {}
         self._timestamps: list[pd.Timestamp] | None = None
         self._iso: list[str] | None = None
         self._days: list[int] | None = None
@@ -108,14 +111,14 @@ class AlignedMarket:
         if cached is not None and len(frames) == len(bars) and cached[1].matches(frames):
             market = object.__new__(cls)
             market.__dict__.update(cached[0].__dict__)
-            market.frames, market._columns = frames, {}
+            market.frames, market._columns, market._adv = frames, {}, {}
             return market
         market = cls(check_bars(bars))
         if len(market.dates) * len(market.tickers) <= _PREPARED_MAX_CELLS and len(frames) == len(bars):
             market.timestamps, market.iso, market.days  # noqa: B018 - computed once, shared
             template = object.__new__(cls)
             template.__dict__.update(market.__dict__)
-            template.frames, template._columns = {}, {}
+            template.frames, template._columns, template._adv = {}, {}, {}
             _PREPARED[key] = (template, _Fingerprint(frames))
             while len(_PREPARED) > _PREPARED_MAX:
                 _PREPARED.pop(next(iter(_PREPARED)))
@@ -165,6 +168,25 @@ class AlignedMarket:
             values.flags.writeable = False
             self._columns[key] = values
         return values
+
+    def adv_dollars(self, ticker: str, i: int) -> float | None:
+        """The mean of Close x Volume over ``ticker``'s last :data:`ADV_DAYS` bars dated
+        ``<= dates[i]`` (fewer at the start of its data); ``None`` without a Volume column or
+        a bar. Known at bar ``i``'s close, so a decision there may use it."""
+        if ticker not in self._adv:
+            frame = self.frames[ticker]
+            if "Volume" not in frame.columns:
+                self._adv[ticker] = None
+            else:
+                dollars = frame["Close"].to_numpy(dtype=float) * frame["Volume"].to_numpy(dtype=float)
+                mean = pd.Series(dollars).rolling(ADV_DAYS, min_periods=1).mean().to_numpy()
+                self._adv[ticker] = mean
+        values = self._adv[ticker]
+        row = self.rows_upto[ticker][i] - 1
+        if values is None or row < 0:
+            return None
+        value = float(values[row])
+        return value if np.isfinite(value) else None
 
     def bar_prices(self, i: int) -> dict[str, BarPrices]:
         return {

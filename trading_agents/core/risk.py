@@ -9,6 +9,9 @@ in order (each clip or veto is returned as a :class:`RiskEvent` naming its rule)
    -> veto (never trade on stale data);
 3. ``long_only``: without ``allow_short`` a sell is clipped to the long position (veto when flat);
 4. ``risk_state``: HALTED or REDUCING -> only orders that reduce a position pass;
+   ``max_adv_pct`` then clips any order (reducing ones too: a market absorbs only so much)
+   to that fraction of the ticker's 20-day average daily dollar volume, when the engine
+   knows it (a clip to zero is a veto);
 5. for orders that grow a position: ``max_order_notional`` (the lower of the absolute
    ``max_order_notional`` and ``max_order_notional_pct`` x equity, each off when null, as by
    default: ``max_position_pct`` already scales with the account), ``max_position_pct`` (position
@@ -113,8 +116,12 @@ class RiskEngine:
         ref_price: float,
         bar_date: pd.Timestamp,
         data_date: pd.Timestamp,
+        adv_dollars: float | None = None,
     ) -> RiskCheck:
-        """Clip or veto ``intent`` against every limit; see the module docstring for the rules."""
+        """Clip or veto ``intent`` against every limit; see the module docstring for the rules.
+
+        ``adv_dollars``: the ticker's 20-day average daily dollar volume (``None``: unknown,
+        no liquidity cap)."""
         ticker = intent.ticker
         events: list[RiskEvent] = []
 
@@ -170,6 +177,18 @@ class RiskEngine:
         state = mine if _SEVERITY.get(mine, 2) >= _SEVERITY.get(theirs, 2) else theirs
         if state != "ACTIVE" and not reducing:
             return veto("risk_state", f"account is {state}: only orders that reduce a position are allowed")
+        adv_pct = self.settings.max_adv_pct
+        if adv_pct is not None and adv_dollars is not None and math.isfinite(adv_dollars):
+            cap = max(math.floor(adv_pct * max(adv_dollars, 0.0) / ref_price + 1e-9), 0)
+            if qty > cap:
+                why = (
+                    f"order value above {adv_pct:.2%} of {ticker}'s 20-day average daily dollar "
+                    f"volume {adv_dollars:,.0f} (risk.max_adv_pct)"
+                )
+                if cap == 0:
+                    return veto("max_adv_pct", f"quantity {qty} -> 0: {why}")
+                events.append(RiskEvent("clip", "max_adv_pct", f"quantity {qty} -> {cap}: {why}", ticker))
+                qty = cap
         if reducing:
             return RiskCheck(qty, False, events)
 
@@ -313,6 +332,7 @@ def caps_in_force(settings: RiskSettings) -> dict[str, float | bool | None]:
             "max_daily_loss_pct",
             "max_drawdown_pct",
             "allow_short",
+            "max_adv_pct",
         )
     }
 

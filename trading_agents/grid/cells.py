@@ -38,6 +38,7 @@ class Cell:
     strategy: dict[str, Any]
     seed: int
     news: str | None = None  # the news the data item's agent cells read (data.news)
+    universe: tuple[str, ...] = ()  # a universe item: its tickers, traded as one book
 
     @property
     def name(self) -> str:
@@ -53,14 +54,17 @@ class Cell:
         return re.sub(r"[^\w.+-]+", "_", f"{self.data}_{self.start}_{self.end}_{self.label}")
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.universe:  # cells of single instruments keep the form (and hash) they had
+            out.pop("universe")
+        return out
 
     def request(self, grid_dir: Path, grid_seed: int) -> BacktestRequest:
         """The :class:`BacktestRequest` this cell is (costs and risk come from the settings)."""
         strategy = StrategySpec.model_validate(self.strategy)
         return BacktestRequest(
             strategy=self.name,
-            tickers=[self.ticker] if self.ticker else None,
+            tickers=list(self.universe) if self.universe else [self.ticker] if self.ticker else None,
             data_file=Path(self.data_file) if self.data_file else None,
             start=dt.date.fromisoformat(self.start),
             end=dt.date.fromisoformat(self.end),
@@ -71,6 +75,7 @@ class Cell:
             response_cache=Path(grid_dir) / "llm_cache.sqlite",
             blind=strategy.blind,
             news=self.news if self.is_agents else None,
+            portfolio=strategy.portfolio,
             baselines=False,
             out=Path(grid_dir) / "cells" / self.folder,
         )
@@ -83,9 +88,12 @@ def cell_seed(grid_seed: int, key: str) -> int:
 
 
 def data_items(spec: GridSpec) -> list[tuple[str, str | None, str | None]]:
-    """``(label, ticker, file)`` for each data item: tickers first, then files (label: the stem)."""
+    """``(label, ticker, file)`` for each data item: tickers first, then files (label: the
+    stem), then the universe (label: its tickers joined by ``+``; ticker and file ``None``)."""
     items: list[tuple[str, str | None, str | None]] = [(t, t, None) for t in spec.data.tickers]
     items += [(Path(f).stem, None, str(f)) for f in spec.data.files]
+    if spec.data.universe_label:
+        items.append((spec.data.universe_label, None, None))
     return items
 
 
@@ -109,6 +117,7 @@ def expand(spec: GridSpec) -> list[Cell]:
                         strategy=strategy.model_dump(mode="json", exclude_defaults=True),
                         seed=cell_seed(spec.seed, key),
                         news=spec.data.news.get(data),
+                        universe=tuple(spec.data.universe) if data == spec.data.universe_label else (),
                     )
                 )
     return cells

@@ -1,7 +1,10 @@
 """The leaderboard: per strategy label, how its cells did against buy-and-hold on the same cell.
 
 Excess return of a cell = its return minus the return of the grid's buy-and-hold cell on the
-same data item and window (same engine, costs and caps). Per label: cells, mean and median
+same data item and window (same engine, costs and caps); on a universe item, minus the return
+of equal-weight buy-and-hold (``equal-weight``) instead. Each cell also shows the LLM's cost
+(``llm_cost_usd``, stored with the decisions), its return net of that cost and the excess
+return net of it (``excess_net_pct``; ``mean_excess_net_pct`` per label). Per label: cells, mean and median
 return, mean excess with a 95% bootstrap confidence interval (percentile method,
 :data:`BOOTSTRAP_RESAMPLES` resamples, fixed seed :data:`BOOTSTRAP_SEED`), the share of
 cells that beat buy-and-hold, mean Sharpe, worst max drawdown and, for agents, LLM calls,
@@ -39,18 +42,26 @@ def bootstrap_ci(
     return round(float(lo), 4), round(float(hi), 4)
 
 
-def cell_table(rows: Iterable[CellRow], reference: str) -> list[dict[str, Any]]:
-    """One entry per cell: key, label, data, window, status, return, excess, Sharpe, drawdown."""
+def cell_table(
+    rows: Iterable[CellRow], reference: str, universe_reference: str | None = None
+) -> list[dict[str, Any]]:
+    """One entry per cell: key, label, data, window, status, return, excess (also net of the
+    LLM's cost), Sharpe, drawdown. Universe cells are measured against ``universe_reference``."""
     rows = list(rows)
+
+    def yardstick(r: CellRow) -> str:
+        return universe_reference if r.cell.universe and universe_reference else reference
+
     ref = {
         (r.cell.data, r.cell.start, r.cell.end): (r.metrics or {}).get("return_pct")
         for r in rows
-        if r.cell.label == reference and r.status == "done"
+        if r.cell.label == yardstick(r) and r.status == "done"
     }
     out = []
     for r in rows:
         m = r.metrics or {}
         ret = m.get("return_pct") if r.status == "done" else None
+        net = m.get("return_net_pct", ret) if r.status == "done" else None
         base = ref.get((r.cell.data, r.cell.start, r.cell.end))
         out.append(
             {
@@ -64,6 +75,10 @@ def cell_table(rows: Iterable[CellRow], reference: str) -> list[dict[str, Any]]:
                 "return_pct": ret,
                 "buy_hold_pct": base,
                 "excess_pct": None if ret is None or base is None else round(ret - base, 6),
+                "benchmark": yardstick(r),
+                "llm_cost_usd": m.get("llm_cost_usd") if r.status == "done" else None,
+                "return_net_pct": net,
+                "excess_net_pct": None if net is None or base is None else round(net - base, 6),
                 "sharpe": m.get("sharpe") if r.status == "done" else None,
                 "max_drawdown_pct": m.get("max_drawdown_pct") if r.status == "done" else None,
                 "num_trades": m.get("num_trades") if r.status == "done" else None,
@@ -79,7 +94,8 @@ def build(rows: Iterable[CellRow], spec: GridSpec, *, caps: Mapping[str, Any], c
     """The leaderboard document (``leaderboard.json``, ``grid report --json``)."""
     rows = list(rows)
     reference = spec.reference_label()
-    cells = cell_table(rows, reference)
+    universe_reference = spec.universe_reference_label()
+    cells = cell_table(rows, reference, universe_reference)
     by_label: dict[str, list[dict[str, Any]]] = {}
     for entry in cells:
         by_label.setdefault(entry["label"], []).append(entry)
@@ -95,18 +111,22 @@ def build(rows: Iterable[CellRow], spec: GridSpec, *, caps: Mapping[str, Any], c
         done = [e for e in entries if e["status"] == "done"]
         returns = [e["return_pct"] for e in done if e["return_pct"] is not None]
         excess = [e["excess_pct"] for e in done if e["excess_pct"] is not None]
+        excess_net = [e["excess_net_pct"] for e in done if e["excess_net_pct"] is not None]
+        costs = [float(e["llm_cost_usd"] or 0.0) for e in done]
         sharpes = [e["sharpe"] for e in done if _finite(e["sharpe"])]
         drawdowns = [e["max_drawdown_pct"] for e in done if _finite(e["max_drawdown_pct"])]
         row: dict[str, Any] = {
             "label": label,
             "strategy": strategy.name,
-            "reference": label == reference,
+            "reference": label in (reference, universe_reference),
             "cells": len(entries),
             "done": len(done),
             "failed": sum(1 for e in entries if e["status"] == "failed"),
             "mean_return_pct": _mean(returns),
             "median_return_pct": round(float(np.median(returns)), 4) if returns else None,
             "mean_excess_pct": _mean(excess),
+            "mean_excess_net_pct": _mean(excess_net),
+            "llm_cost_usd": round(sum(costs), 6),
             "excess_ci95_pct": bootstrap_ci(excess),
             "beat_buy_hold_share": round(sum(1 for x in excess if x > 0) / len(excess), 4)
             if excess
@@ -128,6 +148,7 @@ def build(rows: Iterable[CellRow], spec: GridSpec, *, caps: Mapping[str, Any], c
             "data": sorted({e["data"] for e in cells}),
             "windows": sorted({e["window"] for e in cells}),
             "reference": reference,
+            "universe_reference": universe_reference,
             "seed": spec.seed,
             "cash": cash,
             "broker": spec.broker.model_dump(exclude_unset=True),

@@ -29,6 +29,8 @@ _COLUMNS = (
     ("median_return_pct", "median return [%]"),
     ("mean_excess_pct", "mean excess vs capped B&H [%]"),
     ("excess_ci95_pct", "95% CI (bootstrap)"),
+    ("llm_cost_usd", "LLM cost [$]"),
+    ("mean_excess_net_pct", "mean excess net of LLM cost [%]"),
     ("beat_buy_hold_share", "beat capped B&H"),
     ("mean_sharpe", "mean Sharpe"),
     ("worst_max_drawdown_pct", "worst max DD [%]"),
@@ -53,8 +55,13 @@ def render_html(board: Mapping[str, Any]) -> str:
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{_e(title)}</title><style>{REPORT_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
-        f'<p class="sub">excess = return minus buy-and-hold ({_e(grid["reference"])}) on the same cell, '
-        f"same engine, costs and caps · spec {_e(grid['spec_hash'])} · seed {_e(grid['seed'])}</p>",
+        f'<p class="sub">excess = return minus buy-and-hold ({_e(grid["reference"])}) on the same cell'
+        + (
+            f", on a universe minus equal-weight buy-and-hold ({_e(grid['universe_reference'])})"
+            if grid.get("universe_reference")
+            else ""
+        )
+        + f", same engine, costs and caps · spec {_e(grid['spec_hash'])} · seed {_e(grid['seed'])}</p>",
     ]
     if grid["failed"] or grid["pending"]:
         parts.append(
@@ -182,7 +189,18 @@ def _llm_cell(key: str, value: Any) -> str:
 
 
 def _cells_table(cells: list[Mapping[str, Any]]) -> str:
-    keys = ("key", "status", "return_pct", "excess_pct", "sharpe", "max_drawdown_pct", "num_trades", "error")
+    keys = (
+        "key",
+        "status",
+        "return_pct",
+        "excess_pct",
+        "llm_cost_usd",
+        "excess_net_pct",
+        "sharpe",
+        "max_drawdown_pct",
+        "num_trades",
+        "error",
+    )
     head = "".join(f"<th>{_e(k)}</th>" for k in keys)
     body = "".join(
         "<tr>" + "".join(f"<td>{_e(fmt(k, c.get(k)))}</td>" for k in keys) + "</tr>" for c in cells
@@ -196,6 +214,8 @@ def fmt(key: str, value: Any) -> str:
         return "--"
     if key == "beat_buy_hold_share":
         return f"{value:.0%}"
+    if key == "llm_cost_usd" and isinstance(value, int | float):
+        return f"{value:.4f}"
     if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int | float) for v in value):
         return f"[{unsigned_zero(f'{value[0]:.2f}')}, {unsigned_zero(f'{value[1]:.2f}')}]"
     if isinstance(value, float):

@@ -84,6 +84,8 @@ def cell_settings(base: Settings, strategy: StrategySpec, threads: int, seed: in
             llm["primary"], llm["fallback"] = strategy.primary, strategy.fallback
         llm["n_threads"], llm["seed"] = threads, seed
         llm["ram_cache_mb"] = 0  # no state carried between cells: results independent of order
+        if strategy.portfolio is not None:
+            data["portfolio"]["mode"] = strategy.portfolio
         endpoint = base.llm.endpoint
         if endpoint is not None and endpoint.api_key is not None:  # the JSON dump masks secrets
             llm["endpoint"]["api_key"] = endpoint.api_key.get_secret_value()
@@ -129,9 +131,8 @@ def check_data(spec: GridSpec) -> dict[tuple[str, str, str], int]:
     from trading_agents.backtest.runner import BacktestRequest, choose_window, load_request_bars
 
     for label, ticker, file in data_items(spec):
-        request = BacktestRequest(
-            tickers=[ticker] if ticker else None, data_file=Path(file) if file else None
-        )
+        tickers = spec.data.universe if label == spec.data.universe_label else [ticker] if ticker else None
+        request = BacktestRequest(tickers=tickers, data_file=Path(file) if file else None)
         try:
             bars = load_request_bars(request)
         except DataValidationError as exc:

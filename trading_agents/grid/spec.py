@@ -18,6 +18,12 @@ Validated like the config: unknown keys and wrong types are errors naming their 
 
 Relative ``files`` are read from the spec's folder. Every grid compares against buy-and-hold
 on the same cell; a spec without a ``buy-hold`` strategy gets one added.
+
+A data item may be a universe traded as one book: ``data: {universe: [AAPL, GOOG, IBM, MSFT]}``
+(its label joins the tickers with ``+``); an agents strategy then takes ``portfolio:
+conviction`` or ``llm`` (``portfolio.mode``). A spec with a universe or a portfolio strategy
+also runs ``equal-weight`` (buy-and-hold, 1/N) and ``equal-weight-monthly`` (1/N rebalanced
+monthly), and a universe cell's excess return is measured against ``equal-weight``.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from trading_agents.backtest.runner import STRATEGIES
+from trading_agents.backtest.runner import PORTFOLIO_BASELINES, STRATEGIES
 from trading_agents.config.settings import (
     BrokerSettings,
     LLMSettings,
@@ -86,12 +92,25 @@ class DataSpec(_Strict):
 
     tickers: list[str] = Field(default_factory=list)
     files: list[Path] = Field(default_factory=list)
+    universe: list[str] = Field(default_factory=list, description="tickers traded as one book")
     news: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("tickers")
+    @field_validator("tickers", "universe")
     @classmethod
     def _upper(cls, value: list[str]) -> list[str]:
         return [t.strip().upper() for t in value]
+
+    @field_validator("universe")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(value) == 1 or len(set(value)) != len(value):
+            raise ValueError("a universe names two or more distinct tickers, e.g. [AAPL, GOOG, IBM, MSFT]")
+        return value
+
+    @property
+    def universe_label(self) -> str | None:
+        """The universe's data item label (``AAPL+GOOG+IBM+MSFT``), ``None`` without one."""
+        return "+".join(self.universe) if self.universe else None
 
     @field_validator("news")
     @classmethod
@@ -107,8 +126,8 @@ class DataSpec(_Strict):
 
     @model_validator(mode="after")
     def _some(self) -> DataSpec:
-        if not self.tickers and not self.files:
-            raise ValueError("give tickers, files or both")
+        if not self.tickers and not self.files and not self.universe:
+            raise ValueError("give tickers, files, a universe or several of them")
         return self
 
 
@@ -167,11 +186,14 @@ class StrategySpec(_Strict):
     fast: int | None = Field(None, ge=1)
     slow: int | None = Field(None, ge=2)
     blind: bool = False
+    portfolio: Literal["off", "conviction", "llm"] | None = Field(
+        None, description="agents: portfolio.mode (default: the config's)"
+    )
 
     @model_validator(mode="after")
     def _fits_name(self) -> StrategySpec:
-        if self.name != "agents" and (self.model is not None or self.blind):
-            raise ValueError(f"model and blind are for the agents strategy, not {self.name}")
+        if self.name != "agents" and (self.model is not None or self.blind or self.portfolio is not None):
+            raise ValueError(f"model, blind and portfolio are for the agents strategy, not {self.name}")
         if self.name != "sma-cross" and (self.fast is not None or self.slow is not None):
             raise ValueError(f"fast and slow are for sma-cross, not {self.name}")
         if (self.fast or 10) >= (self.slow or 20):
@@ -191,7 +213,8 @@ class StrategySpec(_Strict):
             return self.label
         if self.name == "agents":
             tail = (self.primary or "config").rsplit("/", 1)[-1].removesuffix(".gguf")
-            return f"agents-{tail}" + (f"+{self.fallback}" if self.fallback else "")
+            mode = f"-{self.portfolio}" if self.portfolio not in (None, "off") else ""
+            return f"agents-{tail}" + (f"+{self.fallback}" if self.fallback else "") + mode
         if self.name == "sma-cross" and (self.fast or self.slow):
             return f"sma-cross-{self.fast or 10}-{self.slow or 20}"
         return self.name
@@ -235,10 +258,25 @@ class GridSpec(_Strict):
         return self.model_copy(update={"windows": [WindowSpec(start=start, end=last.end)]})
 
     def with_reference(self) -> list[StrategySpec]:
-        """The strategies, with buy-and-hold added when the spec has none (the yardstick)."""
-        if any(s.name == "buy-hold" for s in self.strategies):
-            return list(self.strategies)
-        return [*self.strategies, StrategySpec(name="buy-hold")]
+        """The strategies, with buy-and-hold added when the spec has none (the yardstick), and
+        for a universe or a portfolio strategy the equal-weight baselines."""
+        out = list(self.strategies)
+        names = {s.name for s in out}
+        if "buy-hold" not in names:
+            out.append(StrategySpec(name="buy-hold"))
+        if self.is_portfolio():
+            out += [StrategySpec(name=n) for n in PORTFOLIO_BASELINES if n not in names]
+        return out
+
+    def is_portfolio(self) -> bool:
+        """A universe data item or an agents strategy with a portfolio mode."""
+        return bool(self.data.universe) or any(s.portfolio not in (None, "off") for s in self.strategies)
+
+    def universe_reference_label(self) -> str | None:
+        """The label universe cells are measured against (equal-weight buy-and-hold)."""
+        if not self.is_portfolio():
+            return None
+        return next(s.default_label() for s in self.with_reference() if s.name == "equal-weight")
 
     def reference_label(self) -> str:
         return next(s.default_label() for s in self.with_reference() if s.name == "buy-hold")

@@ -182,6 +182,14 @@ class ResponseCacheClient(BaseChatClient, Component[ResponseCacheConfig]):
         return getattr(self.client, "last_prompt", "")
 
     @property
+    def last_recorded_latency_s(self) -> float | None:
+        """For a replayed reply, the latency of the call it was recorded from (what it cost to
+        make); ``None`` when the last call was not answered from the store."""
+        if self._hit is None:
+            return None
+        return float(self._hit["recorded_latency_s"])
+
+    @property
     def last_route(self) -> Route | None:
         if self._hit is not None:
             return self._hit["route"]
@@ -290,6 +298,7 @@ def _replayed(record: Mapping[str, Any]) -> dict[str, Any]:
         record = {"route": raw.pop("route", None), "metrics": raw}
     raw = record.get("metrics")
     metrics = None
+    recorded_latency = float((raw or {}).get("latency_s") or 0.0)
     if raw is not None:
         spent = dict.fromkeys(
             ("ttft_s", "latency_s", "prompt_eval_s", "generation_s", "sampling_s", "cache_state_s"), 0.0
@@ -306,4 +315,5 @@ def _replayed(record: Mapping[str, Any]) -> dict[str, Any]:
         "route": Route(**record["route"]) if record.get("route") else None,
         "finish_reason": finish,
         "usage": usage,
+        "recorded_latency_s": recorded_latency,
     }
