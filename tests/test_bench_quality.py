@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,23 @@ def test_rule_agreement_counts_a_sell_with_no_position_as_hold() -> None:
     ]
     assert rule_agreement(decisions) == 0.75
     assert rule_agreement([]) is None
+
+
+def test_a_hold_that_stops_at_the_analyst_is_a_valid_decision() -> None:
+    """Risk and the executor run only when called for: the analyst's reply alone is a whole decision."""
+    hold = _decision("HOLD", "mixed", "up")
+    trade = replace(
+        _decision("BUY", "up", "up"),
+        steps=(
+            {"role": "analyst", "output": {"action": "BUY"}},
+            {"role": "risk", "output": {"decision": "approve"}},
+            {"role": "executor", "output": {"side": "buy"}},
+        ),
+    )
+    failed_risk = replace(trade, steps=(trade.steps[0], {"role": "risk", "output": None}))
+    errored = replace(hold, error="model failed")
+    assert hold.valid and trade.valid
+    assert not failed_risk.valid and not errored.valid and not _decision(None, "up", "up").valid
 
 
 def test_trend_following_gap() -> None:

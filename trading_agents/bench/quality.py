@@ -156,8 +156,15 @@ class Decision:
         return str(out["action"]) if out and out.get("action") else None
 
     @property
-    def complete(self) -> bool:
-        return self.error is None and all(self.output(r) is not None for r in ("analyst", "risk", "executor"))
+    def valid(self) -> bool:
+        """No error, an analyst reply, and a valid reply from every agent that ran: risk runs only
+        when the analyst proposes a trade and the executor only when risk lets it through, so a
+        HOLD has the analyst's reply alone and is valid."""
+        return (
+            self.error is None
+            and self.output("analyst") is not None
+            and all(s.get("output") is not None for s in self.steps)
+        )
 
 
 def read_decisions(path: Path) -> tuple[list[Decision], list[dict[str, Any]]]:
@@ -250,7 +257,7 @@ def model_quality(decisions: list[Decision], rows: list[Mapping[str, Any]]) -> d
         "trend_following_gap": trend_following_gap(decisions),
         "hit_rate": round(hits / realised, 4) if realised else None,
         "per_action": per_action,
-        "invalid_decisions": sum(1 for d in decisions if not d.complete),
+        "invalid_decisions": sum(1 for d in decisions if not d.valid),
         "failed_steps": sum(1 for s in steps if s.get("error")),
         "malformed_text_share": round(len(malformed) / len(outputs), 4) if outputs else None,
         "malformed_examples": [f"{role}: {'; '.join(why)}" for role, why in malformed[:5]],
