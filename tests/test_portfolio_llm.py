@@ -146,3 +146,8 @@ def test_a_conviction_session_shows_targets_orders_and_clips_in_run_json_and_the
         main(["ledger"])
     shown = capsys.readouterr().out
     assert "book" in shown and "conviction" in shown  # the book's row under the tickers' rows
+    # the dashboard's decisions table shows the same row, from the same helper
+    from trading_agents.dashboard.views import decision_rows
+
+    [row] = [r for r in decision_rows([decision], []) if r["ticker"] == "book"]
+    assert row["skipped"].startswith("conviction targets: ") and row["order"]

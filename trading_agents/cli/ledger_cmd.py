@@ -17,6 +17,7 @@ from trading_agents.agents.guards import order_text, stopped_by
 from trading_agents.agents.track_record import action_stats
 from trading_agents.cli.common import ConfigOption, JsonOption, console, emit_json, settings_from
 from trading_agents.core import RunInfo
+from trading_agents.core.portfolio import book_text
 from trading_agents.errors import UserInputError
 from trading_agents.journal import Ledger, RiskStateChange, default_ledger_path
 
@@ -240,14 +241,9 @@ def _decision_rows(d: dict[str, Any], risk_events: Sequence[dict[str, Any]] = ()
         order = order_text(rec, _risk_rules(risk_events, d["bar_date"], ticker))
         served = ", ".join(sorted({f"{a.get('model')} ({a.get('route_reason')})" for a in agents})) or "-"
         rows.append((d["bar_date"], ticker, _short(desk, 60), order, _short(served, 60)))
-    book = record.get("portfolio")
-    if isinstance(book, dict) and book.get("targets"):
-        targets = " ".join(f"{t} {w:.0%}" for t, w in book["targets"].items())
-        clips = ", ".join(sorted({f"{c['ticker']}:{c['rule']}" for c in book.get("clips") or []}))
-        orders = ", ".join(f"{o['side']} {o['quantity']} {o['ticker']}" for o in book.get("orders") or [])
-        note = book.get("fail_closed") or (f"clipped {clips}" if clips else "")
-        desk = f"{book.get('mode')} targets: {targets}" + (f"; {note}" if note else "")
-        rows.append((d["bar_date"], "book", _short(desk, 60), _short(orders or "no trade", 40), "-"))
+    book = book_text(record.get("portfolio"))
+    if book is not None:
+        rows.append((d["bar_date"], "book", _short(book[0], 60), _short(book[1], 40), "-"))
     return rows
 
 

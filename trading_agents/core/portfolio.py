@@ -175,3 +175,16 @@ def _number(value: Any) -> float | None:
 def _json(value: Any) -> Any:
     number = _number(value)
     return number if number is not None else str(value)[:40]
+
+
+def book_text(book: Any) -> tuple[str, str] | None:
+    """A decision record's ``portfolio`` entry in brief, as the ledger table and the dashboard
+    show it: (``"conviction targets: AAPL 20% GOOG 12%; clipped GOOG:max_position_pct"``,
+    ``"buy 12 GOOG, sell 3 IBM"``), or None when the record has no targets."""
+    if not isinstance(book, Mapping) or not book.get("targets"):
+        return None
+    targets = " ".join(f"{t} {w:.0%}" for t, w in book["targets"].items())
+    clips = ", ".join(sorted({f"{c['ticker']}:{c['rule']}" for c in book.get("clips") or []}))
+    orders = ", ".join(f"{o['side']} {o['quantity']} {o['ticker']}" for o in book.get("orders") or [])
+    note = book.get("fail_closed") or (f"clipped {clips}" if clips else "")
+    return f"{book.get('mode')} targets: {targets}" + (f"; {note}" if note else ""), orders or "no trade"

@@ -15,6 +15,7 @@ from trading_agents.agents.guards import order_text, stopped_by
 from trading_agents.agents.track_record import action_stats
 from trading_agents.backtest.metrics import METRICS, format_metric
 from trading_agents.backtest.results_folder import ResultsFolder
+from trading_agents.core.portfolio import book_text
 from trading_agents.dashboard import charts
 from trading_agents.journal import Ledger
 
@@ -154,6 +155,22 @@ def decision_rows(
                         int(a.get("prompt_tokens") or 0) + int(a.get("completion_tokens") or 0)
                         for a in agents
                     ),
+                }
+            )
+        book = book_text(record.get("portfolio"))
+        if book is not None:  # the portfolio step: targets, clips and the orders toward them
+            rows.append(
+                {
+                    "id": d.get("id"),
+                    "bar": bar,
+                    "ticker": "book",
+                    "agents": [],
+                    "skipped": book[0],
+                    "order": book[1],
+                    "stopped_by": None,
+                    "served": "-",
+                    "latency_s": None,
+                    "tokens": None,
                 }
             )
     return rows
