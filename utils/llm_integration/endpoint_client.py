@@ -45,6 +45,7 @@ from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from utils.llm_integration.client_base import (
+    call_sampling,
     endpoint_identity,
     output_schema,
     replay_blob,
@@ -187,18 +188,7 @@ class EndpointChatCompletionClient(OpenAIWireClient, Component[EndpointClientCon
         return max(0, 4096 - self.count_tokens(messages, tools=tools))
 
     def _sampling(self, extra: Mapping[str, Any]) -> SamplingParams:
-        unknown = set(extra) - _EXTRA_ARGS
-        if unknown:
-            raise ValueError(f"unknown extra_create_args {sorted(unknown)}; allowed: {sorted(_EXTRA_ARGS)}")
-        cfg = self._config
-        return SamplingParams(
-            max_tokens=int(extra.get("max_tokens", cfg.max_tokens)),
-            temperature=float(extra.get("temperature", cfg.temperature)),
-            top_p=float(extra.get("top_p", cfg.top_p)),
-            seed=int(extra.get("seed", cfg.seed)),
-            top_k=int(extra.get("top_k", cfg.top_k)),
-            repeat_penalty=float(extra.get("repeat_penalty", cfg.repeat_penalty)),
-        )
+        return call_sampling(self._config, extra, _EXTRA_ARGS)
 
     def replay_key(
         self,

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from utils.llm_integration.client_base import (
     Route,
+    call_sampling,
     key_of,
     output_schema,
     replay_blob,
@@ -151,19 +152,8 @@ class ServerChatCompletionClient(OpenAIWireClient, Component[ServerClientConfig]
     # -- calls ------------------------------------------------------------------------------------
 
     def _sampling(self, extra: Mapping[str, Any]) -> tuple[SamplingParams, float | None]:
-        unknown = set(extra) - _EXTRA_ARGS
-        if unknown:
-            raise ValueError(f"unknown extra_create_args {sorted(unknown)}; allowed: {sorted(_EXTRA_ARGS)}")
-        cfg = self._config
-        sampling = SamplingParams(
-            max_tokens=int(extra.get("max_tokens", cfg.max_tokens)),
-            temperature=float(extra.get("temperature", cfg.temperature)),
-            top_p=float(extra.get("top_p", cfg.top_p)),
-            seed=int(extra.get("seed", cfg.seed)),
-            top_k=cfg.top_k,
-            repeat_penalty=cfg.repeat_penalty,
-        )
-        deadline = extra.get("deadline_s", cfg.deadline_s)
+        sampling = call_sampling(self._config, extra, _EXTRA_ARGS)  # top_k, repeat_penalty: the config's
+        deadline = extra.get("deadline_s", self._config.deadline_s)
         return sampling, float(deadline) if deadline is not None else None
 
     def _cache_keys(
