@@ -678,20 +678,7 @@ class ModelSelectorClient(BaseChatClient, Component[SelectorConfig]):
         reserve = self._fallback_reserve(len(tokens), left, kind)
         expected = self._health.expected_reply_tokens(kind, max_tokens)
         estimate = self._primary_estimate(llm, tokens, expected) if expected is not None else None
-        budget = left - reserve
-        if budget <= 0 or (estimate is not None and estimate > budget):
-            shown = f"{estimate:.2f}s" if estimate is not None else "unknown"
-            return _Plan(
-                Route(
-                    self._fallback_name,
-                    "deadline",
-                    f"primary estimate {shown} > {budget:.2f}s left"
-                    f" after reserving {reserve:.2f}s for the fallback",
-                ),
-                False,
-            )
-        detail = "" if estimate is not None else f"not yet measured for this reply; cut at {budget:.2f}s"
-        return _Plan(Route(self._primary_name, "primary", detail), True, now + budget)
+        return self._deadline_plan(now, left, reserve, estimate, "not yet measured for this reply")
 
     def _plan_remote(self, chat: list[dict[str, str]], deadline: float | None, kind: str) -> _Plan:
         """The deadline check for a primary behind an endpoint: its mean measured latency
@@ -703,6 +690,14 @@ class ModelSelectorClient(BaseChatClient, Component[SelectorConfig]):
         prompt_tokens = sum(len(m["content"]) for m in chat) // 4 + 1  # no tokenizer for the remote model
         reserve = self._fallback_reserve(prompt_tokens, left, kind)
         estimate = self._health.mean_latency() or None
+        return self._deadline_plan(now, left, reserve, estimate, "not yet measured")
+
+    def _deadline_plan(
+        self, now: float, left: float, reserve: float, estimate: float | None, unmeasured: str
+    ) -> _Plan:
+        """The primary, cut ``reserve`` seconds before the deadline (``left`` seconds from
+        ``now``), when its ``estimate`` fits that budget or there is none yet (the detail then
+        starts with ``unmeasured``); else the fallback, for the deadline."""
         budget = left - reserve
         if budget <= 0 or (estimate is not None and estimate > budget):
             shown = f"{estimate:.2f}s" if estimate is not None else "unknown"
@@ -715,7 +710,7 @@ class ModelSelectorClient(BaseChatClient, Component[SelectorConfig]):
                 ),
                 False,
             )
-        detail = "" if estimate is not None else f"not yet measured; cut at {budget:.2f}s"
+        detail = "" if estimate is not None else f"{unmeasured}; cut at {budget:.2f}s"
         return _Plan(Route(self._primary_name, "primary", detail), True, now + budget)
 
     def _primary_estimate(self, llm: LocalLLM, tokens: list[int], reply_tokens: int) -> float | None:
