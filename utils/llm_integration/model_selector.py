@@ -525,6 +525,18 @@ class ModelSelectorClient(BaseChatClient, Component[SelectorConfig]):
         """
         return self._plan(None, 0, None, "text", dry=True).route
 
+    def _cooldown_route(self, now: float) -> Route | None:
+        """The fallback while the primary is benched after failures (hold the health lock)."""
+        health = self._health
+        if health.benched_for(now) <= 0:
+            return None
+        return Route(
+            self._fallback_name,
+            "cooldown",
+            f"primary benched for {health.benched_for(now):.1f}s after {health.failures}"
+            f" failures: {health.last_error}",
+        )
+
     def _signals_route(self, now: float) -> Route | None:
         """Cooldown, pressure and queue checks; None when they leave the primary eligible.
 
@@ -533,13 +545,8 @@ class ModelSelectorClient(BaseChatClient, Component[SelectorConfig]):
         cfg, health = self._config, self._health
         if self._remote:
             with health.lock:
-                if health.benched_for(now) > 0:
-                    return Route(
-                        self._fallback_name,
-                        "cooldown",
-                        f"primary benched for {health.benched_for(now):.1f}s after {health.failures}"
-                        f" failures: {health.last_error}",
-                    )
+                if (benched := self._cooldown_route(now)) is not None:
+                    return benched
                 if health.active >= cfg.max_in_flight + cfg.max_queue:
                     return Route(
                         self._fallback_name,
@@ -560,13 +567,8 @@ class ModelSelectorClient(BaseChatClient, Component[SelectorConfig]):
                     f" reserve, {load.available_mb:.0f} MB available"
                 )
         with health.lock:
-            if health.benched_for(now) > 0:
-                return Route(
-                    self._fallback_name,
-                    "cooldown",
-                    f"primary benched for {health.benched_for(now):.1f}s after {health.failures}"
-                    f" failures: {health.last_error}",
-                )
+            if (benched := self._cooldown_route(now)) is not None:
+                return benched
             if fit_detail:
                 return Route(self._fallback_name, "pressure", fit_detail)
             limit_load = cfg.max_load_per_core * ((1 - cfg.hysteresis) if health.in_pressure else 1.0)
