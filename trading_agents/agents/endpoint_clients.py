@@ -31,7 +31,6 @@ from utils.llm_integration.endpoint_client import (
 
 def endpoint_client_config(endpoint: EndpointSettings, settings: Settings) -> EndpointClientConfig:
     """The client config of one role on ``endpoint``, with the ``llm:`` sampling settings."""
-    llm = settings.llm
     return EndpointClientConfig(
         base_url=endpoint.base_url,
         model=endpoint.model,
@@ -40,12 +39,7 @@ def endpoint_client_config(endpoint: EndpointSettings, settings: Settings) -> En
         revision=endpoint.revision,
         max_in_flight=endpoint.max_in_flight,
         timeout_s=endpoint.timeout_s,
-        max_tokens=llm.max_tokens,
-        temperature=llm.temperature,
-        top_p=llm.top_p,
-        top_k=llm.top_k,
-        repeat_penalty=llm.repeat_penalty,
-        seed=llm.seed,
+        **settings.llm.sampling_options(),
     )
 
 

@@ -54,12 +54,7 @@ def server_desk_models(settings: Settings, response_cache: Path | None) -> DeskM
             api_key=llm.server_api_key,
             model_sha256=shas,
             candidates=[primary, fallback] if via_selector and fallback else [primary],
-            max_tokens=llm.max_tokens,
-            temperature=llm.temperature,
-            top_p=llm.top_p,
-            top_k=llm.top_k,
-            repeat_penalty=llm.repeat_penalty,
-            seed=llm.seed,
+            **llm.sampling_options(),
             deadline_s=settings.selector.deadline_s,
             response_cache=str(response_cache) if response_cache is not None else None,
         )

@@ -139,10 +139,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         strategy = build_agent_strategy(settings, use_cache=False, stream=True)
         primary = strategy.desk.primary
         llm: LocalLLM = strategy.desk.clients["analyst"].llm  # type: ignore[attr-defined]
-        cfg = settings.llm
-        sampling = SamplingParams(
-            cfg.max_tokens, cfg.temperature, cfg.top_p, cfg.seed, cfg.top_k, cfg.repeat_penalty
-        )  # as the desk's clients
+        sampling = SamplingParams(**settings.llm.sampling_options())  # as the desk's clients
         raw = _RawReplay(llm, sampling)
         timed = _Interleaved(strategy, raw)
         # one-time costs (first touch of buffers, thread pools) are paid before timing, on both sides

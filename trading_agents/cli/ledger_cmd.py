@@ -88,17 +88,7 @@ def _run_doc(led: Ledger, info: RunInfo, limit: int) -> dict[str, Any]:
     steps = led.steps(info.run_id)
     last = steps[-1] if steps else None
     prices = last["prices"] if last else {}
-    positions = [
-        {
-            "ticker": t,
-            "quantity": p.quantity,
-            "avg_price": p.avg_price,
-            "last_price": prices.get(t),
-            "market_value": p.quantity * prices[t] if t in prices else None,
-            "stop_loss": p.stop_loss,
-        }
-        for t, p in led.positions(info.run_id).items()
-    ]
+    positions = led.position_rows(info.run_id, prices)
     events = led.risk_events(info.run_id, limit=limit)
     return {
         "run_id": info.run_id,

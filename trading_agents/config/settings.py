@@ -97,6 +97,9 @@ class EndpointSettings(Section):
         return self
 
 
+_SAMPLING_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "repeat_penalty", "seed"}
+
+
 class LLMSettings(Section):
     primary: str = Field("mixtral-8x7b-instruct", description="Registry alias or GGUF path.")
     fallback: str | None = Field("tinyllama-1.1b-chat", description="Alias or path; null for none.")
@@ -140,6 +143,11 @@ class LLMSettings(Section):
     tensor_split: list[Annotated[float, Field(ge=0.0)]] | None = Field(
         None, min_length=1, max_length=16, description="Share of the offloaded layers per GPU."
     )
+
+    def sampling_options(self) -> dict[str, Any]:
+        """The sampling settings every desk client takes, as :class:`SamplingParams` fields
+        (``fixed_text`` aside: only an in-process client has it)."""
+        return self.model_dump(include=_SAMPLING_KEYS)
 
     @model_validator(mode="after")
     def _one_placement(self) -> LLMSettings:

@@ -32,17 +32,7 @@ def account_view(led: Ledger, run_id: str, page: int) -> dict[str, Any] | None:
     total = led.decision_count(run_id)
     whole = _whole_run(led, run_id, info.starting_cash, total)
     prices = whole["prices"]
-    positions = [
-        {
-            "ticker": t,
-            "quantity": p.quantity,
-            "avg_price": p.avg_price,
-            "last_price": prices.get(t),
-            "market_value": p.quantity * prices[t] if t in prices else None,
-            "stop_loss": p.stop_loss,
-        }
-        for t, p in led.positions(run_id).items()
-    ]
+    positions = led.position_rows(run_id, prices)
     fills: dict[str, list[dict[str, Any]]] = {}
     for f in led.fills(run_id):
         fills.setdefault(f.order_id, []).append(

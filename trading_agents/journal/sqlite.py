@@ -312,6 +312,21 @@ class Ledger:
         )
         return {r["ticker"]: Position(r["quantity"], r["avg_price"], r["stop_loss"]) for r in rows}
 
+    def position_rows(self, run_id: str, prices: Mapping[str, float]) -> list[dict[str, Any]]:
+        """The run's positions as plain rows, valued at ``prices`` (none for a ticker without one):
+        what the dashboard's account page and ``ledger show`` list."""
+        return [
+            {
+                "ticker": t,
+                "quantity": p.quantity,
+                "avg_price": p.avg_price,
+                "last_price": prices.get(t),
+                "market_value": p.quantity * prices[t] if t in prices else None,
+                "stop_loss": p.stop_loss,
+            }
+            for t, p in self.positions(run_id).items()
+        ]
+
     def orders(
         self, run_id: str, *, status: str | None = None, limit: int | None = None, newest_first: bool = False
     ) -> list[Order]:

@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from utils.llm_integration.client_base import (
     BaseChatClient,
+    call_sampling,
     output_schema,
     replay_blob,
     to_chat_messages,
@@ -198,18 +199,8 @@ class LocalLlamaChatCompletionClient(BaseChatClient, Component[LocalLlamaConfig]
             raise ValueError(
                 f"{self._spec.display_name} has no function calling; use structured output instead"
             )
-        unknown = set(extra_create_args) - _EXTRA_ARGS
-        if unknown:
-            raise ValueError(f"unknown extra_create_args {sorted(unknown)}; allowed: {sorted(_EXTRA_ARGS)}")
-        cfg = self._config
-        sampling = SamplingParams(
-            max_tokens=int(extra_create_args.get("max_tokens", cfg.max_tokens)),
-            temperature=float(extra_create_args.get("temperature", cfg.temperature)),
-            top_p=float(extra_create_args.get("top_p", cfg.top_p)),
-            seed=int(extra_create_args.get("seed", cfg.seed)),
-            top_k=int(extra_create_args.get("top_k", cfg.top_k)),
-            repeat_penalty=float(extra_create_args.get("repeat_penalty", cfg.repeat_penalty)),
-            fixed_text=cfg.fixed_text,
+        sampling = call_sampling(
+            self._config, extra_create_args, _EXTRA_ARGS, fixed_text=self._config.fixed_text
         )
         deadline_s = extra_create_args.get("deadline_s")
         deadline = time.monotonic() + float(deadline_s) if deadline_s is not None else None

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from autogen_core import CancellationToken
 from autogen_core.models import (
@@ -97,6 +97,38 @@ def to_chat_messages(messages: Sequence[LLMMessage]) -> list[dict[str, str]]:
         else:  # pragma: no cover - future message types
             raise ValueError(f"unsupported message type {type(msg).__name__}")
     return out
+
+
+class SamplingDefaults(Protocol):
+    """A client config's sampling settings: what a call's ``extra_create_args`` override."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    top_k: int
+    repeat_penalty: float
+
+
+def call_sampling(
+    defaults: SamplingDefaults, extra: Mapping[str, Any], allowed: Collection[str], **fixed: Any
+) -> SamplingParams:
+    """One call's sampling: ``extra`` over ``defaults``; an arg outside ``allowed`` raises.
+
+    ``fixed``: further :class:`SamplingParams` fields a call cannot change (``fixed_text``).
+    """
+    unknown = set(extra) - set(allowed)
+    if unknown:
+        raise ValueError(f"unknown extra_create_args {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return SamplingParams(
+        max_tokens=int(extra.get("max_tokens", defaults.max_tokens)),
+        temperature=float(extra.get("temperature", defaults.temperature)),
+        top_p=float(extra.get("top_p", defaults.top_p)),
+        seed=int(extra.get("seed", defaults.seed)),
+        top_k=int(extra.get("top_k", defaults.top_k)),
+        repeat_penalty=float(extra.get("repeat_penalty", defaults.repeat_penalty)),
+        **fixed,
+    )
 
 
 def output_schema(

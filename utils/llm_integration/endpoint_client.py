@@ -45,6 +45,7 @@ from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from utils.llm_integration.client_base import (
+    call_sampling,
     endpoint_identity,
     output_schema,
     replay_blob,
@@ -56,8 +57,8 @@ from utils.llm_integration.errors import LLMError
 from utils.llm_integration.openai_wire import (
     OpenAIWireClient,
     WireReply,
-    auth_headers,
-    http_error,
+    chat_body,
+    server_get,
     server_root,
 )
 from utils.llm_integration.spec import SamplingParams
@@ -100,19 +101,17 @@ def check_endpoint(
 
     Raises :class:`LLMError` (exit 3) naming what is wrong and what to do.
     """
-    import httpx2
-
     root = server_root(base_url)
     path = "/api/tags" if structured == "ollama" else "/v1/models"
-    try:
-        resp = httpx2.get(root + path, headers=auth_headers(api_key), timeout=timeout_s)
-    except httpx2.HTTPError as exc:
-        raise LLMError(
-            f"cannot reach the model endpoint at {root} ({type(exc).__name__});"
-            " start the server or fix llm.endpoint.base_url / --endpoint"
-        ) from None
-    if resp.status_code != 200:
-        raise http_error(resp.status_code, resp.content, root, _KEY_SETTING)
+    resp = server_get(
+        root,
+        path,
+        api_key,
+        timeout_s,
+        key_setting=_KEY_SETTING,
+        what="model endpoint",
+        todo="start the server or fix llm.endpoint.base_url / --endpoint",
+    )
     try:
         data = resp.json()
         entries = data.get("models") if structured == "ollama" else data.get("data")
@@ -156,6 +155,7 @@ class EndpointChatCompletionClient(OpenAIWireClient, Component[EndpointClientCon
     component_provider_override = ENDPOINT_PROVIDER
     key_setting = _KEY_SETTING
     unreachable_hint = "is the endpoint's server running?"
+    context_tokens = 4096
 
     def __init__(self, config: EndpointClientConfig | None = None, /, **kwargs: Any) -> None:
         self._config = config if config is not None else EndpointClientConfig(**kwargs)
@@ -177,28 +177,8 @@ class EndpointChatCompletionClient(OpenAIWireClient, Component[EndpointClientCon
     def config(self) -> EndpointClientConfig:
         return self._config
 
-    def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()) -> int:
-        """An estimate (4 characters a token): the server's tokenizer is not reachable from here."""
-        return sum(len(m["content"]) for m in to_chat_messages(messages)) // 4 + 1
-
-    def remaining_tokens(
-        self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()
-    ) -> int:
-        return max(0, 4096 - self.count_tokens(messages, tools=tools))
-
     def _sampling(self, extra: Mapping[str, Any]) -> SamplingParams:
-        unknown = set(extra) - _EXTRA_ARGS
-        if unknown:
-            raise ValueError(f"unknown extra_create_args {sorted(unknown)}; allowed: {sorted(_EXTRA_ARGS)}")
-        cfg = self._config
-        return SamplingParams(
-            max_tokens=int(extra.get("max_tokens", cfg.max_tokens)),
-            temperature=float(extra.get("temperature", cfg.temperature)),
-            top_p=float(extra.get("top_p", cfg.top_p)),
-            seed=int(extra.get("seed", cfg.seed)),
-            top_k=int(extra.get("top_k", cfg.top_k)),
-            repeat_penalty=float(extra.get("repeat_penalty", cfg.repeat_penalty)),
-        )
+        return call_sampling(self._config, extra, _EXTRA_ARGS)
 
     def replay_key(
         self,
@@ -236,24 +216,10 @@ class EndpointChatCompletionClient(OpenAIWireClient, Component[EndpointClientCon
             if schema_json is not None:
                 body["format"] = schema_json if schema is not None else "json"
             return "/api/chat", body
-        body = {
-            "model": cfg.model,
-            "messages": chat,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "max_tokens": sampling.max_tokens,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "seed": sampling.seed,
-        }
-        if schema is not None and cfg.structured == "json_schema":
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": schema.__name__[:64], "schema": schema_json, "strict": True},
-            }
-        elif schema_json is not None:
-            body["response_format"] = {"type": "json_object"}
-        return "/v1/chat/completions", body
+        json_schema = cfg.structured == "json_schema"
+        return "/v1/chat/completions", chat_body(
+            cfg.model, chat, sampling, schema, schema_json, json_schema=json_schema
+        )
 
     async def create_stream(
         self,

@@ -525,6 +525,18 @@ class ModelSelectorClient(BaseChatClient, Component[SelectorConfig]):
         """
         return self._plan(None, 0, None, "text", dry=True).route
 
+    def _cooldown_route(self, now: float) -> Route | None:
+        """The fallback while the primary is benched after failures (hold the health lock)."""
+        health = self._health
+        if health.benched_for(now) <= 0:
+            return None
+        return Route(
+            self._fallback_name,
+            "cooldown",
+            f"primary benched for {health.benched_for(now):.1f}s after {health.failures}"
+            f" failures: {health.last_error}",
+        )
+
     def _signals_route(self, now: float) -> Route | None:
         """Cooldown, pressure and queue checks; None when they leave the primary eligible.
 
@@ -533,13 +545,8 @@ class ModelSelectorClient(BaseChatClient, Component[SelectorConfig]):
         cfg, health = self._config, self._health
         if self._remote:
             with health.lock:
-                if health.benched_for(now) > 0:
-                    return Route(
-                        self._fallback_name,
-                        "cooldown",
-                        f"primary benched for {health.benched_for(now):.1f}s after {health.failures}"
-                        f" failures: {health.last_error}",
-                    )
+                if (benched := self._cooldown_route(now)) is not None:
+                    return benched
                 if health.active >= cfg.max_in_flight + cfg.max_queue:
                     return Route(
                         self._fallback_name,
@@ -560,13 +567,8 @@ class ModelSelectorClient(BaseChatClient, Component[SelectorConfig]):
                     f" reserve, {load.available_mb:.0f} MB available"
                 )
         with health.lock:
-            if health.benched_for(now) > 0:
-                return Route(
-                    self._fallback_name,
-                    "cooldown",
-                    f"primary benched for {health.benched_for(now):.1f}s after {health.failures}"
-                    f" failures: {health.last_error}",
-                )
+            if (benched := self._cooldown_route(now)) is not None:
+                return benched
             if fit_detail:
                 return Route(self._fallback_name, "pressure", fit_detail)
             limit_load = cfg.max_load_per_core * ((1 - cfg.hysteresis) if health.in_pressure else 1.0)
@@ -678,20 +680,7 @@ class ModelSelectorClient(BaseChatClient, Component[SelectorConfig]):
         reserve = self._fallback_reserve(len(tokens), left, kind)
         expected = self._health.expected_reply_tokens(kind, max_tokens)
         estimate = self._primary_estimate(llm, tokens, expected) if expected is not None else None
-        budget = left - reserve
-        if budget <= 0 or (estimate is not None and estimate > budget):
-            shown = f"{estimate:.2f}s" if estimate is not None else "unknown"
-            return _Plan(
-                Route(
-                    self._fallback_name,
-                    "deadline",
-                    f"primary estimate {shown} > {budget:.2f}s left"
-                    f" after reserving {reserve:.2f}s for the fallback",
-                ),
-                False,
-            )
-        detail = "" if estimate is not None else f"not yet measured for this reply; cut at {budget:.2f}s"
-        return _Plan(Route(self._primary_name, "primary", detail), True, now + budget)
+        return self._deadline_plan(now, left, reserve, estimate, "not yet measured for this reply")
 
     def _plan_remote(self, chat: list[dict[str, str]], deadline: float | None, kind: str) -> _Plan:
         """The deadline check for a primary behind an endpoint: its mean measured latency
@@ -703,6 +692,14 @@ class ModelSelectorClient(BaseChatClient, Component[SelectorConfig]):
         prompt_tokens = sum(len(m["content"]) for m in chat) // 4 + 1  # no tokenizer for the remote model
         reserve = self._fallback_reserve(prompt_tokens, left, kind)
         estimate = self._health.mean_latency() or None
+        return self._deadline_plan(now, left, reserve, estimate, "not yet measured")
+
+    def _deadline_plan(
+        self, now: float, left: float, reserve: float, estimate: float | None, unmeasured: str
+    ) -> _Plan:
+        """The primary, cut ``reserve`` seconds before the deadline (``left`` seconds from
+        ``now``), when its ``estimate`` fits that budget or there is none yet (the detail then
+        starts with ``unmeasured``); else the fallback, for the deadline."""
         budget = left - reserve
         if budget <= 0 or (estimate is not None and estimate > budget):
             shown = f"{estimate:.2f}s" if estimate is not None else "unknown"
@@ -715,7 +712,7 @@ class ModelSelectorClient(BaseChatClient, Component[SelectorConfig]):
                 ),
                 False,
             )
-        detail = "" if estimate is not None else f"not yet measured; cut at {budget:.2f}s"
+        detail = "" if estimate is not None else f"{unmeasured}; cut at {budget:.2f}s"
         return _Plan(Route(self._primary_name, "primary", detail), True, now + budget)
 
     def _primary_estimate(self, llm: LocalLLM, tokens: list[int], reply_tokens: int) -> float | None:

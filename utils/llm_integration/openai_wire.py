@@ -1,9 +1,11 @@
 """The OpenAI chat-completions wire protocol, shared by the HTTP model clients.
 
 :class:`OpenAIWireClient` is the part of ``server_client`` and ``endpoint_client`` that is the
-same: one ``httpx2.AsyncClient`` per event loop, a streamed ``POST /v1/chat/completions`` read
-as server-sent events, the reply's text, finish reason and usage gathered into a
-:class:`WireReply`, and an HTTP error turned into this layer's error (``LLMError``: exit 3).
+same: one ``httpx2.AsyncClient`` per event loop, a streamed ``POST /v1/chat/completions``
+(its body: :func:`chat_body`) read as server-sent events, the reply's text, finish reason and
+usage gathered into a :class:`WireReply`, a token estimate where the server's tokenizer is out
+of reach, the preflight ``GET`` (:func:`server_get`), and an HTTP error turned into this layer's
+error (``LLMError``: exit 3).
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from autogen_core import CancellationToken
-from pydantic import SecretStr
+from autogen_core.models import LLMMessage
+from autogen_core.tools import Tool, ToolSchema
+from pydantic import BaseModel, SecretStr
 
-from utils.llm_integration.client_base import BaseChatClient
+from utils.llm_integration.client_base import BaseChatClient, to_chat_messages
 from utils.llm_integration.errors import (
     DeadlineExceededError,
     GenerationCancelledError,
@@ -27,6 +31,7 @@ from utils.llm_integration.errors import (
     OutputTruncatedError,
 )
 from utils.llm_integration.loaded_model import CallMetrics
+from utils.llm_integration.spec import SamplingParams
 
 
 def server_root(base_url: str) -> str:
@@ -61,6 +66,64 @@ def http_error(status: int, body: bytes | Mapping[str, Any], where: str, key_set
     if code in ("deadline_exceeded", "timeout") or status == 504:
         return DeadlineExceededError(f"model server at {where}: {message}")
     return LLMError(f"model server at {where}: HTTP {status}: {message}")
+
+
+def server_get(
+    root: str,
+    path: str,
+    api_key: SecretStr | str | None,
+    timeout_s: float,
+    *,
+    key_setting: str,
+    what: str,
+    todo: str,
+) -> Any:
+    """``GET root + path`` with the key: the response when it answers 200, else one ``LLMError``
+    (``what`` the server is and what to ``todo`` when it cannot be reached; ``key_setting``
+    when it refuses the key)."""
+    import httpx2
+
+    try:
+        resp = httpx2.get(root + path, headers=auth_headers(api_key), timeout=timeout_s)
+    except httpx2.HTTPError as exc:
+        raise LLMError(f"cannot reach the {what} at {root} ({type(exc).__name__}); {todo}") from None
+    if resp.status_code != 200:
+        raise http_error(resp.status_code, resp.content, root, key_setting)
+    return resp
+
+
+def chat_body(
+    model: str,
+    chat: list[dict[str, str]],
+    sampling: SamplingParams,
+    schema: type[BaseModel] | None,
+    schema_json: Mapping[str, Any] | None,
+    *,
+    json_schema: bool = True,
+) -> dict[str, Any]:
+    """The streamed ``POST /v1/chat/completions`` body of one call.
+
+    A structured reply asks for ``response_format: json_schema`` (``json_schema=False``: for
+    ``json_object``, the schema then checked on this side only); JSON mode for ``json_object``.
+    """
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": chat,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": sampling.max_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "seed": sampling.seed,
+    }
+    if schema is not None and json_schema:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": schema.__name__[:64], "schema": schema_json, "strict": True},
+        }
+    elif schema_json is not None:
+        body["response_format"] = {"type": "json_object"}
+    return body
 
 
 @dataclass
@@ -106,8 +169,20 @@ class OpenAIWireClient(BaseChatClient):
     #: what to tell a user when the server cannot be reached
     unreachable_hint = "is the server running?"
 
+    #: the context ``remaining_tokens`` counts against (the server's own is not known here)
+    context_tokens = 2048
+
     _http: Any = None
     _http_loop: asyncio.AbstractEventLoop | None = None
+
+    def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()) -> int:
+        """An estimate (4 characters a token): the server's tokenizer is not reachable from here."""
+        return sum(len(m["content"]) for m in to_chat_messages(messages)) // 4 + 1
+
+    def remaining_tokens(
+        self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()
+    ) -> int:
+        return max(0, self.context_tokens - self.count_tokens(messages, tools=tools))
 
     def _client(self) -> Any:
         import httpx2

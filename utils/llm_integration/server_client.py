@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from utils.llm_integration.client_base import (
     Route,
+    call_sampling,
     key_of,
     output_schema,
     replay_blob,
@@ -45,13 +46,12 @@ from utils.llm_integration.client_base import (
     validate_reply,
 )
 from utils.llm_integration.components import SERVER_PROVIDER
-from utils.llm_integration.errors import LLMError
 from utils.llm_integration.loaded_model import CallMetrics
 from utils.llm_integration.openai_wire import (
     OpenAIWireClient,
     WireReply,
-    auth_headers,
-    http_error,
+    chat_body,
+    server_get,
     server_root,
 )
 from utils.llm_integration.response_cache import ResponseStore
@@ -91,19 +91,16 @@ def fetch_health(
 
     Raises :class:`LLMError` when the server cannot be reached or refuses the key.
     """
-    import httpx2
-
-    url = server_root(base_url) + "/health"
-    try:
-        resp = httpx2.get(url, headers=auth_headers(api_key), timeout=timeout_s)
-    except httpx2.HTTPError as exc:
-        raise LLMError(
-            f"cannot reach the model server at {server_root(base_url)} ({type(exc).__name__});"
-            " start it with `trading-agents serve` or unset llm.server_url"
-        ) from None
-    if resp.status_code != 200:
-        raise http_error(resp.status_code, resp.content, server_root(base_url), "llm.server_api_key")
-    return resp.json()
+    root = server_root(base_url)
+    return server_get(
+        root,
+        "/health",
+        api_key,
+        timeout_s,
+        key_setting="llm.server_api_key",
+        what="model server",
+        todo="start it with `trading-agents serve` or unset llm.server_url",
+    ).json()
 
 
 class ServerChatCompletionClient(OpenAIWireClient, Component[ServerClientConfig]):
@@ -139,31 +136,11 @@ class ServerChatCompletionClient(OpenAIWireClient, Component[ServerClientConfig]
     def response_cache(self) -> ResponseStore | None:
         return self._cache
 
-    def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()) -> int:
-        """An estimate (4 characters a token): the server's tokenizer is not reachable from here."""
-        return sum(len(m["content"]) for m in to_chat_messages(messages)) // 4 + 1
-
-    def remaining_tokens(
-        self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = ()
-    ) -> int:
-        return max(0, 2048 - self.count_tokens(messages, tools=tools))
-
     # -- calls ------------------------------------------------------------------------------------
 
     def _sampling(self, extra: Mapping[str, Any]) -> tuple[SamplingParams, float | None]:
-        unknown = set(extra) - _EXTRA_ARGS
-        if unknown:
-            raise ValueError(f"unknown extra_create_args {sorted(unknown)}; allowed: {sorted(_EXTRA_ARGS)}")
-        cfg = self._config
-        sampling = SamplingParams(
-            max_tokens=int(extra.get("max_tokens", cfg.max_tokens)),
-            temperature=float(extra.get("temperature", cfg.temperature)),
-            top_p=float(extra.get("top_p", cfg.top_p)),
-            seed=int(extra.get("seed", cfg.seed)),
-            top_k=cfg.top_k,
-            repeat_penalty=cfg.repeat_penalty,
-        )
-        deadline = extra.get("deadline_s", cfg.deadline_s)
+        sampling = call_sampling(self._config, extra, _EXTRA_ARGS)  # top_k, repeat_penalty: the config's
+        deadline = extra.get("deadline_s", self._config.deadline_s)
         return sampling, float(deadline) if deadline is not None else None
 
     def _cache_keys(
@@ -206,23 +183,7 @@ class ServerChatCompletionClient(OpenAIWireClient, Component[ServerClientConfig]
                 yield self._finish(text, metrics, Route(**route) if route else None, "")
                 return
 
-        body: dict[str, Any] = {
-            "model": self._config.model,
-            "messages": chat,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "max_tokens": sampling.max_tokens,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "seed": sampling.seed,
-        }
-        if schema is not None:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": schema.__name__[:64], "schema": schema_json, "strict": True},
-            }
-        elif json_output is True:
-            body["response_format"] = {"type": "json_object"}
+        body = chat_body(self._config.model, chat, sampling, schema, schema_json)
         headers = {"x-trading-agents-prompt": "include"}
         if deadline_s is not None:
             headers["x-trading-agents-deadline"] = f"{deadline_s:.3f}"
