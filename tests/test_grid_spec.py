@@ -76,14 +76,20 @@ def test_bad_keys_are_named_by_their_path(patch: str, message: str) -> None:
     [
         (GOOD.replace("fast: 5", "fast: five"), "strategies.0.fast: Input should be a valid integer"),
         (GOOD.replace("name: random", "name: rnd"), "strategies.1.name: Input should be"),
-        (GOOD.replace("name: random", "name: random, model: embedded"), "strategies.1: model, blind and portfolio are for the agents strategy"),
+        (
+            GOOD.replace("name: random", "name: random, model: embedded"),
+            "strategies.1: model, blind and portfolio are for the agents strategy",
+        ),
         (GOOD.replace("length: 1y", "length: 1 year"), "windows.rolling.length: String should match"),
         (GOOD.replace("length: 1y", "length: 5y"), "spec: the windows are empty"),
         (
             GOOD.replace("{name: random}", "{name: sma-cross, fast: 5, slow: 20}"),
             "two strategies are labelled",
         ),
-        ("data: {}\nwindows: []\nstrategies: [{name: buy-hold}]", "spec: data: give tickers, files, a universe or several of them"),
+        (
+            "data: {}\nwindows: []\nstrategies: [{name: buy-hold}]",
+            "spec: data: give tickers, files, a universe or several of them",
+        ),
         (GOOD.replace("rolling:", "rolled:"), "windows.rolled: unknown key (did you mean 'rolling'?)"),
     ],
 )
