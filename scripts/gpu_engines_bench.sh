@@ -26,7 +26,7 @@ bench_model() {  # name alias path
       && touch $L/bb_$name.done
     cat $L/bb_$name.out $L/bb_$name.log | grep '^{' | sed "s/^{/{\"bench\": \"batched-bench\", \"model\": \"$name\", /" >> "$OUT/results.jsonl"
   fi
-  for n in 1 4 16 32; do
+  for n in ${LEVELS:-1 4 16 32}; do
     [ -f $L/srv_${name}_$n.done ] && continue
     [ $(left) -lt 60 ] && { note "no time left for $name at $n"; return 1; }
     note "llama-server $name -np $n"
