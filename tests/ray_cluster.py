@@ -10,8 +10,11 @@ import pytest
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
+    import os
+
     import ray
 
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as trading_agents.grid.run starts Ray
     ray.init(
         num_cpus=2,
         include_dashboard=False,

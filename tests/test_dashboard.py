@@ -285,7 +285,11 @@ def test_backtest_equity_chart_has_one_point_per_bar_ending_on_the_ledger_equity
         assert series[0][1] == bars == summary["meta"]["window"]["bars"]
         assert series[0][2] == pytest.approx(final, abs=0.01)
         names = {s[0] for s in series[1:]}
-        assert {"buy and hold", "buy-hold", "random"} <= names and all(s[1] == bars for s in series)
+        assert {
+            "buy & hold (uncapped, no costs)",
+            "buy-hold (under the run's caps)",
+            "random (under the run's caps)",
+        } <= names and all(s[1] == bars for s in series)
         assert page.page.evaluate("document.getElementById('drawdown-chart').data[0].y.length") == bars
         assert "max_position_pct" in page.page.inner_text("#caps")
         assert page.errors == []

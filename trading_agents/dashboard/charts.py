@@ -34,6 +34,12 @@ def _clean(values: Sequence[Any]) -> list[float | None]:
     return out
 
 
+#: Every curve says whether it trades under the run's caps (``baselines.csv``'s ``buy_and_hold``
+#: is the cost-free, fully invested one; the baselines run under the same caps as the strategy).
+UNCAPPED = "buy & hold (uncapped, no costs)"
+CAPPED = "(under the run's caps)"
+
+
 def account_equity(steps: Sequence[Mapping[str, Any]], starting_cash: float) -> dict[str, Any]:
     """The account's equity per recorded step against buy-and-hold of its tickers (equal
     weight, from the prices the steps recorded, starting from the starting cash)."""
@@ -62,7 +68,7 @@ def account_equity(steps: Sequence[Mapping[str, Any]], starting_cash: float) -> 
             {
                 "type": "scatter",
                 "mode": "lines",
-                "name": "buy & hold",
+                "name": UNCAPPED,
                 "x": dates,
                 "y": hold,
                 "line": {"color": "#999999", "dash": "dot"},
@@ -81,7 +87,7 @@ def backtest_equity(equity: pd.DataFrame, baselines: pd.DataFrame | None, name: 
         {
             "type": "scatter",
             "mode": "lines",
-            "name": name,
+            "name": f"{name} {CAPPED}",
             "x": dates,
             "y": _clean(equity["equity"].tolist()),
             "line": {"color": "#1f4e79", "width": 2},
@@ -93,7 +99,7 @@ def backtest_equity(equity: pd.DataFrame, baselines: pd.DataFrame | None, name: 
                 {
                     "type": "scatter",
                     "mode": "lines",
-                    "name": col.replace("_", " "),
+                    "name": UNCAPPED if col == "buy_and_hold" else f"{col.replace('_', ' ')} {CAPPED}",
                     "x": dates,
                     "y": _clean(baselines[col].reindex(equity.index).tolist()),
                     "line": {"width": 1},

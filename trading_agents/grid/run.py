@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -165,6 +166,9 @@ def connect(address: str | None, num_cpus: int | None) -> bool:
                 "start it (`ray start --head`) or fix --address"
             ) from None
         return True
+    # Ray starts its workers at niceness 15 by default. Here the workers do the grid's work while
+    # the driver waits, so on a machine with other busy processes niced workers would starve.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(
         num_cpus=num_cpus or physical_cores(),
         include_dashboard=False,
